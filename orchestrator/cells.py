@@ -1,0 +1,124 @@
+"""The cell plan and the search spaces of a sweep.
+
+A cell is (backbone, task, method, seed): one Tune trial in grid mode, one result row in MLflow.
+Search spaces are registries: which axes a method searches (`METHOD_AXES`) and the protocol's
+default values of each axis (`AXIS_DEFAULTS`, per-method exceptions in `METHOD_DEFAULTS`). The
+baseline searches exactly the optimisation axes SeA searches; SeA only adds η and α.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.config import RunConfig
+
+OPTIMISATION_AXES = ("lr", "weight_decay", "lamda")
+METHOD_AXES: dict[str, tuple[str, ...]] = {
+    "linear": OPTIMISATION_AXES,
+    "sea": (*OPTIMISATION_AXES, "eta", "alpha"),
+    "fgsm": (*OPTIMISATION_AXES, "eta"),
+    "noise": (*OPTIMISATION_AXES, "eta"),
+    "mixup": (*OPTIMISATION_AXES, "eta"),       # η is mixup's Beta(η, η) concentration
+    "logreg": ("c",),                           # inverse L2 strength of the L-BFGS probe
+}
+AXIS_DEFAULTS: dict[str, tuple[float, ...]] = {
+    "lr": (0.4, 0.8, 1.6, 3.2),
+    "weight_decay": (1e-6, 1e-5, 1e-4),
+    "lamda": (0.05, 0.1, 0.2),
+    "eta": (0.1, 0.2, 0.4, 0.8),
+    "alpha": (0.01, 0.05, 0.1),
+    "c": tuple(10.0 ** k for k in range(-3, 4)),   # log-spaced 1e-3 … 1e3
+}
+# mixup's η is a Beta concentration, not a step length: its own protocol values
+METHOD_DEFAULTS: dict[str, dict[str, tuple[float, ...]]] = {"mixup": {"eta": (0.2, 0.5, 1.0, 2.0)}}
+# reference mode: the authors' fixed defaults (sea-method.md) = HeadConfig's defaults; logreg's fixed C
+REFERENCE_LOGREG_C = 1.0
+ENSEMBLE_PREFIX = "ensemble:"
+
+
+@dataclass(frozen=True)
+class Cell:
+    backbone: str
+    task: str
+    method: str
+    seed: int
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.backbone}|{self.task}|{self.method}|{self.seed}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "task": self.task, "method": self.method, "seed": self.seed}
+
+    @classmethod
+    def from_id(cls, cell_id: str) -> Cell:
+        backbone, task, method, seed = cell_id.rsplit("|", 3)
+        return cls(backbone, task, method, int(seed))
+
+
+def backbone_parts(backbone: str) -> tuple[str, ...]:
+    """The stored backbones a (possibly virtual `ensemble:A+B`) backbone trains on."""
+    if backbone.startswith(ENSEMBLE_PREFIX):
+        return tuple(p for p in backbone[len(ENSEMBLE_PREFIX):].split("+") if p)
+    return (backbone,)
+
+
+def axis_values(cfg: RunConfig, method: str, axis: str) -> tuple[float, ...]:
+    override = cfg.grid.values(method, axis)
+    if override is not None:
+        return override
+    return METHOD_DEFAULTS.get(method, {}).get(axis, AXIS_DEFAULTS[axis])
+
+
+def candidate_configs(cfg: RunConfig, method: str) -> list[dict[str, Any]]:
+    """The grid of one method as plain dicts (HeadConfig fields, or {"c": …} for logreg), in a fixed order."""
+    axes = METHOD_AXES[method]
+    grids = [axis_values(cfg, method, axis) for axis in axes]
+    return [dict(zip(axes, combo)) for combo in itertools.product(*grids)]
+
+
+def reference_config(method: str) -> dict[str, Any]:
+    """The authors' fixed configuration: HeadConfig defaults (η=0.8, α=0.01, λ=0.1, lr 1.6, wd 1e-6)."""
+    return {"c": REFERENCE_LOGREG_C} if method == "logreg" else {}
+
+
+def search_space(cfg: RunConfig, method: str) -> dict[str, Any]:
+    """Tune search space for random/Optuna search: log-uniform over each axis' [min, max] of the grid.
+
+    Every axis is a positive scale parameter, hence log-uniform; a single-valued axis stays fixed.
+    """
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for axis in METHOD_AXES[method]:
+        values = axis_values(cfg, method, axis)
+        lo, hi = min(values), max(values)
+        space[axis] = lo if lo == hi else tune.loguniform(lo, hi)
+    return space
+
+
+def plan_cells(cfg: RunConfig, tasks: Iterable[str]) -> list[Cell]:
+    """All cells of the sweep, task-major so trials of one task's features run close together."""
+    return [Cell(b, t, m, s) for t in tasks for b in cfg.backbones for m in cfg.methods for s in cfg.seeds]
+
+
+def expand_backbones(names: Iterable[str]) -> tuple[str, ...]:
+    """Expand `preset:<name>` entries with tasks.PRESETS; other names pass through unchanged."""
+    from tasks import PRESETS
+
+    from orchestrator.errors import OrchestratorError
+
+    out: list[str] = []
+    for name in names:
+        if name.startswith("preset:"):
+            key = name[len("preset:"):]
+            if key not in PRESETS:
+                raise OrchestratorError(f"unknown backbone preset {key!r}; presets: {', '.join(sorted(PRESETS))}")
+            out.extend(PRESETS[key])
+        else:
+            out.append(name)
+    return tuple(dict.fromkeys(out))

@@ -1,0 +1,41 @@
+"""`seabench report`: leaderboard (CSV, Markdown, HTML, plots) of one sweep's MLflow experiment."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from orchestrator.report_data import DEFAULT_TRACKING_URI
+
+HELP = "Write the leaderboard of a sweep (results.csv, leaderboard.md/.html, plots) from MLflow."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name (the sweep config's `name`)")
+    parser.add_argument("--out", required=True, help="folder to write the report into (created if missing)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="fine-tuning reference CSV: columns task, optional backbone, and top1 or value (percent)",
+    )
+    parser.add_argument(
+        "--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.report import build_report  # heavy imports (mlflow, matplotlib) only for this verb
+
+    paths = build_report(args.experiment, args.out, tracking_uri=args.tracking_uri, reference_csv=args.reference)
+    for path in paths.files:
+        print(path)
+    ci = "n/a" if math.isnan(paths.ci_low) else f"[{paths.ci_low:+.2f}, {paths.ci_high:+.2f}]"
+    print(f"SeA − linear over {paths.n_cells} cells: {paths.mean_difference:+.2f} points, 95 % CI {ci}")
+    print(paths.verdict)
+    if paths.finetune_within is not None:
+        print(f"SeA within 1 point of fine-tuning on {paths.finetune_within} of {paths.finetune_compared} tasks")
+    if paths.n_failed:
+        print(f"{paths.n_failed} failed cell(s) listed in the report")
+    if paths.parent_run_id:
+        print(f"logged to MLflow run {paths.parent_run_id} under artifact path 'report'")
+    return 0

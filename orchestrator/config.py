@@ -1,0 +1,348 @@
+"""Sweep configuration: YAML loaded with `yaml.safe_load`, validated into frozen dataclasses.
+
+Every error names the offending key and what it expects; unknown keys are rejected with the
+closest valid name. `--set a.b=value` overrides are applied to the raw mapping before validation
+(values are YAML-parsed, so `--set seeds=[0,1]` and `--set trainer.epochs=5` both work).
+Round trip: `RunConfig.from_dict(cfg.to_dict()) == cfg`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.cells import AXIS_DEFAULTS, METHOD_AXES
+from orchestrator.errors import OrchestratorError
+
+MODES = ("select", "reference")
+ALGORITHMS = ("grid", "random", "optuna")
+SCHEDULES = ("constant", "cosine")
+DTYPES = ("float16", "float32")
+
+
+def _choices(*values: str, help: str = "") -> dict:
+    return {"choices": values, "help": help}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    algorithm: str = field(default="grid", metadata=_choices(*ALGORITHMS))
+    num_samples: int = field(default=16, metadata={"min": 1, "help": "trials per cell (random/optuna)"})
+    asha: bool = False                 # early-stop trials on per-epoch validation (random/optuna)
+    grace_period: int = field(default=5, metadata={"min": 1})
+    reduction_factor: int = field(default=3, metadata={"min": 2})
+    max_concurrent: int | None = field(default=None, metadata={"min": 1})
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = field(default=100, metadata={"min": 1})
+    batch_size: int = field(default=256, metadata={"min": 1})
+    momentum: float = 0.9
+    schedule: str = field(default="constant", metadata=_choices(*SCHEDULES))
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    shard_size: int = field(default=4096, metadata={"min": 1})
+    dtype: str = field(default="float16", metadata=_choices(*DTYPES))
+    batch_size: int = field(default=64, metadata={"min": 1})
+    num_gpus_per_actor: float = field(default=0.0, metadata={"min": 0})
+    num_actors: int | None = field(default=None, metadata={"min": 1})
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpu: float = field(default=1.0, metadata={"min": 0})
+    gpu: float = field(default=0.0, metadata={"min": 0, "help": "fractions share one GPU between trials"})
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    out: str | None = None             # None: reports/<name>
+    reference_csv: str | None = None   # user-supplied fine-tuning numbers
+
+
+Axes = tuple[tuple[str, tuple[float, ...]], ...]
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Overrides of the protocol grid: `common` axes apply to every method searching that axis,
+    `per_method` axes to one method only. Unset axes keep the protocol defaults (orchestrator.cells)."""
+
+    common: Axes = ()
+    per_method: tuple[tuple[str, Axes], ...] = ()
+
+    def values(self, method: str, axis: str) -> tuple[float, ...] | None:
+        """The overriding values of `axis` for `method`, or None where the default applies."""
+        own = dict(dict(self.per_method).get(method, ()))
+        return own.get(axis, dict(self.common).get(axis))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    backbones: tuple[str, ...]
+    tasks: tuple[str, ...] = ()
+    optional_tasks: tuple[str, ...] = ()   # run only where their data is present; else skipped with a note
+    methods: tuple[str, ...] = ("linear", "sea")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data_root: str = "data"
+    store: str = "features"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    address: str | None = None             # None: start a local Ray cluster
+    num_cpus: int | None = field(default=None, metadata={"min": 1})   # local cluster size
+    mode: str = field(default="select", metadata=_choices(*MODES))
+    max_failures: int = field(default=2, metadata={"min": 0})
+    tune_dir: str | None = None            # Tune's own trial folders; None: a temporary folder
+    search: SearchConfig = SearchConfig()
+    grid: GridConfig = GridConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    extraction: ExtractionConfig = ExtractionConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    report: ReportConfig = ReportConfig()
+
+    @property
+    def all_tasks(self) -> tuple[str, ...]:
+        return self.tasks + tuple(t for t in self.optional_tasks if t not in self.tasks)
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.report.out) if self.report.out else Path("reports") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        cfg = _build(cls, data, "")
+        _check_cross_fields(cfg)
+        return cfg
+
+
+# ---------------------------------------------------------------- validation machinery
+
+
+def _where(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _unknown_key(key: str, allowed: Sequence[str], path: str) -> OrchestratorError:
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(allowed)}"
+    return OrchestratorError(f"config: unknown key {_where(path, str(key))!r}{hint}")
+
+
+def _type_name(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce_scalar(kind: type, value: object, where: str) -> object:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise OrchestratorError(f"config: {where!r} expects true or false, got {_type_name(value)}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise OrchestratorError(f"config: {where!r} expects an integer, got {_type_name(value)}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads `1e-6` (no dot) as a string: accept numeric strings for float keys
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise OrchestratorError(f"config: {where!r} expects a number, got {_type_name(value)}")
+    if kind is str:
+        if isinstance(value, str) and value:
+            return value
+        raise OrchestratorError(f"config: {where!r} expects a non-empty string, got {_type_name(value)}")
+    raise OrchestratorError(f"config: {where!r} has unsupported type {kind}")  # programming error
+
+
+def _coerce(hint: Any, value: object, where: str) -> object:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(inner[0], value, where)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected
+        if not isinstance(value, (list, tuple)):
+            raise OrchestratorError(f"config: {where!r} expects a list, got {_type_name(value)}")
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    return _coerce_scalar(hint, value, where)
+
+
+def _check_meta(meta: Mapping, value: object, where: str) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise OrchestratorError(f"config: {where!r} must be one of {', '.join(meta['choices'])}; "
+                                f"got {value!r}{hint}")
+    if "min" in meta and value < meta["min"]:
+        raise OrchestratorError(f"config: {where!r} must be ≥ {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise OrchestratorError(f"config: {where!r} must be ≤ {meta['max']}, got {value!r}")
+
+
+def _build(cls: type, data: object, path: str) -> Any:
+    if cls is GridConfig:
+        return _build_grid(data, path)
+    if not isinstance(data, Mapping):
+        raise OrchestratorError(f"config: {path or 'the file'!r} expects a mapping of keys, got {_type_name(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise _unknown_key(key, list(fields), path)
+    kwargs = {}
+    for name, f in fields.items():
+        where = _where(path, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise OrchestratorError(f"config: required key {where!r} is missing")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], where)
+        _check_meta(f.metadata, kwargs[name], where)
+    return cls(**kwargs)
+
+
+def _build_axes(data: object, path: str, allowed: Sequence[str]) -> Axes:
+    if not isinstance(data, Mapping):
+        raise OrchestratorError(f"config: {path!r} expects a mapping of axis -> list of values")
+    axes = []
+    for axis in sorted(data):
+        if axis not in allowed:
+            raise _unknown_key(axis, allowed, path)
+        values = _coerce(tuple[float, ...], data[axis], _where(path, axis))
+        if not values:
+            raise OrchestratorError(f"config: {_where(path, axis)!r} needs at least one value")
+        axes.append((axis, values))
+    return tuple(axes)
+
+
+def _build_grid(data: object, path: str) -> GridConfig:
+    if not isinstance(data, Mapping):
+        raise OrchestratorError(f"config: {path!r} expects a mapping (axis: [values] or method: {{axis: [values]}})")
+    common = {k: v for k, v in data.items() if k not in METHOD_AXES}
+    per_method = tuple((m, _build_axes(data[m], _where(path, m), METHOD_AXES[m]))
+                       for m in sorted(data) if m in METHOD_AXES)
+    for key in common:
+        if key not in AXIS_DEFAULTS:
+            raise _unknown_key(key, [*AXIS_DEFAULTS, *METHOD_AXES], path)
+    return GridConfig(_build_axes(common, path, list(AXIS_DEFAULTS)), per_method)
+
+
+def _check_cross_fields(cfg: RunConfig) -> None:
+    if not cfg.backbones:
+        raise OrchestratorError("config: 'backbones' needs at least one backbone")
+    if not cfg.all_tasks:
+        raise OrchestratorError("config: 'tasks' (or 'optional_tasks') needs at least one task")
+    if not cfg.seeds:
+        raise OrchestratorError("config: 'seeds' needs at least one seed")
+    if not cfg.methods:
+        raise OrchestratorError("config: 'methods' needs at least one method")
+    for i, method in enumerate(cfg.methods):
+        _check_meta({"choices": tuple(METHOD_AXES)}, method, f"methods[{i}]")
+    for key in ("backbones", "tasks", "optional_tasks", "methods", "seeds"):
+        values = getattr(cfg, key)
+        if len(set(values)) != len(values):
+            raise OrchestratorError(f"config: {key!r} lists a value twice: {list(values)}")
+
+
+def _to_plain(value: object) -> Any:
+    if isinstance(value, GridConfig):
+        out: dict[str, Any] = {axis: list(vals) for axis, vals in value.common}
+        out.update({m: {a: list(v) for a, v in axes} for m, axes in value.per_method})
+        return out
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.sub=value` override (value parsed as YAML) to the raw mapping, in place."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise OrchestratorError(f"--set {assignment!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise OrchestratorError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from exc
+    set_path(data, key.strip(), value)
+
+
+def set_path(data: dict[str, Any], key: str, value: object) -> None:
+    """Set `data[a][b]... = value` for the dotted `key`, creating mappings on the way."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise OrchestratorError(f"config override {key!r}: {'.'.join(parts[:i + 1])!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise OrchestratorError(f"config {path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise OrchestratorError(f"config {path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise OrchestratorError(f"config {path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    data: Mapping[str, Any] | None = None,
+    store: str | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    out: str | None = None,
+) -> RunConfig:
+    """Read `path` (or take `data`), apply `--set` overrides then the common flags, and validate."""
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    flags = {"store": store, "tracking_uri": tracking_uri, "address": address, "report.out": out}
+    for key, value in flags.items():
+        if value is not None:
+            set_path(raw, key, value)
+    try:
+        return RunConfig.from_dict(raw)
+    except OrchestratorError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise OrchestratorError(f"{where}{exc}") from exc

@@ -1,0 +1,149 @@
+"""Feature keys, path-safe names and the per-unit manifest of the Parquet feature store.
+
+A *unit* is the features of one (backbone, task, stored split). Its *key* hashes everything that
+determines those features, so a changed input can never reuse stale shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrator.errors import OrchestratorError
+
+# Bump when the meaning or layout of stored features changes: every key changes with it.
+FEATURE_FORMAT_VERSION = 1
+DTYPES = ("float32", "float16")
+METADATA_KEY = b"seabench"  # Parquet schema-metadata entry holding the unit's key metadata (JSON)
+
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SCHEME = re.compile(r"[a-z][a-z0-9_]*:")  # "imagefolder:/data/x", "random:resnet10t@32", "ensemble:a+b"
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """The path component for `name`: itself when already safe, else a slug plus a short hash.
+
+    Only names with a `scheme:` prefix are slugged; any other name that is not a plain file name
+    (separators, `..`, absolute paths, empty) is refused, since it can only be a typo or an attack.
+    """
+    if _SAFE.fullmatch(name) and ".." not in name:
+        return name
+    if _SCHEME.match(name):
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:48].strip("._-") or "x"
+        return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    raise OrchestratorError(
+        f"{what} {name!r} cannot name a store folder: use letters, digits, '.', '_' or '-' "
+        "(no '/', '..', or absolute paths), or a 'scheme:' name such as 'imagefolder:/path'"
+    )
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-ready copy with tuples as lists, so equal inputs always hash equally."""
+    return json.loads(json.dumps(value, sort_keys=True, default=list))
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything that determines the stored features of one unit; `.key` is its hash."""
+
+    backbone: str
+    weights_sha256: str
+    timm_version: str
+    preprocessing: dict
+    feature: str
+    task: str
+    split: str
+    split_hash: str
+    dtype: str
+    format_version: int = FEATURE_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise OrchestratorError(f"feature dtype {self.dtype!r} is not one of {DTYPES}")
+        object.__setattr__(self, "preprocessing", _canonical(self.preprocessing))
+
+    def metadata(self) -> dict:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.metadata(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> FeatureKey:
+        try:
+            return cls(**meta)
+        except TypeError as exc:
+            raise OrchestratorError(f"feature-key metadata {sorted(meta)} is not this version's: {exc}") from exc
+
+    def unit_path(self) -> str:
+        """Folder of the unit relative to the store root: backbone/task/split/key."""
+        return "/".join(
+            (safe_name(self.backbone, "backbone"), safe_name(self.task, "task"), safe_name(self.split, "split"), self.key)
+        )
+
+    def pointer_name(self) -> str:
+        return pointer_name(self.backbone, self.task, self.split)
+
+
+def pointer_name(backbone: str, task: str, split: str) -> str:
+    """File name (under `<store>/index/`) naming the current key of (backbone, task, split)."""
+    return f"{safe_name(backbone, 'backbone')}__{safe_name(task, 'task')}__{safe_name(split, 'split')}.json"
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One Parquet shard: rows [start, stop) of the split, and the sha256 of the file's bytes."""
+
+    file: str
+    start: int
+    stop: int
+    rows: int
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    """The `manifest.json` of a unit. `complete` only once every planned shard is recorded."""
+
+    key: str
+    metadata: dict
+    num_rows: int
+    dim: int
+    dtype: str
+    shard_size: int
+    shards: dict[int, ShardRecord] = field(default_factory=dict)
+    complete: bool = False
+    format_version: int = FEATURE_FORMAT_VERSION
+
+    @property
+    def num_shards(self) -> int:
+        return max(1, -(-self.num_rows // self.shard_size))
+
+    def shard_range(self, i: int) -> tuple[int, int]:
+        start = i * self.shard_size
+        return start, min(start + self.shard_size, self.num_rows)
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.num_shards) if i not in self.shards]
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["shards"] = [asdict(self.shards[i]) | {"shard": i} for i in sorted(self.shards)]
+        return json.dumps(body, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Manifest:
+        try:
+            body = json.loads(text)
+            shards = {int(s.pop("shard")): ShardRecord(**s) for s in body.pop("shards")}
+            return cls(**body, shards=shards)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise OrchestratorError(
+                f"{where} is not a valid feature manifest ({exc}); delete the folder and re-run `seabench extract`"
+            ) from exc

@@ -1,0 +1,209 @@
+"""Read a sweep's MLflow experiment into long-format tables (one row per cell and metric).
+
+The schema read here is the one `orchestrator.sweep` writes (see the contract): a parent run tagged
+`seabench.role=sweep` and one child run per cell tagged `seabench.role=cell`. A cell is a result iff
+its run is FINISHED with tag `status=ok`; cells whose every run failed are reported as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from orchestrator.errors import OrchestratorError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PRIMARY_METRICS = ("top1", "mean_per_class")
+# final metrics only: curves (candidate_val_top1, val_best_top1) are not results
+RESULT_METRIC = re.compile(r"^(?P<split>val|test)_(?P<metric>top1|mean_per_class)$")
+RESULT_COLUMNS = ["backbone", "task", "method", "seed", "metric", "split", "value", "run_id", "primary"]
+FAILED_COLUMNS = ["backbone", "task", "method", "seed", "error", "run_id"]
+CELL_TAGS = ("backbone", "task", "method", "seed")
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """What a report is built from: results of finished cells, failed cells, and the sweep's parent run."""
+
+    experiment: str
+    results: pd.DataFrame  # RESULT_COLUMNS; `primary` marks the test value of the task's primary metric
+    failed: pd.DataFrame  # FAILED_COLUMNS; cells with no successful run
+    parent_run_id: str | None
+    mode: str  # "select" | "reference" | "mixed" | "" — which protocol produced the numbers
+
+
+def primary_metric_for(task: str, tag: str | None) -> str:
+    """The task registry decides; the run's `primary_metric` tag covers tasks the registry does not know."""
+    from tasks.errors import TaskError
+
+    try:
+        from tasks import get_task
+
+        metric = get_task(task).metric
+    except (ImportError, TaskError):
+        metric = tag or ""
+    if metric not in PRIMARY_METRICS:
+        logger.warning("task %r has no known primary metric (tag %r); ranking it by top1", task, tag)
+        return "top1"
+    return metric
+
+
+def _check_store_exists(tracking_uri: str) -> None:
+    # MLflow silently creates an empty SQLite store for a missing file; a typo should be an error instead
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        path = Path(tracking_uri[len(prefix) :])
+        if not path.exists():
+            raise OrchestratorError(
+                f"no MLflow store at {path} (tracking URI {tracking_uri}); run `seabench run --config ...` "
+                "first or pass --tracking-uri pointing at the sweep's store"
+            )
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    _check_store_exists(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        state = "is deleted" if found is not None else "does not exist"
+        raise OrchestratorError(
+            f"MLflow experiment {experiment!r} {state}; existing experiments: {', '.join(names) or '(none)'}"
+        )
+    return found.experiment_id
+
+
+def _search(client, experiment_id: str, role: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`seabench.role` = '{role}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _cell_fields(run) -> dict:
+    tags = run.data.tags
+    missing = [t for t in CELL_TAGS if t not in tags]
+    if missing:
+        raise OrchestratorError(
+            f"cell run {run.info.run_id} lacks tag(s) {', '.join(missing)}; it was not written by seabench's sweep"
+        )
+    try:
+        seed = int(tags["seed"])
+    except ValueError:
+        raise OrchestratorError(f"cell run {run.info.run_id} has a non-integer seed tag {tags['seed']!r}") from None
+    return {"backbone": tags["backbone"], "task": tags["task"], "method": tags["method"], "seed": seed}
+
+
+def _is_ok(run) -> bool:
+    return run.info.status == "FINISHED" and run.data.tags.get("status") == "ok"
+
+
+def _is_failed(run) -> bool:
+    return run.info.status in ("FAILED", "KILLED") or run.data.tags.get("status") == "failed"
+
+
+def _cell_id(fields: dict) -> str:
+    return "|".join(str(fields[t]) for t in CELL_TAGS)
+
+
+def result_rows(run, fields: dict) -> list[dict]:
+    """Long-format rows of one finished cell run: one per (split, metric) it logged."""
+    primary = primary_metric_for(fields["task"], run.data.tags.get("primary_metric"))
+    rows = []
+    for key, value in sorted(run.data.metrics.items()):
+        match = RESULT_METRIC.match(key)
+        if match is None:
+            continue
+        metric, split = match["metric"], match["split"]
+        rows.append(
+            {
+                **fields,
+                "metric": metric,
+                "split": split,
+                "value": float(value),
+                "run_id": run.info.run_id,
+                "primary": metric == primary and split == "test",
+            }
+        )
+    return rows
+
+
+def _latest_per_cell(runs: Iterable) -> dict[str, object]:
+    # a resumed sweep may have re-run a cell: the most recent run of a cell is its result
+    latest: dict[str, object] = {}
+    for run in runs:
+        cid = _cell_id(_cell_fields(run))
+        if cid not in latest or (run.info.start_time or 0) > (latest[cid].info.start_time or 0):
+            latest[cid] = run
+    return latest
+
+
+def _tables(runs: list) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    ok = _latest_per_cell(r for r in runs if _is_ok(r))
+    failed = _latest_per_cell(r for r in runs if _is_failed(r))
+    duplicates = sum(1 for r in runs if _is_ok(r)) - len(ok)
+    if duplicates:
+        logger.info("%d superseded re-runs of finished cells ignored (latest run per cell kept)", duplicates)
+    rows = [row for run in ok.values() for row in result_rows(run, _cell_fields(run))]
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values(
+        ["task", "backbone", "method", "seed", "split", "metric"], ignore_index=True
+    )
+    failed_rows = [
+        {**_cell_fields(run), "error": run.data.tags.get("error", run.info.status), "run_id": run.info.run_id}
+        for cid, run in failed.items()
+        if cid not in ok
+    ]
+    failed_df = pd.DataFrame(failed_rows, columns=FAILED_COLUMNS).sort_values(
+        ["task", "backbone", "method", "seed"], ignore_index=True
+    )
+    modes = {run.data.tags.get("mode", "") for run in ok.values()}
+    mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else "")
+    return results, failed_df, mode
+
+
+def load_experiment(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
+    """Read an experiment's cell runs; raise OrchestratorError when it is unknown or has no finished cells."""
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    client = _client(uri)
+    experiment_id = _experiment_id(client, experiment)
+    runs = _search(client, experiment_id, "cell")
+    results, failed, mode = _tables(runs)
+    if results.empty:
+        raise OrchestratorError(
+            f"MLflow experiment {experiment!r} at {uri} has no finished cells "
+            f"({len(runs)} cell run(s), {len(failed)} failed); produce them with "
+            f"`seabench run --config <sweep.yaml> --tracking-uri {uri}` (the config's `name` is the "
+            "experiment name), then rerun `seabench report`"
+        )
+    parents = _search(client, experiment_id, "sweep")
+    # the most recent parent is the sweep that wrote (or last resumed) these cells
+    parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    parent_id = parents[0].info.run_id if parents else None
+    return ExperimentData(experiment, results, failed, parent_id, mode)
+
+
+def log_report(tracking_uri: str | None, parent_run_id: str, files: Iterable[Path]) -> None:
+    """Attach the report files to the sweep's parent run under the artifact path `report`."""
+    client = _client(tracking_uri or DEFAULT_TRACKING_URI)
+    for path in files:
+        client.log_artifact(parent_run_id, str(path), artifact_path="report")

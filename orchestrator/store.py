@@ -1,0 +1,279 @@
+"""The Parquet feature store: one folder of shard files plus a manifest per unit, on any fsspec filesystem.
+
+Layout under the store root (a local path or an fsspec URI such as `s3://bucket/features`):
+
+    <backbone>/<task>/<split>/<key>/shard-00000.parquet, ..., manifest.json
+    index/<backbone>__<task>__<split>.json      -> names the current key of that unit
+
+Shard schema: `index` int64 (row in the stored split), `label` int32, `feature` fixed-size list of
+float32 or float16 (length d), zstd-compressed; the key's metadata is also stored as JSON under
+b"seabench" in the Parquet schema metadata, so pandas, DuckDB or Ray Data read the files as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+from fsspec.implementations.local import LocalFileSystem
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.manifest import METADATA_KEY, FeatureKey, Manifest, ShardRecord, pointer_name
+
+LOCK_TIMEOUT_S = 600.0
+_FIX = "re-run `seabench extract` with the same arguments to re-extract it"
+
+
+def shard_table(index: np.ndarray, labels: np.ndarray, features: np.ndarray, meta: dict) -> pa.Table:
+    """The Arrow table of one shard (features already in the storage dtype)."""
+    n, d = features.shape
+    values = pa.array(np.ascontiguousarray(features).reshape(-1))
+    schema = pa.schema(
+        [("index", pa.int64()), ("label", pa.int32()), ("feature", pa.list_(values.type, d))],
+        metadata={METADATA_KEY: json.dumps(meta, sort_keys=True).encode()},
+    )
+    columns = [
+        pa.array(np.asarray(index, dtype=np.int64)),
+        pa.array(np.asarray(labels, dtype=np.int32)),
+        pa.FixedSizeListArray.from_arrays(values, d),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class FeatureStore:
+    """Read and write feature units under `uri` (local path or any fsspec URL)."""
+
+    def __init__(self, uri: str | os.PathLike) -> None:
+        self.uri = str(uri)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.uri)
+        except (ValueError, ImportError) as exc:
+            raise OrchestratorError(f"feature store {self.uri!r}: unsupported location ({exc})") from exc
+        self.root = root.rstrip("/") or "/"
+        self.local = isinstance(self.fs, LocalFileSystem)
+        if self.fs.exists(self.root) and not self.fs.isdir(self.root):
+            raise OrchestratorError(f"feature store {self.uri!r} is a file, not a folder; pass a folder path")
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.uri!r})"
+
+    # ---- low-level file operations -------------------------------------------------------------
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def _write_atomic(self, relative: str, data: bytes) -> None:
+        """Write to a temporary name and rename, so readers never see a half-written file."""
+        final = self.path(relative)
+        parent = final.rsplit("/", 1)[0]
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        try:
+            self.fs.makedirs(parent, exist_ok=True)
+            if self.local:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, final)
+            else:
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.fs.rm(tmp)
+            raise OrchestratorError(f"cannot write {final} in feature store {self.uri!r}: {exc}") from exc
+
+    def _read_bytes(self, relative: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(self.path(relative))
+        except FileNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def lock(self, fkey: FeatureKey) -> Iterator[None]:
+        """Exclusive access to one unit across processes (local filesystems; object stores: one writer)."""
+        if not self.local:
+            yield
+            return
+        folder = self.path(fkey.unit_path())
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise OrchestratorError(f"cannot create {folder} in feature store {self.uri!r}: {exc}") from exc
+        try:
+            with FileLock(f"{folder}/.lock", timeout=LOCK_TIMEOUT_S):
+                yield
+        except Timeout as exc:
+            raise OrchestratorError(f"{folder}/.lock held for {LOCK_TIMEOUT_S:.0f} s by another extraction; "
+                                    "wait for it or delete the lock if that process is gone") from exc
+
+    # ---- writing -------------------------------------------------------------------------------
+    def read_manifest(self, fkey: FeatureKey) -> Manifest | None:
+        relative = f"{fkey.unit_path()}/manifest.json"
+        data = self._read_bytes(relative)
+        return None if data is None else Manifest.from_json(data.decode(), self.path(relative))
+
+    def shard_ok(self, fkey: FeatureKey, record: ShardRecord) -> bool:
+        """The shard file exists with the recorded size and sha256."""
+        data = self._read_bytes(f"{fkey.unit_path()}/{record.file}")
+        return data is not None and len(data) == record.bytes and hashlib.sha256(data).hexdigest() == record.sha256
+
+    def open_unit(self, fkey: FeatureKey, num_rows: int, dim: int, shard_size: int) -> tuple[Manifest, int]:
+        """The unit's manifest with only verified shards kept (and how many were dropped as bad or missing).
+
+        An existing manifest keeps its own shard size so that finished shards stay reusable.
+        """
+        if shard_size < 1:
+            raise OrchestratorError(f"shard size must be ≥ 1, got {shard_size}")
+        old = self.read_manifest(fkey)
+        if old is None or old.key != fkey.key or (old.num_rows, old.dim) != (num_rows, dim):
+            return Manifest(fkey.key, fkey.metadata(), num_rows, dim, fkey.dtype, shard_size), 0
+        good = {i: r for i, r in old.shards.items() if self.shard_ok(fkey, r)}
+        dropped = len(old.shards) - len(good)
+        old.shards = good
+        old.complete = not old.missing()
+        return old, dropped
+
+    def write_shard(
+        self, fkey: FeatureKey, manifest: Manifest, shard: int, index: np.ndarray, labels: np.ndarray,
+        features: np.ndarray,
+    ) -> ShardRecord:
+        """Write one shard atomically and record it in the manifest (and the pointer once complete)."""
+        start, stop = manifest.shard_range(shard)
+        if features.shape != (stop - start, manifest.dim) or not np.array_equal(index, np.arange(start, stop)):
+            raise OrchestratorError(
+                f"shard {shard} of {fkey.unit_path()}: got {features.shape} rows for indices "
+                f"[{start}, {stop}) of dim {manifest.dim}; extraction returned the wrong rows"
+            )
+        buffer = pa.BufferOutputStream()
+        meta = {"key": fkey.key, **fkey.metadata()}
+        table = shard_table(index, labels, features.astype(fkey.dtype, copy=False), meta)
+        pq.write_table(table, buffer, compression="zstd", use_dictionary=False)
+        data = buffer.getvalue().to_pybytes()
+        record = ShardRecord(f"shard-{shard:05d}.parquet", start, stop, stop - start,
+                             hashlib.sha256(data).hexdigest(), len(data))
+        with self.lock(fkey):
+            # Re-read under the lock: another process may have recorded shards of this unit meanwhile.
+            current = self.read_manifest(fkey)
+            if current is not None and current.key == manifest.key and current.shard_size == manifest.shard_size:
+                manifest.shards.update({i: r for i, r in current.shards.items() if i not in manifest.shards})
+            self._write_atomic(f"{fkey.unit_path()}/{record.file}", data)
+            manifest.shards[shard] = record
+            manifest.complete = not manifest.missing()
+            self._write_atomic(f"{fkey.unit_path()}/manifest.json", manifest.to_json().encode())
+            if manifest.complete:
+                self.set_current(fkey)
+        return record
+
+    def set_current(self, fkey: FeatureKey) -> None:
+        """Point `load(backbone, task, split)` at this key."""
+        pointer = {"key": fkey.key, "path": fkey.unit_path(), "backbone": fkey.backbone, "task": fkey.task,
+                   "split": fkey.split}
+        self._write_atomic(f"index/{fkey.pointer_name()}", json.dumps(pointer, indent=1).encode())
+
+    # ---- reading -------------------------------------------------------------------------------
+    def _pointer(self, backbone: str, task: str, split: str) -> dict:
+        relative = f"index/{pointer_name(backbone, task, split)}"
+        data = self._read_bytes(relative)
+        if data is None:
+            raise OrchestratorError(
+                f"no features for backbone {backbone!r}, task {task!r}, split {split!r} in store {self.uri!r}; "
+                f"run `seabench extract --backbone {backbone} --task {task} --store {self.uri}`"
+            )
+        return json.loads(data)
+
+    def _unit_path_of_key(self, key: str) -> str:
+        if not key.isalnum():
+            raise OrchestratorError(f"{key!r} is not a feature key (expected hex digits)")
+        hits = self.fs.glob(f"{self.root}/*/*/*/{key}/manifest.json")
+        if not hits:
+            raise OrchestratorError(f"feature key {key} is not in store {self.uri!r}; run `seabench extract`")
+        return hits[0][len(self.root) + 1: -len("/manifest.json")]
+
+    def _manifest_at(self, unit_path: str) -> Manifest:
+        relative = f"{unit_path}/manifest.json"
+        data = self._read_bytes(relative)
+        if data is None:
+            raise OrchestratorError(f"{self.path(relative)} is missing; {_FIX}")
+        return Manifest.from_json(data.decode(), self.path(relative))
+
+    def unit_info(self, backbone: str, task: str, split: str) -> dict:
+        """The current manifest of (backbone, task, split) as a dict, including the key metadata."""
+        manifest = self._manifest_at(self._pointer(backbone, task, split)["path"])
+        return json.loads(manifest.to_json())
+
+    manifest = unit_info  # the contract's spelling
+
+    def feature_key(self, backbone: str, task: str, split: str) -> FeatureKey:
+        """The FeatureKey of the features `load(backbone, task, split)` returns."""
+        return FeatureKey.from_metadata(self.unit_info(backbone, task, split)["metadata"])
+
+    def key_for(self, backbone: str, task: str, split: str) -> str:
+        return self._pointer(backbone, task, split)["key"]
+
+    def load(self, backbone: str, task: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features float32 n×d, labels int64) of the current unit, ordered by index."""
+        return self._load_unit(self._pointer(backbone, task, split)["path"])
+
+    def load_key(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._load_unit(self._unit_path_of_key(key))
+
+    def _load_unit(self, unit_path: str) -> tuple[np.ndarray, np.ndarray]:
+        manifest = self._manifest_at(unit_path)
+        where = self.path(f"{unit_path}/manifest.json")
+        if not manifest.complete or manifest.missing():
+            raise OrchestratorError(f"{where}: unit is incomplete (shards {manifest.missing()} missing); {_FIX}")
+        features = np.empty((manifest.num_rows, manifest.dim), dtype=np.float32)
+        labels = np.empty(manifest.num_rows, dtype=np.int64)
+        records = [manifest.shards[i] for i in range(manifest.num_shards)]
+
+        def read(record: ShardRecord) -> None:
+            self._read_shard(unit_path, manifest, record, features, labels)
+
+        # Shards decode in parallel: pyarrow and hashlib release the GIL.
+        with ThreadPoolExecutor(max(1, min(len(records), os.cpu_count() or 1))) as pool:
+            list(pool.map(read, records))
+        if not np.isfinite(features).all():
+            rows = np.flatnonzero(~np.isfinite(features).all(axis=1))[:5].tolist()
+            raise OrchestratorError(f"{where}: features contain NaN/Inf (rows {rows}...); the backbone "
+                                    "diverged — check its weights, then delete this folder and re-extract")
+        return features, labels
+
+    def _read_shard(
+        self, unit_path: str, manifest: Manifest, record: ShardRecord, features: np.ndarray, labels: np.ndarray
+    ) -> None:
+        """Verify one shard and copy it into rows [start, stop) of the output arrays."""
+        name = self.path(f"{unit_path}/{record.file}")
+        data = self._read_bytes(f"{unit_path}/{record.file}")
+        if data is None:
+            raise OrchestratorError(f"{name} is missing; {_FIX}")
+        if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
+            raise OrchestratorError(f"{name}: checksum mismatch with the manifest (corrupt or replaced); {_FIX}")
+        table = pq.read_table(pa.BufferReader(data))
+        meta = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
+        if meta.get("key") != manifest.key:
+            raise OrchestratorError(
+                f"{name} belongs to feature key {meta.get('key')!r}, not {manifest.key}; "
+                f"shards of different keys never mix — delete it and {_FIX}"
+            )
+        column = table.column("feature")
+        dim = getattr(column.type, "list_size", None)
+        if dim != manifest.dim or table.num_rows != record.rows:
+            raise OrchestratorError(f"{name}: {table.num_rows} rows of dim {dim}, manifest says "
+                                    f"{record.rows} of dim {manifest.dim}; delete it and {_FIX}")
+        index = table.column("index").to_numpy()
+        if not np.array_equal(index, np.arange(record.start, record.stop)):
+            raise OrchestratorError(f"{name}: indices are not rows [{record.start}, {record.stop}); {_FIX}")
+        row = record.start
+        for chunk in column.chunks:
+            flat = chunk.flatten().to_numpy(zero_copy_only=False)
+            features[row: row + len(chunk)] = flat.reshape(len(chunk), manifest.dim)
+            row += len(chunk)
+        labels[record.start: record.stop] = table.column("label").to_numpy()

@@ -1,0 +1,201 @@
+"""MLflow tracking of a sweep, written from the Tune driver only (SQLite breaks under concurrent writers).
+
+Schema (see the contract): one experiment per sweep, a parent run (`seabench.role=sweep`, run name
+`sweep`) and one child run per cell (`seabench.role=cell`, tag `cell_id`). A cell is complete iff a
+child run with its `cell_id` is FINISHED with tag `status=ok`; any other child run of a cell about to
+be (re)computed — RUNNING after a killed driver, or failed — is terminated as KILLED and deleted, so
+the experiment always holds exactly one active run per cell.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrator.cells import Cell
+from orchestrator.errors import OrchestratorError
+
+logger = logging.getLogger(__name__)
+
+ROLE_TAG = "seabench.role"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_BATCH_METRICS = 1000   # MLflow's log_batch limit
+RETRY_SECONDS = 60.0
+T = TypeVar("T")
+
+
+@dataclass
+class CellOutcome:
+    """What one finished cell logs: produced inside the trial, shipped to the driver as JSON."""
+
+    cell_id: str
+    params: dict[str, Any]                      # the selected configuration + epochs, batch_size, n_candidates
+    metrics: dict[str, float]                   # val_/test_ top1 and mean_per_class (percent)
+    tags: dict[str, str] = field(default_factory=dict)   # feature_key, primary_metric, mode, split hash, …
+    candidate_val_top1: list[float] = field(default_factory=list)   # the selection curve
+    val_best_top1: list[float] = field(default_factory=list)        # per-epoch best over the block
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> CellOutcome:
+        return cls(**json.loads(text))
+
+
+def code_version() -> str:
+    """`<package version>` plus `+g<git sha>` when the package runs from a git checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        base = version("seabench")
+    except PackageNotFoundError:
+        from orchestrator import __version__ as base
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return base
+    return f"{base}+g{sha}" if sha else base
+
+
+def _retry(func: Callable[..., T]) -> Callable[..., T]:
+    """Retry a tracking call while SQLite reports "database is locked" (another reader/writer)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        deadline, delay = time.monotonic() + RETRY_SECONDS, 0.2
+        while True:
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:  # MlflowException or sqlalchemy OperationalError, both carry the text
+                if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return wrapper
+
+
+def _metric_list(outcome: CellOutcome, now: int) -> list:
+    from mlflow.entities import Metric
+
+    out = [Metric(k, float(v), now, 0) for k, v in outcome.metrics.items() if v is not None and math.isfinite(v)]
+    out += [Metric("candidate_val_top1", float(v), now, i) for i, v in enumerate(outcome.candidate_val_top1)]
+    out += [Metric("val_best_top1", float(v), now, e) for e, v in enumerate(outcome.val_best_top1, start=1)]
+    return out
+
+
+class SweepTracker:
+    """The sweep's experiment and parent run; logs one child run per finished or failed cell."""
+
+    def __init__(self, tracking_uri: str, experiment: str, config: dict[str, Any] | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.config = config or {}
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.code_version = code_version()
+        self.experiment_id = ""
+        self.parent_id = ""
+
+    @_retry
+    def start(self) -> None:
+        """Create or reopen the experiment and its parent run (one per sweep, reused on resume)."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise OrchestratorError(f"MLflow experiment {self.experiment!r} is deleted; restore it "
+                                    "(mlflow experiments restore) or choose another sweep name")
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+        parents = self._search(f"tags.`{ROLE_TAG}` = 'sweep'")
+        if parents:
+            self.parent_id = parents[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name="sweep", tags={ROLE_TAG: "sweep"})
+            self.parent_id = run.info.run_id
+        # the config is a tag, not params: params are immutable and a resumed sweep may change e.g. resources
+        self.client.set_tag(self.parent_id, "seabench.config", json.dumps(self.config, sort_keys=True)[:8000])
+        self.client.set_tag(self.parent_id, "code_version", self.code_version)
+
+    def _search(self, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                           max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    @_retry
+    def cell_runs(self) -> list:
+        return self._search(f"tags.`{ROLE_TAG}` = 'cell'")
+
+    def completed(self) -> set[str]:
+        """cell_ids with a FINISHED child run tagged status=ok."""
+        return {r.data.tags.get("cell_id", "") for r in self.cell_runs()
+                if r.info.status == "FINISHED" and r.data.tags.get("status") == "ok"}
+
+    @_retry
+    def discard_unfinished(self, cell_ids: Iterable[str]) -> int:
+        """Mark KILLED and delete every child run of these (not complete) cells; returns how many."""
+        wanted, count = set(cell_ids), 0
+        for run in self.cell_runs():
+            if run.data.tags.get("cell_id") in wanted:
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
+                self.client.delete_run(run.info.run_id)
+                count += 1
+        return count
+
+    def _cell_tags(self, cell: Cell, extra: dict[str, str]) -> dict[str, str]:
+        return {ROLE_TAG: "cell", PARENT_TAG: self.parent_id, "cell_id": cell.cell_id,
+                "backbone": cell.backbone, "task": cell.task, "method": cell.method, "seed": str(cell.seed),
+                "code_version": self.code_version, **{k: str(v) for k, v in extra.items()}}
+
+    @_retry
+    def _create(self, cell: Cell, tags: dict[str, str]) -> str:
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=cell.cell_id).info.run_id
+
+    @_retry
+    def _log_batch(self, run_id: str, metrics: list, params: list) -> None:
+        self.client.log_batch(run_id, metrics=metrics, params=params)
+
+    @_retry
+    def _terminate(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_cell(self, cell: Cell, outcome: CellOutcome) -> str:
+        """One FINISHED child run with status=ok; returns its run id."""
+        from mlflow.entities import Param
+
+        run_id = self._create(cell, self._cell_tags(cell, {**outcome.tags, "status": "ok"}))
+        metrics = _metric_list(outcome, int(time.time() * 1000))
+        params = [Param(k, str(v)) for k, v in sorted(outcome.params.items())]
+        for start in range(0, max(len(metrics), 1), MAX_BATCH_METRICS):
+            self._log_batch(run_id, metrics[start:start + MAX_BATCH_METRICS], params if start == 0 else [])
+        self._terminate(run_id, "FINISHED")
+        return run_id
+
+    def log_failed(self, cell: Cell, error: str, extra: dict[str, str] | None = None) -> str:
+        """A FAILED child run tagged status=failed with the error (its last 5000 characters)."""
+        tags = self._cell_tags(cell, {**(extra or {}), "status": "failed", "error": error.strip()[-5000:] or "?"})
+        run_id = self._create(cell, tags)
+        self._terminate(run_id, "FAILED")
+        return run_id
+
+    @_retry
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)

@@ -1,0 +1,101 @@
+"""The augmentation family: one small function per method, registered by name.
+
+Each augmenter sees one batch and a contiguous slice of heads that share its method, and returns
+the features the SGD step is taken at (k×B×d) plus soft targets (k×B×C) or None for one-hot.
+Per-head randomness comes from `HeadRandom`, seeded from (settings seed, method) only, so a head
+draws the same numbers whether it is trained alone or inside a K-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sea.config import METHODS
+from sea.direction import loss_residual, normalise, sea_directions
+
+
+@dataclass
+class HeadRandom:
+    """The random streams of one head: torch for Gaussian noise, numpy for mixup's Beta and partner."""
+
+    noise: torch.Generator
+    mix: np.random.Generator
+
+    @classmethod
+    def create(cls, seed: int, method: str, device: torch.device) -> HeadRandom:
+        sequence = np.random.SeedSequence([seed, METHODS.index(method)])
+        state = int(sequence.generate_state(1, dtype=np.uint64)[0])
+        return cls(torch.Generator(device=device).manual_seed(state), np.random.default_rng(sequence))
+
+
+@dataclass
+class StepContext:
+    """What one step knows before the update: the batch, the clean logits and every head's state."""
+
+    x: torch.Tensor           # B×d, L2-normalised
+    onehot: torch.Tensor      # B×C
+    z: torch.Tensor           # K×B×C clean logits at the current W
+    weight: torch.Tensor      # K×C×d
+    eta: torch.Tensor         # K×1×1, likewise alpha, lamda, delta
+    alpha: torch.Tensor
+    lamda: torch.Tensor
+    delta: torch.Tensor
+    random: list[HeadRandom]
+
+
+Augmented = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _sea(ctx: StepContext, heads: slice) -> Augmented:
+    d = sea_directions(ctx.z[heads], ctx.weight[heads], ctx.x, ctx.onehot, ctx.alpha[heads],
+                       ctx.lamda[heads], ctx.delta[heads])
+    return normalise(ctx.x + ctx.eta[heads] * d), None
+
+
+def _fgsm(ctx: StepContext, heads: slice) -> Augmented:
+    # raw normalised input gradient; the 1/B factor vanishes in the normalisation
+    residual = loss_residual(ctx.z[heads], ctx.onehot, ctx.lamda[heads], ctx.delta[heads])
+    g = torch.bmm(residual, ctx.weight[heads])
+    return normalise(ctx.x + ctx.eta[heads] * normalise(g)), None
+
+
+def _noise(ctx: StepContext, heads: slice) -> Augmented:
+    b, d = ctx.x.shape
+    n = torch.stack([torch.randn(b, d, generator=r.noise, device=ctx.x.device, dtype=ctx.x.dtype)
+                     for r in ctx.random[heads]])
+    return normalise(ctx.x + ctx.eta[heads] * normalise(n)), None
+
+
+def _mixup(ctx: StepContext, heads: slice) -> Augmented:
+    # one mixing coefficient per head and step (Zhang et al.), partner = a permutation of the batch
+    b = ctx.x.shape[0]
+    etas = ctx.eta[heads].flatten().tolist()
+    draws = [(r.mix.beta(eta, eta), r.mix.permutation(b)) for r, eta in zip(ctx.random[heads], etas)]
+    lam = torch.tensor([m for m, _ in draws], dtype=ctx.x.dtype, device=ctx.x.device).view(-1, 1, 1)
+    partner = torch.as_tensor(np.stack([p for _, p in draws]), device=ctx.x.device)   # k×B
+    mixed_x = lam * ctx.x + (1 - lam) * ctx.x[partner]
+    mixed_t = lam * ctx.onehot + (1 - lam) * ctx.onehot[partner]
+    return mixed_x, mixed_t
+
+
+AUGMENTERS: dict[str, Callable[[StepContext, slice], Augmented]] = {
+    "sea": _sea,
+    "fgsm": _fgsm,
+    "noise": _noise,
+    "mixup": _mixup,
+}
+
+# η = 0 makes these the plain linear head; they are trained in its (cheaper, exact) group
+_ETA_IS_STEP = ("sea", "fgsm", "noise")
+
+
+def group_of(method: str, eta: float) -> str:
+    """Heads are trained in groups; 'linear' is the unperturbed group, first in every K-batch."""
+    return "linear" if method == "linear" or (method in _ETA_IS_STEP and eta == 0) else method
+
+
+GROUP_ORDER: tuple[str, ...] = ("linear", *AUGMENTERS)

@@ -1,0 +1,108 @@
+"""Configurations of the SeA trainer family: one `HeadConfig` per head, one `TrainSettings` per pass."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from sea.errors import SeaError
+
+METHODS: tuple[str, ...] = ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
+HEAD_METHODS: tuple[str, ...] = METHODS[:5]
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+def _finite(owner: str, name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SeaError(f"{owner}.{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check(owner: str, name: str, value: float, ok: Callable[[float], bool], rule: str, fix: str) -> None:
+    if not ok(_finite(owner, name, value)):
+        raise SeaError(f"{owner}.{name}={value!r} is invalid: it must be {rule}; {fix}")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """One classifier configuration in a K-batch; every head owns its hyper-parameters."""
+
+    method: str = "sea"         # linear | sea | fgsm | noise | mixup
+    lr: float = 1.6
+    weight_decay: float = 1e-6
+    eta: float = 0.8            # step (sea/fgsm/noise); for mixup: Beta(eta, eta) concentration
+    alpha: float = 0.01         # projection temperature (sea)
+    lamda: float = 0.1          # loss temperature
+    delta: float = 0.0          # margin
+
+    def __post_init__(self) -> None:
+        if self.method not in HEAD_METHODS:
+            hint = ("logreg is not a linear head: use fit_logreg or select_and_refit(configs='logreg')"
+                    if self.method == "logreg" else f"choose one of {', '.join(HEAD_METHODS)}")
+            raise SeaError(f"HeadConfig.method={self.method!r} is unknown; {hint}")
+        own = "HeadConfig"
+        _check(own, "lr", self.lr, lambda v: v >= 0, ">= 0", "use a positive learning rate such as 1.6")
+        _check(own, "weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0", "use e.g. 1e-6 or 0")
+        _check(own, "eta", self.eta, lambda v: v >= 0, ">= 0", "eta=0 means no augmentation")
+        if self.method == "mixup":
+            _check(own, "eta", self.eta, lambda v: v > 0, "> 0 for mixup (it is the Beta(eta, eta) "
+                   "concentration)", "use e.g. eta=0.2, or method='linear' for no mixing")
+        _check(own, "alpha", self.alpha, lambda v: v > 0, "> 0 (a softmax temperature)", "use e.g. 0.01")
+        _check(own, "lamda", self.lamda, lambda v: v > 0, "> 0 (a softmax temperature)", "use e.g. 0.1")
+        _finite(own, "delta", self.delta)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Shared by all K heads of one pass over the data.
+
+    schedule "cosine" is applied per epoch: epoch e (0-based) of E uses lr·½(1+cos(π e / E)),
+    i.e. torch's CosineAnnealingLR(T_max=E, eta_min=0) stepped once per epoch.
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    momentum: float = 0.9
+    schedule: str = "constant"
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = False          # autocast on CUDA only; ignored on CPU
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SeaError(f"TrainSettings.{name} must be an int, got {value!r}")
+        if self.epochs < 1:
+            raise SeaError(f"TrainSettings.epochs={self.epochs} is invalid: train for at least 1 epoch")
+        if self.batch_size < 1:
+            raise SeaError(f"TrainSettings.batch_size={self.batch_size} is invalid: use a batch size >= 1 "
+                           "(the reference uses 256)")
+        _check("TrainSettings", "momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)", "use e.g. 0.9")
+        if self.schedule not in SCHEDULES:
+            raise SeaError(f"TrainSettings.schedule={self.schedule!r} is unknown; choose one of "
+                           f"{', '.join(SCHEDULES)}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise SeaError(f"TrainSettings.device={self.device!r} is not a torch device: {err}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SeaError(f"TrainSettings.device={self.device!r}: CUDA is not available here; use 'cpu'")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    weights: torch.Tensor                       # K x C x d float32, on CPU
+    configs: tuple[HeadConfig, ...]
+    val_history: list[list[dict]] = field(default_factory=list)  # per epoch, per config
+    seconds: float = 0.0
+    stopped_epoch: int = 0                      # epochs actually run

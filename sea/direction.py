@@ -1,0 +1,95 @@
+"""The SeA perturbation in closed form, without autograd.
+
+For the bias-free linear head and the loss L = (1/B) Σ λ·CE((W x_i − δ e_{y_i})/λ, y_i):
+
+* the input gradient is g_i = Wᵀ r_i / B with r_i = p_i − e_{y_i}, p_i = softmax((W x_i − δ e_{y_i})/λ);
+* the projection score ĝ_i·x_j = r_i·z_j / ‖Wᵀ r_i‖ with z_j = W x_j, the logits already computed,
+  and ‖Wᵀ r_i‖² = r_iᵀ (W Wᵀ) r_i — so the B×B similarity costs B·B·C instead of B·B·d;
+* P_ij = softmax over j ≠ i of the scores / α (diagonal masked with −inf *before* the softmax,
+  so a row whose own similarity dominates cannot underflow to 0/0), d_i = normalise(Σ_j P_ij x_j).
+
+Rows whose gradient vanishes (a perfectly fit example) and batches of one get a zero direction,
+i.e. no perturbation, never NaN. All internals are batched over K heads sharing one batch X.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# F.normalize's floor: a zero vector stays zero instead of becoming NaN
+EPS = 1e-12
+
+
+def normalise(v: torch.Tensor) -> torch.Tensor:
+    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(EPS)
+
+
+def loss_residual(z: torch.Tensor, targets: torch.Tensor, lamda: torch.Tensor,
+                  delta: torch.Tensor) -> torch.Tensor:
+    """∂(λ·CE((z − δt)/λ, t))/∂z = softmax((z − δt)/λ) − t; λ cancels. z: k×B×C, λ, δ: k×1×1."""
+    return torch.softmax((z - delta * targets) / lamda, dim=-1) - targets
+
+
+def gradient_sq_norms(residual: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """‖Wᵀ r_i‖² for every row (k×B), by the cheaper of the C×C Gram matrix and the explicit product."""
+    k, b, c = residual.shape
+    if c <= b:
+        gram = torch.bmm(weight, weight.transpose(1, 2))                    # k×C×C
+        return (torch.bmm(residual, gram) * residual).sum(-1).clamp_min(0)
+    return torch.bmm(residual, weight).square().sum(-1)
+
+
+def sea_directions(z: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, targets: torch.Tensor,
+                   alpha: torch.Tensor, lamda: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Unit semantic directions d (k×B×d) for k heads on one batch x (B×d) with logits z = x Wᵀ (k×B×C)."""
+    k, b, _ = z.shape
+    if b < 2:
+        return x.new_zeros(k, b, x.shape[1])
+    residual = loss_residual(z, targets, lamda, delta)
+    sq = gradient_sq_norms(residual, weight)
+    ok = sq > torch.finfo(sq.dtype).tiny
+    scale = torch.where(ok, sq.clamp_min(torch.finfo(sq.dtype).tiny).rsqrt(), 0.0) / alpha.view(k, 1)
+    scores = torch.bmm(residual, z.transpose(1, 2)) * scale.unsqueeze(-1)   # ĝ_i·x_j / α
+    scores.diagonal(dim1=1, dim2=2).fill_(-torch.inf)
+    weights = torch.softmax(scores, dim=-1)
+    mixed = (weights.reshape(k * b, b) @ x).view(k, b, x.shape[1])
+    return normalise(mixed) * ok.unsqueeze(-1)
+
+
+def _heads(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    return (weight.unsqueeze(0), True) if weight.dim() == 2 else (weight, False)
+
+
+def _per_head(value: float | Sequence[float] | torch.Tensor, k: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, 1, 1).expand(k, 1, 1)
+
+
+def input_gradient(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lamda: float = 0.1,
+                   delta: float = 0.0) -> torch.Tensor:
+    """g_i = ∂L/∂x_i = Wᵀ(p_i − e_{y_i})/B for W (C×d, or K×C×d with per-head λ, δ); returns B×d or K×B×d."""
+    w, single = _heads(weight)
+    k, c, _ = w.shape
+    onehot = torch.nn.functional.one_hot(y.long(), c).to(w.dtype)
+    z = torch.matmul(x.to(w.dtype), w.transpose(1, 2))
+    residual = loss_residual(z, onehot, _per_head(lamda, k, w), _per_head(delta, k, w))
+    g = torch.bmm(residual, w) / x.shape[0]
+    return g[0] if single else g
+
+
+def semantic_direction(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, alpha: float = 0.01,
+                       lamda: float = 0.1, delta: float = 0.0) -> torch.Tensor:
+    """Unit SeA directions d_i = normalise(Σ_{j≠i} P_ij x_j) at the current W, for L2-normalised x (B×d).
+
+    W is C×d (returns B×d) or K×C×d with scalar or per-head α, λ, δ (returns K×B×d). Zero rows mean
+    "no perturbation" (batch of one, or a vanishing gradient).
+    """
+    w, single = _heads(weight)
+    k, c, _ = w.shape
+    xs = x.to(w.dtype)
+    onehot = torch.nn.functional.one_hot(y.long(), c).to(w.dtype)
+    z = torch.matmul(xs, w.transpose(1, 2))
+    d = sea_directions(z, w, xs, onehot, _per_head(alpha, k, w), _per_head(lamda, k, w),
+                       _per_head(delta, k, w))
+    return d[0] if single else d

