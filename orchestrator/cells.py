@@ -31,7 +31,7 @@ AXIS_DEFAULTS: dict[str, tuple[float, ...]] = {
     "lamda": (0.05, 0.1, 0.2),
     "eta": (0.1, 0.2, 0.4, 0.8),
     "alpha": (0.01, 0.05, 0.1),
-    "c": tuple(10.0 ** k for k in range(-3, 4)),   # log-spaced 1e-3 … 1e3
+    "c": tuple(10.0 ** k for k in range(-4, 5)),   # log-spaced 1e-4 … 1e4 (sea.fit_logreg default)
 }
 # mixup's η is a Beta concentration, not a step length: its own protocol values
 METHOD_DEFAULTS: dict[str, dict[str, tuple[float, ...]]] = {"mixup": {"eta": (0.2, 0.5, 1.0, 2.0)}}
@@ -68,10 +68,18 @@ def backbone_parts(backbone: str) -> tuple[str, ...]:
 
 
 def axis_values(cfg: RunConfig, method: str, axis: str) -> tuple[float, ...]:
-    override = cfg.grid.values(method, axis)
-    if override is not None:
-        return override
-    return METHOD_DEFAULTS.get(method, {}).get(axis, AXIS_DEFAULTS[axis])
+    """Per-method override > method-specific default > shared override > protocol default.
+
+    A shared override (e.g. `grid.eta`) never reaches an axis whose meaning is method-specific
+    (mixup's η is a Beta concentration): change that one with `grid.mixup.eta`.
+    """
+    own = cfg.grid.own(method, axis)
+    if own is not None:
+        return own
+    if axis in METHOD_DEFAULTS.get(method, {}):
+        return METHOD_DEFAULTS[method][axis]
+    shared = cfg.grid.shared(axis)
+    return shared if shared is not None else AXIS_DEFAULTS[axis]
 
 
 def candidate_configs(cfg: RunConfig, method: str) -> list[dict[str, Any]]:

@@ -83,10 +83,13 @@ class GridConfig:
     common: Axes = ()
     per_method: tuple[tuple[str, Axes], ...] = ()
 
-    def values(self, method: str, axis: str) -> tuple[float, ...] | None:
-        """The overriding values of `axis` for `method`, or None where the default applies."""
-        own = dict(dict(self.per_method).get(method, ()))
-        return own.get(axis, dict(self.common).get(axis))
+    def own(self, method: str, axis: str) -> tuple[float, ...] | None:
+        """The per-method override of `axis`, or None."""
+        return dict(dict(self.per_method).get(method, ())).get(axis)
+
+    def shared(self, axis: str) -> tuple[float, ...] | None:
+        """The override of `axis` for every method, or None."""
+        return dict(self.common).get(axis)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from orchestrator.errors import OrchestratorError
 # Bump when the meaning or layout of stored features changes: every key changes with it.
 FEATURE_FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
+# The leading "_" makes pyarrow/pandas/Spark skip it, so `pandas.read_parquet(<unit folder>)` just works.
+MANIFEST = "_manifest.json"
 METADATA_KEY = b"seabench"  # Parquet schema-metadata entry holding the unit's key metadata (JSON)
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -32,7 +34,7 @@ def safe_name(name: str, what: str = "name") -> str:
     if _SAFE.fullmatch(name) and ".." not in name:
         return name
     if _SCHEME.match(name):
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:48].strip("._-") or "x"
+        slug = re.sub(r"[^A-Za-z0-9-]+", "_", name).strip("_-")[:48].strip("_-") or "x"
         return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     raise OrchestratorError(
         f"{what} {name!r} cannot name a store folder: use letters, digits, '.', '_' or '-' "
@@ -109,7 +111,7 @@ class ShardRecord:
 
 @dataclass
 class Manifest:
-    """The `manifest.json` of a unit. `complete` only once every planned shard is recorded."""
+    """The `_manifest.json` of a unit. `complete` only once every planned shard is recorded."""
 
     key: str
     metadata: dict

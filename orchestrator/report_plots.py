@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from orchestrator.report_stats import ordered_methods
+
 
 @dataclass(frozen=True)
 class Plot:
@@ -57,7 +59,7 @@ def difference_heatmap(differences: pd.DataFrame) -> Plot | None:
     ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right")
     ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
     ax.set_title("SeA − linear (points, mean over seeds)")
-    fig.colorbar(image, ax=ax, label="SeA − linear (points)")
+    fig.colorbar(image, ax=ax, label="SeA − linear (points); blue: SeA better")
     return Plot("sea_minus_linear.png", "SeA − linear per task and backbone", _png(fig))
 
 
@@ -65,7 +67,7 @@ def task_bars(summary: pd.DataFrame) -> list[Plot]:
     """One figure per task: grouped bars per backbone, one bar per method, error bars = std over seeds."""
     plt = _pyplot()
     plots = []
-    methods = sorted(summary["method"].unique())
+    methods = ordered_methods(summary["method"])
     for index, (task, rows) in enumerate(summary.groupby("task", sort=True)):
         backbones = sorted(rows["backbone"].unique())
         width = 0.8 / max(len(methods), 1)
@@ -76,10 +78,10 @@ def task_bars(summary: pd.DataFrame) -> list[Plot]:
             ax.bar(x, sub["mean"].to_numpy(dtype=float), width, label=method,
                    yerr=np.nan_to_num(sub["std"].to_numpy(dtype=float)), capsize=3)
         ax.set_xticks(range(len(backbones)), backbones, rotation=20, ha="right")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test accuracy (%), primary metric")
         ax.set_title(f"{task}: mean ± std over seeds")
         low = float(np.nanmin(rows["mean"] - rows["std"].fillna(0)))
         ax.set_ylim(max(0.0, low - 5), min(100.0, float(np.nanmax(rows["mean"] + rows["std"].fillna(0))) + 3))
-        ax.legend(fontsize=8, ncol=min(len(methods), 6), loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method")  # outside: never hides a bar
         plots.append(Plot(f"bars_{index:02d}_{slug(str(task))}.png", f"{task}: methods per backbone", _png(fig)))
     return plots

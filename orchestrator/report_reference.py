@@ -23,10 +23,10 @@ COMPARISON_COLUMNS = ["task", "backbone", "metric", "sea", "finetune", "gap", "w
 
 def _known_tasks() -> set[str]:
     try:
-        from tasks import list_tasks
+        from tasks import TASKS
     except ImportError:  # the registry is optional here: the experiment's own tasks still count
         return set()
-    return set(list_tasks())
+    return set(TASKS)
 
 
 def load_reference(path: str | Path, experiment_tasks: Collection[str] = ()) -> pd.DataFrame:

@@ -9,10 +9,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from orchestrator.report_plots import Plot
-from orchestrator.report_stats import CONFIDENCE, Leaderboard
+from orchestrator.report_stats import CONFIDENCE, Leaderboard, ordered_methods
 
-# the protocol's order (baseline first); methods a sweep adds later follow alphabetically
-METHOD_ORDER = ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
 NA = "n/a"
 MAX_ERROR_CHARS = 300
 
@@ -66,11 +64,6 @@ def _mean_std(mean: float, std: float) -> str:
 
 def _interval(low: float, high: float) -> str:
     return NA if math.isnan(low) else f"[{_num(low, True)}, {_num(high, True)}]"
-
-
-def ordered_methods(methods: Sequence[str]) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in methods]
-    return known + sorted(set(methods) - set(METHOD_ORDER))
 
 
 def _task_label(board: Leaderboard, task: str) -> str:

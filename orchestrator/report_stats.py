@@ -7,6 +7,7 @@ All functions are pure: they take the long-format results table of `orchestrator
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,13 @@ from scipy import stats
 CONFIDENCE = 0.95
 PAPER_GAIN = 2.0  # points; the paper's mean SeA − linear over all (backbone, task) cells
 CELL = ["task", "backbone"]
+# the protocol's order (baseline first); methods a sweep adds later follow alphabetically
+METHOD_ORDER = ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
+
+
+def ordered_methods(methods: Iterable[str]) -> list[str]:
+    present = set(methods)
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
 def t_interval(values: np.ndarray | pd.Series, confidence: float = CONFIDENCE) -> tuple[float, float, float]:

@@ -2,7 +2,7 @@
 
 Layout under the store root (a local path or an fsspec URI such as `s3://bucket/features`):
 
-    <backbone>/<task>/<split>/<key>/shard-00000.parquet, ..., manifest.json
+    <backbone>/<task>/<split>/<key>/shard-00000.parquet, ..., _manifest.json
     index/<backbone>__<task>__<split>.json      -> names the current key of that unit
 
 Shard schema: `index` int64 (row in the stored split), `label` int32, `feature` fixed-size list of
@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from fsspec.implementations.local import LocalFileSystem
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.manifest import METADATA_KEY, FeatureKey, Manifest, ShardRecord, pointer_name
+from orchestrator.manifest import MANIFEST, METADATA_KEY, FeatureKey, Manifest, ShardRecord, pointer_name
 
 LOCK_TIMEOUT_S = 600.0
 _FIX = "re-run `seabench extract` with the same arguments to re-extract it"
@@ -36,7 +36,7 @@ _FIX = "re-run `seabench extract` with the same arguments to re-extract it"
 
 def shard_table(index: np.ndarray, labels: np.ndarray, features: np.ndarray, meta: dict) -> pa.Table:
     """The Arrow table of one shard (features already in the storage dtype)."""
-    n, d = features.shape
+    d = features.shape[1]
     values = pa.array(np.ascontiguousarray(features).reshape(-1))
     schema = pa.schema(
         [("index", pa.int64()), ("label", pa.int32()), ("feature", pa.list_(values.type, d))],
@@ -95,6 +95,8 @@ class FeatureStore:
             return self.fs.cat_file(self.path(relative))
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise OrchestratorError(f"cannot read {self.path(relative)} in feature store {self.uri!r}: {exc}") from exc
 
     @contextlib.contextmanager
     def lock(self, fkey: FeatureKey) -> Iterator[None]:
@@ -116,7 +118,7 @@ class FeatureStore:
 
     # ---- writing -------------------------------------------------------------------------------
     def read_manifest(self, fkey: FeatureKey) -> Manifest | None:
-        relative = f"{fkey.unit_path()}/manifest.json"
+        relative = f"{fkey.unit_path()}/{MANIFEST}"
         data = self._read_bytes(relative)
         return None if data is None else Manifest.from_json(data.decode(), self.path(relative))
 
@@ -139,6 +141,10 @@ class FeatureStore:
         dropped = len(old.shards) - len(good)
         old.shards = good
         old.complete = not old.missing()
+        if dropped:
+            # Rewrite at once: the manifest on storage is the truth every writer merges with.
+            with self.lock(fkey):
+                self._write_atomic(f"{fkey.unit_path()}/{MANIFEST}", old.to_json().encode())
         return old, dropped
 
     def write_shard(
@@ -146,6 +152,7 @@ class FeatureStore:
         features: np.ndarray,
     ) -> ShardRecord:
         """Write one shard atomically and record it in the manifest (and the pointer once complete)."""
+        shard = int(shard)
         start, stop = manifest.shard_range(shard)
         if features.shape != (stop - start, manifest.dim) or not np.array_equal(index, np.arange(start, stop)):
             raise OrchestratorError(
@@ -163,11 +170,13 @@ class FeatureStore:
             # Re-read under the lock: another process may have recorded shards of this unit meanwhile.
             current = self.read_manifest(fkey)
             if current is not None and current.key == manifest.key and current.shard_size == manifest.shard_size:
-                manifest.shards.update({i: r for i, r in current.shards.items() if i not in manifest.shards})
+                manifest.shards.update(current.shards)
+            if shard in manifest.shards:
+                return manifest.shards[shard]  # written meanwhile by another process: keep its file
             self._write_atomic(f"{fkey.unit_path()}/{record.file}", data)
             manifest.shards[shard] = record
             manifest.complete = not manifest.missing()
-            self._write_atomic(f"{fkey.unit_path()}/manifest.json", manifest.to_json().encode())
+            self._write_atomic(f"{fkey.unit_path()}/{MANIFEST}", manifest.to_json().encode())
             if manifest.complete:
                 self.set_current(fkey)
         return record
@@ -192,13 +201,13 @@ class FeatureStore:
     def _unit_path_of_key(self, key: str) -> str:
         if not key.isalnum():
             raise OrchestratorError(f"{key!r} is not a feature key (expected hex digits)")
-        hits = self.fs.glob(f"{self.root}/*/*/*/{key}/manifest.json")
+        hits = self.fs.glob(f"{self.root}/*/*/*/{key}/{MANIFEST}")
         if not hits:
             raise OrchestratorError(f"feature key {key} is not in store {self.uri!r}; run `seabench extract`")
-        return hits[0][len(self.root) + 1: -len("/manifest.json")]
+        return hits[0][len(self.root) + 1: -len(MANIFEST) - 1]
 
     def _manifest_at(self, unit_path: str) -> Manifest:
-        relative = f"{unit_path}/manifest.json"
+        relative = f"{unit_path}/{MANIFEST}"
         data = self._read_bytes(relative)
         if data is None:
             raise OrchestratorError(f"{self.path(relative)} is missing; {_FIX}")
@@ -227,7 +236,7 @@ class FeatureStore:
 
     def _load_unit(self, unit_path: str) -> tuple[np.ndarray, np.ndarray]:
         manifest = self._manifest_at(unit_path)
-        where = self.path(f"{unit_path}/manifest.json")
+        where = self.path(f"{unit_path}/{MANIFEST}")
         if not manifest.complete or manifest.missing():
             raise OrchestratorError(f"{where}: unit is incomplete (shards {manifest.missing()} missing); {_FIX}")
         features = np.empty((manifest.num_rows, manifest.dim), dtype=np.float32)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sea.config import METHODS
-from sea.direction import loss_residual, normalise, sea_directions
+from sea.direction import direction_residual, normalise, sea_directions
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _sea(ctx: StepContext, heads: slice) -> Augmented:
 
 def _fgsm(ctx: StepContext, heads: slice) -> Augmented:
     # raw normalised input gradient; the 1/B factor vanishes in the normalisation
-    residual = loss_residual(ctx.z[heads], ctx.onehot, ctx.lamda[heads], ctx.delta[heads])
+    residual = direction_residual(ctx.z[heads], ctx.onehot, ctx.lamda[heads], ctx.delta[heads])
     g = torch.bmm(residual, ctx.weight[heads])
     return normalise(ctx.x + ctx.eta[heads] * normalise(g)), None
 

@@ -13,6 +13,7 @@ from sea.errors import SeaError
 METHODS: tuple[str, ...] = ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
 HEAD_METHODS: tuple[str, ...] = METHODS[:5]
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _finite(owner: str, name: str, value: float) -> float:
@@ -73,6 +74,8 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     bf16: bool = False          # autocast on CUDA only; ignored on CPU
+    # float64 exists for fidelity checks: SeA's dynamics amplify float32 rounding (see trainer)
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "seed"):
@@ -88,6 +91,8 @@ class TrainSettings:
         if self.schedule not in SCHEDULES:
             raise SeaError(f"TrainSettings.schedule={self.schedule!r} is unknown; choose one of "
                            f"{', '.join(SCHEDULES)}")
+        if self.dtype not in DTYPES:
+            raise SeaError(f"TrainSettings.dtype={self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as err:
@@ -99,9 +104,13 @@ class TrainSettings:
         return asdict(self)
 
 
+# frozen, hence safe as a shared default argument
+DEFAULT_SETTINGS = TrainSettings()
+
+
 @dataclass
 class TrainResult:
-    weights: torch.Tensor                       # K x C x d float32, on CPU
+    weights: torch.Tensor                       # K x C x d float32 (settings.dtype), on CPU
     configs: tuple[HeadConfig, ...]
     val_history: list[list[dict]] = field(default_factory=list)  # per epoch, per config
     seconds: float = 0.0

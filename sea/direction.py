@@ -32,9 +32,20 @@ def loss_residual(z: torch.Tensor, targets: torch.Tensor, lamda: torch.Tensor,
     return torch.softmax((z - delta * targets) / lamda, dim=-1) - targets
 
 
+def direction_residual(z: torch.Tensor, onehot: torch.Tensor, lamda: torch.Tensor,
+                       delta: torch.Tensor) -> torch.Tensor:
+    """p − e like `loss_residual`, but the target entry is −Σ_{c≠y} p_c rather than p_y − 1.
+
+    For a well-fit row p_y − 1 cancels catastrophically (in float32 p_y rounds to 1 and the entry
+    vanishes), which tilts the *normalised* gradient; the sum keeps full relative accuracy.
+    """
+    off = torch.softmax((z - delta * onehot) / lamda, dim=-1) * (1 - onehot)
+    return off - onehot * off.sum(-1, keepdim=True)
+
+
 def gradient_sq_norms(residual: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """‖Wᵀ r_i‖² for every row (k×B), by the cheaper of the C×C Gram matrix and the explicit product."""
-    k, b, c = residual.shape
+    b, c = residual.shape[1:]
     if c <= b:
         gram = torch.bmm(weight, weight.transpose(1, 2))                    # k×C×C
         return (torch.bmm(residual, gram) * residual).sum(-1).clamp_min(0)
@@ -47,7 +58,7 @@ def sea_directions(z: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, targe
     k, b, _ = z.shape
     if b < 2:
         return x.new_zeros(k, b, x.shape[1])
-    residual = loss_residual(z, targets, lamda, delta)
+    residual = direction_residual(z, targets, lamda, delta)
     sq = gradient_sq_norms(residual, weight)
     ok = sq > torch.finfo(sq.dtype).tiny
     scale = torch.where(ok, sq.clamp_min(torch.finfo(sq.dtype).tiny).rsqrt(), 0.0) / alpha.view(k, 1)
@@ -73,7 +84,7 @@ def input_gradient(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lamda
     k, c, _ = w.shape
     onehot = torch.nn.functional.one_hot(y.long(), c).to(w.dtype)
     z = torch.matmul(x.to(w.dtype), w.transpose(1, 2))
-    residual = loss_residual(z, onehot, _per_head(lamda, k, w), _per_head(delta, k, w))
+    residual = direction_residual(z, onehot, _per_head(lamda, k, w), _per_head(delta, k, w))
     g = torch.bmm(residual, w) / x.shape[0]
     return g[0] if single else g
 

@@ -33,7 +33,7 @@ class LogRegResult:
     val_scores: list[dict] = field(default_factory=list)   # per C: {"c", "top1", "mean_per_class"}
 
     def predict(self, x: Any) -> torch.Tensor:
-        feats = as_features(x, "prediction", self.weight.shape[1])
+        feats = as_features(x, "prediction", self.weight.shape[1]).to(self.weight.dtype)
         return (feats @ self.weight.T + self.bias).argmax(1)
 
 
@@ -81,8 +81,8 @@ def fit_logreg(x_train: Any, y_train: Any, x_val: Any, y_val: Any, num_classes: 
     check_val_classes(y, yv)
     dev = _device(device, x_train)
     x, y, xv = x.to(dev), y.to(dev), xv.to(dev)
-    weight = torch.zeros(num_classes, x.shape[1], device=dev, requires_grad=True)
-    bias = torch.zeros(num_classes, device=dev, requires_grad=True)
+    weight = torch.zeros(num_classes, x.shape[1], device=dev, dtype=x.dtype, requires_grad=True)
+    bias = torch.zeros(num_classes, device=dev, dtype=x.dtype, requires_grad=True)
     best: LogRegResult | None = None
     scores: list[dict] = []
     for c in grid:
@@ -109,8 +109,8 @@ def refit_logreg(x: Any, y: Any, c: float, num_classes: int | None = None, max_i
     feats, labels = validate_features(x, y, name="refit", num_classes=num_classes)
     num_classes = infer_num_classes(num_classes, labels)
     dev = _device(device, x)
-    weight = torch.zeros(num_classes, feats.shape[1], device=dev, requires_grad=True)
-    bias = torch.zeros(num_classes, device=dev, requires_grad=True)
+    weight = torch.zeros(num_classes, feats.shape[1], device=dev, dtype=feats.dtype, requires_grad=True)
+    bias = torch.zeros(num_classes, device=dev, dtype=feats.dtype, requires_grad=True)
     feats, labels = feats.to(dev), labels.to(dev)
     for value in path:
         _minimise(feats, labels, value, [weight, bias], max_iter)

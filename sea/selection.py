@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sea.config import HeadConfig, TrainSettings
+from sea.config import DEFAULT_SETTINGS, HeadConfig, TrainSettings
 from sea.errors import SeaError
 from sea.logreg import DEFAULT_CS, fit_logreg, refit_logreg
 from sea.metrics import mean_per_class_accuracy, top1_accuracy
@@ -58,7 +58,7 @@ def _test_once(loader: Callable[[], tuple[Any, Any]], dim: int,
 def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
                      x_test_loader: Callable[[], tuple[Any, Any]],
                      configs: Sequence[HeadConfig] | str | tuple,
-                     settings: TrainSettings = TrainSettings(), metric: str = "top1",
+                     settings: TrainSettings = DEFAULT_SETTINGS, metric: str = "top1",
                      num_classes: int | None = None, on_epoch: EpochCallback | None = None,
                      progress: bool = False) -> SelectionResult:
     """Chooses among `configs` on validation `metric` (the final epoch's score; ties: the first

@@ -9,7 +9,9 @@ Determinism: W0 is nn.Linear(d, C, bias=False)'s default init drawn from a gener
 `settings.seed` (the same for every head); each epoch shuffles with torch.randperm from a second
 generator seeded by `settings.seed` (the last partial batch is kept); noise and mixup draw from a
 per-head generator seeded by (seed, method). Hence K heads trained together equal the same heads
-trained one at a time, up to float rounding.
+trained one at a time, up to float rounding. Note that at large steps (lr ≈ 1, η ≈ 0.8) SeA's
+dynamics amplify rounding differences quickly (float32 vs float64 can drift by percents within a
+few epochs); `TrainSettings(dtype="float64")` runs the same algorithm in double precision.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch.nn.functional import one_hot
 
 from sea.augment import AUGMENTERS, GROUP_ORDER, HeadRandom, StepContext, group_of
-from sea.config import HeadConfig, TrainResult, TrainSettings
+from sea.config import DEFAULT_SETTINGS, DTYPES, HeadConfig, TrainResult, TrainSettings
 from sea.direction import loss_residual
 from sea.errors import SeaError
 from sea.metrics import batched_scores
@@ -58,7 +60,8 @@ class _Heads:
     random: list[HeadRandom]
 
     @classmethod
-    def build(cls, configs: Sequence[HeadConfig], seed: int, device: torch.device) -> _Heads:
+    def build(cls, configs: Sequence[HeadConfig], seed: int, device: torch.device,
+              dtype: torch.dtype = torch.float32) -> _Heads:
         keys = [group_of(c.method, c.eta) for c in configs]
         order = sorted(range(len(configs)), key=lambda i: (GROUP_ORDER.index(keys[i]), i))
         groups: list[tuple[str, slice]] = []
@@ -69,7 +72,7 @@ class _Heads:
                 groups.append((keys[i], slice(pos, pos + 1)))
         n_plain = groups[0][1].stop if groups[0][0] == "linear" else 0
         names = ("lr", "weight_decay", "eta", "alpha", "lamda", "delta")
-        params = {name: torch.tensor([getattr(configs[i], name) for i in order], dtype=torch.float32,
+        params = {name: torch.tensor([getattr(configs[i], name) for i in order], dtype=dtype,
                                      device=device).view(-1, 1, 1) for name in names}
         random = [HeadRandom.create(seed, configs[i].method, device) for i in order]
         return cls(order, groups, n_plain, params, random)
@@ -90,7 +93,7 @@ def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Ten
         grad[:n] = (r.transpose(1, 2).reshape(n * c, b) @ x).view(n, c, d)
     if n < k:
         ctx = StepContext(x, onehot, z, weight, p["eta"], p["alpha"], p["lamda"], p["delta"], heads.random)
-        parts = [AUGMENTERS[key](ctx, heads_slice) + (heads_slice,)
+        parts = [(*AUGMENTERS[key](ctx, heads_slice), heads_slice)
                  for key, heads_slice in heads.groups if key != "linear"]
         x_aug = torch.cat([xa for xa, _, _ in parts]) if len(parts) > 1 else parts[0][0]
         targets = torch.cat([onehot.expand(s.stop - s.start, b, c) if t is None else t for _, t, s in parts])
@@ -106,9 +109,9 @@ def predict(weights: torch.Tensor, x: Any) -> torch.Tensor:
     """argmax W x: labels (n,) for a C×d weight, (K, n) for K×C×d; x is any (n, d) array."""
     w = weights.detach()
     dim = w.shape[-1]
-    feats = as_features(x, "prediction", dim).to(w.device)
+    feats = as_features(x, "prediction", dim).to(w.device, w.dtype)
     with torch.no_grad():
-        return torch.matmul(feats, w.float().transpose(-1, -2)).argmax(-1)
+        return torch.matmul(feats, w.transpose(-1, -2)).argmax(-1)
 
 
 def _scores(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes: int,
@@ -130,7 +133,7 @@ def _epochs(total: int, progress: bool):
 
 
 def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
-                settings: TrainSettings = TrainSettings(), num_classes: int | None = None,
+                settings: TrainSettings = DEFAULT_SETTINGS, num_classes: int | None = None,
                 val: tuple[Any, Any] | None = None, on_epoch: EpochCallback | None = None,
                 progress: bool = False) -> TrainResult:
     """Trains every configuration in `configs` in one pass over (x_train, y_train).
@@ -155,13 +158,14 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     if yv is not None:
         check_val_classes(y, yv)
     device = torch.device(settings.device)
-    heads = _Heads.build(configs, settings.seed, device)
+    dtype = DTYPES[settings.dtype]
+    heads = _Heads.build(configs, settings.seed, device, dtype)
     k, (n, d) = len(configs), x.shape
-    weight = initial_weight(num_classes, d, settings.seed).to(device).repeat(k, 1, 1)
+    weight = initial_weight(num_classes, d, settings.seed).to(device, dtype).repeat(k, 1, 1)
     buf = torch.zeros_like(weight)
-    x, y = x.to(device), y.to(device)
+    x, y = x.to(device, dtype), y.to(device)
     if xv is not None:
-        xv, yv = xv.to(device), yv.to(device)
+        xv, yv = xv.to(device, dtype), yv.to(device)
     shuffle = torch.Generator().manual_seed(settings.seed)
     factor = SCHEDULE_FACTORS[settings.schedule]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.bf16 and device.type == "cuda")
@@ -184,5 +188,5 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
                 break
     inverse = torch.empty(k, dtype=torch.long)
     inverse[torch.tensor(heads.order)] = torch.arange(k)
-    weights = weight[inverse.to(device)].float().cpu()
+    weights = weight[inverse.to(device)].cpu()
     return TrainResult(weights, configs, history, time.perf_counter() - started, epochs_run)

@@ -26,7 +26,7 @@ def _first_bad_row(mask: torch.Tensor) -> int:
 
 
 def as_features(x: Any, name: str = "train", dim: int | None = None) -> torch.Tensor:
-    """Checks a feature matrix and returns it float32, rows L2-normalised, on the CPU."""
+    """Checks a feature matrix and returns it L2-normalised on the CPU: float64 stays float64, the rest float32."""
     t = _as_tensor(x, f"{name} features")
     if t.dim() != 2:
         raise SeaError(f"{name} features must be 2-D (n_examples, feature_dim), got shape {tuple(t.shape)}; "
@@ -38,7 +38,7 @@ def as_features(x: Any, name: str = "train", dim: int | None = None) -> torch.Te
                        "use features from the same backbone for every split")
     if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
         raise SeaError(f"{name} features must be real numbers, got dtype {t.dtype}")
-    t = t.to(device="cpu", dtype=torch.float32)
+    t = t.to(device="cpu", dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
     bad = ~torch.isfinite(t)
     if bad.any():
         row = _first_bad_row(bad.any(1))
@@ -92,7 +92,9 @@ def as_labels(y: Any, name: str = "train", n: int | None = None,
 
 def validate_features(x: Any, y: Any, *, name: str = "train", num_classes: int | None = None,
                       dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checks one split; returns (L2-normalised float32 features, int64 labels) on the CPU.
+    """Checks one split; returns (L2-normalised features, int64 labels) on the CPU.
+
+    Features come back float32 (float64 input stays float64).
 
     `dim` is the feature dimension the split must have (that of the training split).
     """

@@ -31,8 +31,15 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from tasks.adapters import (ADAPTERS, adapt, file_sha256, load_strict, read_checkpoint, state_dict_sha256,
-                            unwrap_checkpoint)
+from tasks.adapters import (
+    ADAPTERS,
+    adapt,
+    file_sha256,
+    load_strict,
+    read_checkpoint,
+    state_dict_sha256,
+    unwrap_checkpoint,
+)
 from tasks.errors import TaskError
 
 WEIGHTS_ENV = "SEABENCH_WEIGHTS"
@@ -284,7 +291,7 @@ def build_backbone(name_or_spec: str | BackboneSpec, weights_path: str | Path | 
 
 
 def _available(spec: BackboneSpec) -> bool:
-    scheme, _, ref = spec.weights.partition(":")
+    scheme = spec.weights.partition(":")[0]
     if scheme == "random":
         return True
     if scheme == "timm":

@@ -40,6 +40,7 @@ class TaskSpec:
     loader: Callable[[Path | None, str, bool], TaskData]
     marker: str = ""                  # file under <root>/<directory> proving the data is there ("" = loader checks)
     downloadable: bool = True
+    needs_root: bool = True           # False: the loader finds its data without a user data root
     note: str = ""                    # what the stored splits mean relative to the official ones
 
     def __post_init__(self) -> None:
@@ -100,15 +101,15 @@ _SPECS = (
              note=f"official partition {loaders.SUN397_PARTITION} (Training_01.txt / Testing_01.txt); {_CARVE_NOTE}"),
     TaskSpec("digits", "scikit-learn digits (8×8 → 32×32)", 10, "top1", ("train", "test"), "carve", "",
              "ships inside scikit-learn (sklearn.datasets.load_digits)", offline.load_digits_task,
-             note=f"stratified {offline.DIGITS_TEST_FRACTION:.0%} test split of the 1 797 images, seed "
+             downloadable=False, needs_root=False, note=f"stratified {offline.DIGITS_TEST_FRACTION:.0%} test split of the 1 797 images, seed "
                   f"{offline.DIGITS_SPLIT_SEED}; {_CARVE_NOTE}"),
     TaskSpec("fashion-mnist", "Fashion-MNIST", 10, "top1", ("train", "test"), "carve", "fashion-mnist",
              f"Debian package dataset-fashion-mnist ({offline.FASHION_MNIST_DEFAULT}), or <root>/fashion-mnist",
-             offline.load_fashion_mnist, downloadable=False, note=f"official train/test; {_CARVE_NOTE}"),
+             offline.load_fashion_mnist, downloadable=False, needs_root=False, note=f"official train/test; {_CARVE_NOTE}"),
 )
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
-# Tasks whose loader reads nothing under a data root of the user's choosing.
-_ROOTLESS = frozenset({"digits", "fashion-mnist"})
+# Which stored splits each protocol phase reads when val is official; carve tasks cut fit/val from train.
+_OFFICIAL_PHASES = {"fit": ("train",), "val": ("val",), "trainval": ("train", "val"), "test": ("test",)}
 
 
 def register_task(spec: TaskSpec) -> None:
@@ -125,6 +126,7 @@ def _imagefolder_spec(name: str) -> TaskSpec:
     return TaskSpec(name, f"image folder {path}", len(classes), "top1",
                     ("train", "val", "test") if has_val else ("train", "test"), "official" if has_val else "carve",
                     str(path.resolve()), "the user's folder", offline.load_imagefolder, downloadable=False,
+                    needs_root=False,
                     note="val/ folder" if has_val else _CARVE_NOTE)
 
 
@@ -147,7 +149,7 @@ def task_root(spec: TaskSpec, root: str | Path | None) -> Path | None:
     if spec.name.startswith(IMAGEFOLDER_PREFIX):
         return Path(spec.directory)
     if root is None:
-        if spec.name in _ROOTLESS:
+        if not spec.needs_root:
             return None
         raise TaskError(f"task {spec.name} needs a data root (its files go under <root>/{spec.directory}/)")
     return Path(root).expanduser() / spec.directory if spec.directory else Path(root).expanduser()
@@ -160,7 +162,8 @@ def _check_present(spec: TaskSpec, where: Path | None, download: bool) -> None:
         return  # the loader downloads
     expected = where / spec.marker
     if not spec.downloadable:
-        raise TaskError(f"{spec.title} not found: expected {expected}; {spec.source}")
+        raise TaskError(f"{spec.title} not found: expected {expected}; it cannot be downloaded automatically: "
+                        f"{spec.source}")
     raise TaskError(f"{spec.title} not found: expected {expected} (under {where}/), from the official archive "
                     f"{spec.source}; pass download=True to fetch it there")
 
@@ -172,8 +175,6 @@ def build_task(name: str, root: str | Path | None, split: str,
     `split` is a stored split, or "val" of a carve task (the carved part of stored train).
     """
     spec = get_task(name)
-    if download and not spec.downloadable:
-        raise TaskError(f"{spec.title} cannot be downloaded automatically: {spec.source}")
     carved_val = split == "val" and spec.val_rule == "carve"
     if split not in spec.stored_splits and not carved_val:
         raise TaskError(f"task {spec.name} has splits {', '.join(spec.stored_splits)} (got {split!r})")
@@ -200,12 +201,8 @@ def protocol_split(name: str, phase: str, stored_labels: Mapping[str, np.ndarray
             raise TaskError(f"labels of stored split {split!r} of {spec.name} are needed for phase {phase!r}")
         return split, np.arange(len(stored_labels[split]), dtype=np.int64)
 
-    if phase == "test":
-        return [whole("test")]
-    if spec.val_rule == "official":
-        return {"fit": [whole("train")], "val": [whole("val")], "trainval": [whole("train"), whole("val")]}[phase]
-    if phase == "trainval":
-        return [whole("train")]
+    if spec.val_rule == "official" or phase in ("trainval", "test"):
+        return [whole(split) for split in _OFFICIAL_PHASES[phase] if split in spec.stored_splits]
     whole("train")  # raises when train's labels are missing
     fit_idx, val_idx = validation_indices(np.asarray(stored_labels["train"]), VAL_FRACTION, VAL_SEED)
     return [("train", fit_idx if phase == "fit" else val_idx)]
@@ -216,7 +213,7 @@ def list_tasks(root: str | Path | None = None) -> list[dict]:
     rows = []
     for spec in TASKS.values():
         sizes: dict[str, int | None] = dict.fromkeys(spec.stored_splits)
-        if root is not None or spec.name in _ROOTLESS:
+        if root is not None or not spec.needs_root:
             for split in spec.stored_splits:
                 try:
                     sizes[split] = len(build_task(spec.name, root, split))

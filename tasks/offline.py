@@ -3,6 +3,7 @@ Debian package's IDX files, and any user image folder (`imagefolder:<path>`)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -27,18 +28,24 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-def load_digits_task(task_root: Path, split: str, download: bool) -> TaskData:
-    """scikit-learn's 8×8 digits (0..16 grey levels), upsampled bilinearly to 32×32 uint8."""
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8×8 digits (0..16 grey levels), upsampled bilinearly to 32×32 uint8, and labels."""
     from sklearn.datasets import load_digits  # scikit-learn is only needed for this task
 
     bunch = load_digits()
     small = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     big = np.stack([np.asarray(Image.fromarray(im).resize((DIGITS_SIZE, DIGITS_SIZE), Image.BILINEAR))
                     for im in small])
-    train, test = validation_indices(bunch.target, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    return big, bunch.target.astype(np.int64)
+
+
+def load_digits_task(task_root: Path | None, split: str, download: bool) -> TaskData:
+    images, labels = _digits()
+    train, test = validation_indices(labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     chosen = {"train": train, "test": test}[split]
-    return TaskData(ArrayImages(big[chosen], f"digits:{split}"), bunch.target[chosen],
-                    [str(d) for d in bunch.target_names])
+    # fancy indexing copies, so the cached arrays are never shared with callers
+    return TaskData(ArrayImages(images[chosen], f"digits:{split}"), labels[chosen], [str(d) for d in range(10)])
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -70,7 +77,7 @@ def fashion_mnist_dir(task_root: Path | None) -> Path:
                     "gzipped IDX files of github.com/zalandoresearch/fashion-mnist there)")
 
 
-def load_fashion_mnist(task_root: Path, split: str, download: bool) -> TaskData:
+def load_fashion_mnist(task_root: Path | None, split: str, download: bool) -> TaskData:
     folder = fashion_mnist_dir(task_root)
     image_file, label_file = (folder / name for name in FASHION_MNIST_FILES[split])
     images, labels = read_idx(image_file), read_idx(label_file)

@@ -109,26 +109,26 @@ def _mkdir(path: Path) -> bool:
     return True
 
 
-def _cifar(folder: Path, batches: dict[str, int], label_key: str, meta: tuple[str, str, int]) -> None:
+def _cifar(folder: Path, batches: dict[str, int], label_key: str, meta: tuple[str, str, int], used: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     meta_file, names_key, num_classes = meta
     for name, n in batches.items():
         entry = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
-                 label_key: [int(v) for v in np.arange(n) % num_classes]}
+                 label_key: [int(v) for v in np.arange(n) % used]}  # `used` classes appear
         (folder / name).write_bytes(pickle.dumps(entry))
     (folder / meta_file).write_bytes(pickle.dumps({names_key: [f"class{i}" for i in range(num_classes)]}))
 
 
 def make_fake_cifar10(root: Path) -> dict[str, int]:
     batches = {f"data_batch_{i}": 4 for i in range(1, 6)} | {"test_batch": 6}
-    _cifar(Path(root) / "cifar10" / "cifar-10-batches-py", batches, "labels", ("batches.meta", "label_names", 10))
+    _cifar(Path(root) / "cifar10" / "cifar-10-batches-py", batches, "labels", ("batches.meta", "label_names", 10), 10)
     return {"train": 20, "test": 6}
 
 
 def make_fake_cifar100(root: Path) -> dict[str, int]:
     _cifar(Path(root) / "cifar100" / "cifar-100-python", {"train": 8, "test": 4}, "fine_labels",
-           ("meta", "fine_label_names", 100))
+           ("meta", "fine_label_names", 100), 4)
     return {"train": 8, "test": 4}
 
 

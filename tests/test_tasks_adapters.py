@@ -7,6 +7,7 @@ Each test builds a small random-init timm model of the same family, writes it in
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _mlp(prefix: str, dims: list[int], last_bn_affine: bool) -> dict[str, torch.
     """Keys of a MoCo v3 / SwAV style Linear-BN-ReLU stack (indices as nn.Sequential numbers them)."""
     out: dict[str, torch.Tensor] = {}
     index = 0
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
         out[f"{prefix}{index}.weight"] = torch.randn(d_out, d_in)
         bn = f"{prefix}{index + 1}."
         if i < len(dims) - 2 or last_bn_affine:

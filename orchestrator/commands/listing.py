@@ -8,7 +8,7 @@ import json
 HELP = "List the registered tasks or backbones (with local availability)."
 
 COLUMNS = {
-    "tasks": ("name", "title", "classes", "metric", "val_rule", "split_sizes"),
+    "tasks": ("name", "title", "classes", "metric", "val_rule", "sizes"),
     "backbones": ("name", "presets", "architecture", "weights", "feature_dim", "available"),
 }
 

@@ -1,0 +1,90 @@
+"""`seabench run --config FILE`: extract (cached units skipped) → sweep on Ray Tune → report.
+
+Idempotent and resumable: extraction skips verified units, the sweep skips cells MLflow holds as
+complete, and the report is rebuilt from MLflow. Rerunning after an interruption finishes the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from orchestrator.config import RunConfig, load_config
+
+HELP = "Extract features, sweep every (backbone, task, method, seed) cell on Ray Tune, and write the report."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="sweep YAML, e.g. configs/demo.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (value parsed as YAML), e.g. --set trainer.epochs=5; repeatable")
+    parser.add_argument("--store", default=None, help="feature store path or fsspec URI (config key `store`)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI, e.g. http://host:5000 (default sqlite:///mlflow.db)")
+    parser.add_argument("--address", default=None, help="Ray cluster address ('auto', 'ray://head:10001'); "
+                        "default: start a local cluster")
+    parser.add_argument("--out", default=None, help="report folder (default reports/<name>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def available_tasks(cfg: RunConfig) -> list[str]:
+    """The required tasks, plus each optional task whose data is present (else a printed note)."""
+    from tasks import TaskError, build_task, get_task
+
+    present = list(cfg.tasks)
+    for task in cfg.optional_tasks:
+        if task in present:
+            continue
+        try:
+            for split in get_task(task).stored_splits:
+                build_task(task, cfg.data_root, split)
+        except (TaskError, OSError) as exc:
+            print(f"note: optional task {task!r} skipped: its data is not present ({exc})", file=sys.stderr)
+            continue
+        present.append(task)
+    return present
+
+
+def _extract(cfg: RunConfig, tasks: list[str], backbones: tuple[str, ...], progress: bool) -> None:
+    from orchestrator.cells import backbone_parts
+    from orchestrator.extract import ActorSettings, extract_features
+
+    stored = list(dict.fromkeys(p for b in backbones for p in backbone_parts(b)))
+    ex = cfg.extraction
+    summary = extract_features(
+        stored, tasks, store=cfg.store, data_root=cfg.data_root, shard_size=ex.shard_size, dtype=ex.dtype,
+        address=cfg.address, num_cpus=cfg.num_cpus, progress=progress,
+        settings=ActorSettings(num_gpus_per_actor=ex.num_gpus_per_actor, num_actors=ex.num_actors,
+                               batch_size=ex.batch_size),
+    )
+    print(f"extract: {summary.units} units ({summary.units_skipped} cached), "
+          f"{summary.images} images in {summary.seconds:.1f} s")
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.cells import expand_backbones
+    from orchestrator.raycluster import init_ray
+    from orchestrator.sweep import run_sweep
+
+    cfg = load_config(args.config, args.overrides, store=args.store, tracking_uri=args.tracking_uri,
+                      address=args.address, out=args.out)
+    progress = not args.no_progress
+    backbones = expand_backbones(cfg.backbones)
+    tasks = available_tasks(cfg)
+    if not tasks:
+        print("run: no task has data present; nothing to do", file=sys.stderr)
+        return 1
+    init_ray(cfg.address, cfg.num_cpus)
+    _extract(cfg, tasks, backbones, progress)
+    summary = run_sweep(cfg, tasks, progress=progress)
+    print(f"sweep {cfg.name!r}: {summary.cells} cells; {summary.skipped} already complete, "
+          f"{summary.completed} computed, {len(summary.failed)} failed, in {summary.seconds:.1f} s "
+          f"(MLflow {cfg.tracking_uri}, experiment {cfg.name!r})")
+    for cell_id in summary.failed:
+        print(f"  failed: {cell_id} (see its MLflow run's `error` tag; rerun to retry)", file=sys.stderr)
+    from orchestrator.report import build_report
+
+    paths = build_report(cfg.name, cfg.report_dir, cfg.tracking_uri, reference_csv=cfg.report.reference_csv)
+    print(f"report: {paths.leaderboard_html} (also {paths.leaderboard_md.name}, {paths.results_csv.name} "
+          f"in {paths.out_dir})")
+    return 1 if summary.failed else 0

@@ -1,0 +1,253 @@
+"""Feature extraction on Ray: (backbone, task, stored split) units cut into shards, run by actors, stored as Parquet.
+
+The driver plans the units, checks the store (complete units and verified shards are skipped),
+then per backbone starts actors that each build the model once and pull shards through
+`shardpool.run_jobs`. Actors return (index, label, feature) arrays; the driver writes the shards,
+so the store may be any fsspec filesystem the driver can reach (even `memory://`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import timm
+import torch
+from torch.utils.data import DataLoader, Subset
+
+import tasks
+from orchestrator.errors import OrchestratorError
+from orchestrator.manifest import DTYPES, FeatureKey, Manifest
+from orchestrator.progress import ExtractSummary, Progress
+from orchestrator.raycluster import cluster_cpus, cluster_gpus, init_ray
+from orchestrator.shardpool import run_jobs
+from orchestrator.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = "features"
+DEFAULT_DATA_ROOT = "data"
+MAX_ACTOR_RESTARTS = 3
+
+
+def default_num_workers() -> int:
+    """DataLoader workers per actor: none on tiny machines (they would only compete with the model)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 2)
+
+
+class ShardExtractor:
+    """Ray actor body: one backbone built once; `extract(job)` returns one shard's arrays."""
+
+    def __init__(self, spec: tasks.BackboneSpec, data_root: str | None, device: str, dtype: str,
+                 batch_size: int, num_workers: int, num_threads: int) -> None:
+        if device == "cpu":
+            torch.set_num_threads(max(1, num_threads))
+        self.backbone = tasks.build_backbone(spec)
+        self.device = torch.device(device)
+        self.backbone.model.to(self.device)
+        if self.device.type == "cuda":
+            self.backbone.model.to(memory_format=torch.channels_last)
+        self.data_root, self.dtype = data_root, dtype
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._datasets: dict[tuple[str, str], tasks.TaskData] = {}
+
+    def ready(self) -> bool:
+        return True
+
+    def extract(self, task: str, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if (task, split) not in self._datasets:
+            self._datasets[task, split] = tasks.build_task(task, self.data_root, split, self.backbone.transform)
+        subset = Subset(self._datasets[task, split], range(start, stop))
+        cuda = self.device.type == "cuda"
+        loader = DataLoader(subset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                            persistent_workers=False, pin_memory=cuda)
+        feats, labels = [], []
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            for images, targets in loader:
+                images = images.to(self.device, non_blocking=True)
+                if cuda:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                feats.append(self.backbone.features(images).float().cpu().numpy().astype(self.dtype, copy=False))
+                labels.append(targets.numpy())
+        dim = self.backbone.feature_dim
+        features = np.concatenate(feats) if feats else np.zeros((0, dim), self.dtype)
+        label = np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32)
+        return np.arange(start, stop, dtype=np.int64), label, features
+
+
+@dataclass(frozen=True)
+class Unit:
+    backbone: str
+    task: str
+    split: str
+    key: FeatureKey
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}|{self.task}|{self.split}"
+
+
+def stored_split_identity(task: str, split: str, labels: np.ndarray) -> str:
+    """Hash of a whole stored split: its size and order (tasks.stored_split_hash) plus its labels."""
+    digest = hashlib.sha256(tasks.stored_split_hash(task, split, len(labels)).encode())
+    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def feature_key(backbone: tasks.Backbone, task: str, split: str, labels: np.ndarray, dtype: str) -> FeatureKey:
+    """The key of the features `backbone` gives on `task`/`split` (whose labels, in order, are `labels`)."""
+    return FeatureKey(
+        backbone=backbone.spec.name, weights_sha256=backbone.weights_sha256, timm_version=timm.__version__,
+        preprocessing=backbone.preprocessing, feature=backbone.spec.feature, task=task, split=split,
+        split_hash=stored_split_identity(task, split, labels), dtype=dtype,
+    )
+
+
+def _splits_of(task: str, splits: Sequence[str] | None) -> tuple[str, ...]:
+    stored = tasks.get_task(task).stored_splits
+    if splits is None:
+        return stored
+    for split in splits:
+        if split not in stored:
+            raise OrchestratorError(
+                f"task {task} stores splits {', '.join(stored)}, not {split!r}; a carved validation split is a "
+                "set of train rows chosen at training time, so extract 'train' instead"
+            )
+    return tuple(s for s in stored if s in splits)
+
+
+def plan_units(store: FeatureStore, backbone: tasks.Backbone, task_names: Sequence[str],
+               splits: Sequence[str] | None, data_root: str | None, dtype: str, shard_size: int,
+               download: bool, summary: ExtractSummary) -> list[Unit]:
+    """The units of one backbone, each with a manifest holding only its verified shards."""
+    units = []
+    for task in task_names:
+        for split in _splits_of(task, splits):
+            labels = np.asarray(tasks.build_task(task, data_root, split, download=download).targets)
+            fkey = feature_key(backbone, task, split, labels, dtype)
+            manifest, dropped = store.open_unit(fkey, len(labels), backbone.feature_dim, shard_size)
+            summary.shards_repaired += dropped
+            summary.shards_skipped += len(manifest.shards)
+            summary.keys[f"{backbone.spec.name}|{task}|{split}"] = fkey.key
+            if manifest.complete:
+                summary.units_skipped += 1
+                store.set_current(fkey)
+            units.append(Unit(backbone.spec.name, task, split, fkey, manifest))
+    summary.units += len(units)
+    return units
+
+
+def _actor_count(jobs: int, num_gpus_per_actor: float, cpus_per_actor: float, num_actors: int | None) -> int:
+    if num_actors is not None:
+        return max(1, min(num_actors, jobs))
+    gpus = cluster_gpus()
+    capacity = int(gpus / num_gpus_per_actor) if gpus and num_gpus_per_actor > 0 else int(cluster_cpus() / cpus_per_actor)
+    return max(1, min(capacity, jobs))
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    num_gpus_per_actor: float = 1.0     # used when the cluster has GPUs; fractions share one GPU
+    cpus_per_actor: float = 1.0
+    num_actors: int | None = None       # default: as many as the cluster holds, at most one per shard
+    num_workers: int | None = None      # DataLoader workers per actor; None: default_num_workers()
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.num_gpus_per_actor < 0 or self.cpus_per_actor <= 0:
+            raise OrchestratorError(f"GPUs per actor must be ≥ 0 and CPUs per actor > 0, got "
+                                    f"{self.num_gpus_per_actor} and {self.cpus_per_actor}")
+        for name in ("num_actors", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise OrchestratorError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise OrchestratorError(f"num_workers must be ≥ 0, got {self.num_workers}")
+
+
+def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureStore, data_root: str | None,
+                  settings: ActorSettings, progress: Progress) -> int:
+    """Extract every missing shard of one backbone's units; returns how many jobs were re-submitted."""
+    jobs = [(u, shard) for u, unit in enumerate(units) for shard in unit.manifest.missing()]
+    if not jobs:
+        return 0
+    use_gpu = cluster_gpus() > 0 and settings.num_gpus_per_actor > 0
+    count = _actor_count(len(jobs), settings.num_gpus_per_actor, settings.cpus_per_actor, settings.num_actors)
+    workers = default_num_workers() if settings.num_workers is None else settings.num_workers
+    actor_cls = ray.remote(ShardExtractor).options(
+        num_cpus=settings.cpus_per_actor, num_gpus=settings.num_gpus_per_actor if use_gpu else 0,
+        max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=0,
+    )
+    dtype = units[0].key.dtype
+    actors = [actor_cls.remote(spec, data_root, "cuda" if use_gpu else "cpu", dtype, settings.batch_size,
+                               workers, int(settings.cpus_per_actor)) for _ in range(count)]
+    remaining = {u: len(unit.manifest.missing()) for u, unit in enumerate(units)}
+
+    def submit(actor, job):
+        unit, shard = units[job[0]], job[1]
+        return actor.extract.remote(unit.task, unit.split, *unit.manifest.shard_range(shard))
+
+    def on_result(job, value) -> None:
+        unit = units[job[0]]
+        index, labels, features = value
+        store.write_shard(unit.key, unit.manifest, job[1], index, labels, features)
+        progress.shard_done(unit.backbone, len(index))
+        remaining[job[0]] -= 1
+        if remaining[job[0]] == 0:
+            progress.unit_done()
+
+    start = time.perf_counter()
+    try:
+        return run_jobs(actors, jobs, submit, on_result)
+    finally:
+        progress.backbone_seconds(spec.name, time.perf_counter() - start)
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+
+
+def extract_features(
+    backbones: str | Sequence[str], task_names: str | Sequence[str], splits: Sequence[str] | None = None,
+    store: str | FeatureStore = DEFAULT_STORE, data_root: str | None = DEFAULT_DATA_ROOT, shard_size: int = 4096,
+    dtype: str = "float32", address: str | None = None, num_cpus: int | None = None,
+    settings: ActorSettings = ActorSettings(), download: bool = False, progress: bool = True,
+) -> ExtractSummary:
+    """Extract the features of every (backbone, task, stored split) into `store`; resumable, idempotent.
+
+    `address` joins a running Ray cluster; None starts (or reuses) a local one with `num_cpus`.
+    """
+    backbone_names = [backbones] if isinstance(backbones, str) else list(backbones)
+    task_list = [task_names] if isinstance(task_names, str) else list(task_names)
+    if dtype not in DTYPES:
+        raise OrchestratorError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    if shard_size < 1:
+        raise OrchestratorError(f"--shard-size must be ≥ 1, got {shard_size}")
+    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    summary = ExtractSummary()
+    plans = []
+    for name in backbone_names:
+        # Built once on the driver: its weights digest, preprocessing and dimension define the keys.
+        backbone = tasks.build_backbone(name)
+        units = plan_units(store, backbone, task_list, splits, data_root, dtype, shard_size, download, summary)
+        plans.append((backbone.spec, units))
+        del backbone
+    todo = [u for _, units in plans for u in units if not u.manifest.complete]
+    images = sum(u.manifest.shard_range(s)[1] - u.manifest.shard_range(s)[0] for u in todo for s in u.manifest.missing())
+    bar = Progress(summary, images, len(todo), enabled=progress)
+    try:
+        if todo:
+            init_ray(address, num_cpus)
+        for spec, units in plans:
+            pending = [u for u in units if not u.manifest.complete]
+            summary.actor_restarts += _run_backbone(pending, spec, store, data_root, settings, bar)
+    finally:
+        bar.close()
+    return summary

@@ -1,0 +1,295 @@
+"""Sweeps on Ray Tune, tracked in MLflow from the driver.
+
+Grid mode (default) and reference mode: one Tuner over all pending cells, one trial per cell; the
+trial trains the cell's whole grid in one batched pass, selects on validation, refits on
+train+validation and tests once (orchestrator.trial.run_cell). Search mode (random / Optuna, optional
+ASHA): one Tuner per cell whose trials each train one sampled configuration and report validation
+every epoch; the best trial's configuration is then refit and tested once in a Ray task. logreg
+always runs its C path as a grid (its warm-started sweep is already one cheap trial).
+
+A driver-side Tune callback logs every finished cell to MLflow at once, so an interrupted sweep keeps
+what it finished; resume = skip the cells MLflow holds as complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from orchestrator.cells import METHOD_AXES, Cell, candidate_configs, plan_cells, search_space
+from orchestrator.config import RunConfig
+from orchestrator.errors import OrchestratorError
+from orchestrator.tracking import CellOutcome, SweepTracker
+from orchestrator.trial import TrialContext, run_cell, train_on_validation
+
+SCORE = "val_score"   # search mode: the trial's validation score on the task's primary metric
+
+
+@dataclass
+class SweepSummary:
+    cells: int                      # cells in the plan
+    skipped: int                    # already complete in MLflow before this run
+    completed: int = 0              # finished (status ok) in this run
+    failed: list[str] = field(default_factory=list)   # cell ids logged as failed in this run
+    seconds: float = 0.0            # wall time of this run's Tune phase
+    trial_seconds: float = 0.0      # sum of compute time inside the finished trials
+
+
+def trial_context(cfg: RunConfig) -> TrialContext:
+    trainer = {k: v for k, v in cfg.trainer.__dict__.items()}
+    return TrialContext(store=cfg.store, mode=cfg.mode, trainer=trainer,
+                        candidates={m: candidate_configs(cfg, m) for m in cfg.methods},
+                        cpus=cfg.resources.cpu, gpus=cfg.resources.gpu)
+
+
+def _limit_threads(ctx: TrialContext) -> None:
+    import torch
+
+    # a trial owns ctx.cpus cores: more intra-op threads would oversubscribe the node
+    torch.set_num_threads(max(1, math.floor(ctx.cpus)))
+
+
+def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable: one cell; reports once with the serialised CellOutcome."""
+    from ray import tune
+
+    _limit_threads(ctx)
+    outcome = run_cell(Cell(**config["cell"]), ctx)
+    tune.report({"outcome": outcome.to_json(), "trial_seconds": outcome.seconds})
+
+
+def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable: one sampled configuration; reports validation every epoch (for ASHA)."""
+    from ray import tune
+    from tasks import get_task
+
+    _limit_threads(ctx)
+    cell = Cell(**config["cell"])
+    metric = get_task(cell.task).metric
+    hyper = {k: config[k] for k in METHOD_AXES[cell.method]}
+
+    def report(epoch: int, metrics: list[dict]) -> None:
+        tune.report({SCORE: metrics[0][metric], "val_top1": metrics[0]["top1"], "epoch": epoch})
+
+    train_on_validation(cell, ctx, hyper, on_epoch=report)
+
+
+class CellLogger:
+    """Driver-side Tune callback: logs each finished or failed cell trial to MLflow immediately."""
+
+    def __init__(self, tracker: SweepTracker, summary: SweepSummary, on_cell: Callable[[str], None]) -> None:
+        self.tracker, self.summary, self.on_cell = tracker, summary, on_cell
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cell = Cell(**trial.config["cell"])
+        text = (trial.last_result or {}).get("outcome")
+        if text is None:
+            self.on_trial_error(iteration, trials, trial, **info)
+            return
+        self.log_outcome(cell, CellOutcome.from_json(text))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cell = Cell(**trial.config["cell"])
+        error = trial.get_error() if hasattr(trial, "get_error") else None
+        self.log_failure(cell, str(error or "trial failed without an error message"))
+
+    def log_outcome(self, cell: Cell, outcome: CellOutcome) -> None:
+        self.tracker.log_cell(cell, outcome)
+        self.summary.completed += 1
+        self.summary.trial_seconds += outcome.seconds
+        self.on_cell(cell.cell_id)
+
+    def log_failure(self, cell: Cell, error: str) -> None:
+        self.tracker.log_failed(cell, error)
+        self.summary.failed.append(cell.cell_id)
+        self.on_cell(cell.cell_id)
+
+
+def _as_tune_callback(logger: CellLogger) -> Any:
+    from ray import tune
+
+    class _Callback(tune.Callback):
+        def on_trial_complete(self, *args: Any, **kwargs: Any) -> None:
+            logger.on_trial_complete(*args, **kwargs)
+
+        def on_trial_error(self, *args: Any, **kwargs: Any) -> None:
+            logger.on_trial_error(*args, **kwargs)
+
+    return _Callback()
+
+
+@contextlib.contextmanager
+def _tune_storage(cfg: RunConfig) -> Iterator[str]:
+    """Tune's own trial folders: cfg.tune_dir, or a temporary folder removed afterwards (MLflow is the record)."""
+    if cfg.tune_dir:
+        yield cfg.tune_dir
+        return
+    folder = tempfile.mkdtemp(prefix="seabench-tune-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_config(cfg: RunConfig, storage: str, label: str, callbacks: Sequence[Any]) -> Any:
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig as TuneRunConfig
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return TuneRunConfig(name=name, storage_path=storage, verbose=0, callbacks=list(callbacks),
+                         failure_config=FailureConfig(max_failures=cfg.max_failures),
+                         checkpoint_config=CheckpointConfig(num_to_keep=1))
+
+
+def _resources(cfg: RunConfig) -> dict[str, float]:
+    return {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+
+
+def _run_grid(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: CellLogger, storage: str,
+              extra_callbacks: Sequence[Any]) -> None:
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(grid_trainable, ctx=ctx), _resources(cfg))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search([c.as_dict() for c in cells])},
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=cfg.search.max_concurrent,
+                                    trial_dirname_creator=lambda trial: trial.trial_id),
+        run_config=_run_config(cfg, storage, "cells", [_as_tune_callback(logger), *extra_callbacks]),
+    )
+    tuner.fit()
+
+
+def _searcher(cfg: RunConfig, seed: int) -> Any:
+    if cfg.search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=SCORE, mode="max", seed=seed)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)
+
+
+def _scheduler(cfg: RunConfig) -> Any:
+    if not cfg.search.asha:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.trainer.epochs,
+                         grace_period=min(cfg.search.grace_period, cfg.trainer.epochs),
+                         reduction_factor=cfg.search.reduction_factor)
+
+
+def _search_cell(cfg: RunConfig, cell: Cell, ctx: TrialContext, storage: str) -> CellOutcome:
+    """Search one cell's space with Tune, then refit the best configuration and test it once."""
+    import ray
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), _resources(cfg))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": cell.as_dict(), **search_space(cfg, cell.method)},
+        tune_config=tune.TuneConfig(metric=SCORE, mode="max", search_alg=_searcher(cfg, cell.seed),
+                                    scheduler=_scheduler(cfg), num_samples=cfg.search.num_samples,
+                                    reuse_actors=True, max_concurrent_trials=cfg.search.max_concurrent,
+                                    trial_dirname_creator=lambda trial: trial.trial_id),
+        run_config=_run_config(cfg, storage, "search", []),
+    )
+    results = tuner.fit()
+    scored = [r for r in results if r.error is None and r.metrics and SCORE in r.metrics]
+    if not scored:
+        raise OrchestratorError(f"cell {cell.cell_id}: every search trial failed ({results.num_errors} errors)")
+    best = max(scored, key=lambda r: r.metrics[SCORE])
+    chosen = {k: best.config[k] for k in METHOD_AXES[cell.method]}
+    refit = ray.remote(run_cell).options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu,
+                                         max_retries=cfg.max_failures)
+    outcome: CellOutcome = ray.get(refit.remote(cell, replace(ctx, candidates={cell.method: [chosen]})))
+    outcome.params["n_candidates"] = len(scored)
+    outcome.candidate_val_top1 = [float(r.metrics["val_top1"]) for r in scored]
+    outcome.tags["search"] = f"{cfg.search.algorithm}{'+asha' if cfg.search.asha else ''}"
+    return outcome
+
+
+def _run_search(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: CellLogger, storage: str,
+                extra_callbacks: Sequence[Any]) -> None:
+    grid_cells = [c for c in cells if c.method == "logreg"]
+    if grid_cells:
+        _run_grid(cfg, grid_cells, ctx, logger, storage, extra_callbacks)
+    for cell in (c for c in cells if c.method != "logreg"):
+        try:
+            outcome = _search_cell(cfg, cell, ctx, storage)
+        except (OrchestratorError, Exception) as exc:  # ray.exceptions.RayTaskError et al.: log as failed cell
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            logger.log_failure(cell, f"{type(exc).__name__}: {exc}")
+            continue
+        logger.log_outcome(cell, outcome)
+
+
+def run_sweep(cfg: RunConfig, tasks: Sequence[str], tracker: SweepTracker | None = None, *,
+              progress: bool = True, extra_callbacks: Sequence[Any] = ()) -> SweepSummary:
+    """Run every cell of `cfg` over `tasks` not yet complete in MLflow; returns what happened.
+
+    `extra_callbacks` are further Tune callbacks on the driver (called after the MLflow logger).
+    """
+    from orchestrator.cells import expand_backbones
+    from orchestrator.raycluster import init_ray
+
+    cfg = replace(cfg, backbones=expand_backbones(cfg.backbones))
+    tracker = tracker or SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
+    tracker.start()
+    cells = plan_cells(cfg, tasks)
+    done = tracker.completed()
+    pending = [c for c in cells if c.cell_id not in done]
+    summary = SweepSummary(cells=len(cells), skipped=len(cells) - len(pending))
+    if not pending:
+        tracker.finish("FINISHED")
+        return summary
+    tracker.discard_unfinished(c.cell_id for c in pending)
+    init_ray(cfg.address, cfg.num_cpus)
+    _check_resources(cfg)
+    bar = _progress_bar(len(cells), summary.skipped, enabled=progress)
+    logger = CellLogger(tracker, summary, lambda cell_id: bar.update(1))
+    started = time.perf_counter()
+    search = cfg.mode == "select" and cfg.search.algorithm != "grid"
+    status = "FAILED"
+    try:
+        with _tune_storage(cfg) as storage:
+            runner = _run_search if search else _run_grid
+            runner(cfg, pending, trial_context(cfg), logger, storage, extra_callbacks)
+        status = "FINISHED" if not summary.failed else "FAILED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        summary.seconds = time.perf_counter() - started
+        tracker.finish(status)
+    return summary
+
+
+def _check_resources(cfg: RunConfig) -> None:
+    """Fail fast where Tune would wait forever for resources the cluster does not have."""
+    from orchestrator.raycluster import cluster_gpus
+
+    if cfg.resources.gpu > 0 and cluster_gpus() == 0:
+        raise OrchestratorError(f"resources.gpu={cfg.resources.gpu} but the Ray cluster has no GPU; "
+                                "use --set resources.gpu=0 on a CPU-only cluster")
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    if cfg.resources.cpu > cpus:
+        raise OrchestratorError(f"resources.cpu={cfg.resources.cpu} exceeds the cluster's {cpus:g} CPUs; "
+                                f"use --set resources.cpu={max(cpus, 1):g}")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="cells", unit="cell", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,200 @@
+"""One cell's computation, free of Ray: load features, select on validation, refit, test once.
+
+`run_cell` is what a Tune trial executes (orchestrator.sweep wraps it); it is also callable in-process,
+which is how the test-isolation tests poison the test split. Test features are read through a
+loader that `sea.select_and_refit` calls only after the configuration has been chosen.
+
+Virtual backbones `ensemble:A+B[+…]` train on the concatenation of the stored features of the parts,
+matched row by row (the store orders every unit by sample index; labels must agree). Each part is
+L2-normalised before concatenation so that every backbone weighs equally whatever its feature scale;
+the trainer L2-normalises the concatenation again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from orchestrator.cells import METHOD_AXES, Cell, backbone_parts, reference_config
+from orchestrator.errors import OrchestratorError
+from orchestrator.tracking import CellOutcome
+
+# (backbone, task, stored split) -> (features n×d float32, labels int64, feature key)
+SplitLoader = Callable[[str, str, str], tuple[np.ndarray, np.ndarray, str]]
+EpochReport = Callable[[int, list[dict]], Any]
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs besides its cell; small, shipped once via tune.with_parameters."""
+
+    store: str
+    mode: str = "select"                                  # select | reference
+    trainer: dict[str, Any] = field(default_factory=dict)   # TrainSettings fields except seed/device
+    candidates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # method -> grid
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def device(self) -> str:
+        import torch
+
+        return "cuda" if self.gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def store_loader(store_uri: str) -> SplitLoader:
+    from orchestrator.store import FeatureStore
+
+    store = FeatureStore(store_uri)
+
+    def load(backbone: str, task: str, split: str) -> tuple[np.ndarray, np.ndarray, str]:
+        x, y = store.load(backbone, task, split)
+        return x, y, store.key_for(backbone, task, split)
+
+    return load
+
+
+def _unit_normalised(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def load_features(load: SplitLoader, backbone: str, task: str, split: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Features of a stored or virtual (ensemble) backbone; the key is comma-joined for ensembles."""
+    parts = backbone_parts(backbone)
+    if len(parts) == 1:
+        return load(parts[0], task, split)
+    loaded = [load(part, task, split) for part in parts]
+    first_y = loaded[0][1]
+    for part, (x, y, _) in zip(parts[1:], loaded[1:]):
+        if x.shape[0] != first_y.shape[0] or not np.array_equal(y, first_y):
+            raise OrchestratorError(
+                f"ensemble {backbone!r}: {part} holds {x.shape[0]} rows of {task}/{split} whose labels do not "
+                f"match {parts[0]}'s {first_y.shape[0]}; re-extract both from the same data")
+    x = np.concatenate([_unit_normalised(x) for x, _, _ in loaded], axis=1).astype(np.float32)
+    return x, first_y, ",".join(key for _, _, key in loaded)
+
+
+def _phase(task: str, phase: str, stored: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a protocol phase (fit / val / trainval / test) gathered from the stored splits."""
+    from tasks import protocol_split
+
+    parts = protocol_split(task, phase, {s: y for s, (_, y) in stored.items()})
+    xs = [stored[split][0][idx] for split, idx in parts]
+    ys = [stored[split][1][idx] for split, idx in parts]
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _settings(ctx: TrialContext, seed: int) -> Any:
+    from sea import TrainSettings
+
+    return TrainSettings(**ctx.trainer, seed=seed, device=ctx.device())
+
+
+def _head_configs(method: str, candidates: list[dict[str, Any]]) -> list:
+    from sea import HeadConfig
+
+    return [HeadConfig(method=method, **c) for c in candidates]
+
+
+def run_cell(cell: Cell, ctx: TrialContext, load: SplitLoader | None = None,
+             on_epoch: EpochReport | None = None) -> CellOutcome:
+    """The cell's result: select mode (grid of ctx.candidates) or reference mode (fixed defaults)."""
+    from tasks import get_task
+
+    started = time.perf_counter()
+    load = load or store_loader(ctx.store)
+    spec = get_task(cell.task)
+    non_test = [s for s in spec.stored_splits if s != "test"]
+    loaded = {s: load_features(load, cell.backbone, cell.task, s) for s in non_test}
+    stored = {s: (x, y) for s, (x, y, _) in loaded.items()}
+    keys = {s: key for s, (_, _, key) in loaded.items()}
+
+    test_key: list[str] = []
+
+    def test_loader() -> tuple[np.ndarray, np.ndarray]:
+        x, y, key = load_features(load, cell.backbone, cell.task, "test")
+        test_key.append(key)
+        return _phase(cell.task, "test", {"test": (x, y)})
+
+    runner = _reference if ctx.mode == "reference" else _select
+    params, metrics, curve, epochs = runner(cell, ctx, spec, stored, test_loader, on_epoch)
+    tags = {"feature_key": keys["train"], "test_feature_key": test_key[0] if test_key else "",
+            "primary_metric": spec.metric, "mode": ctx.mode}
+    if "val" in keys:
+        tags["val_feature_key"] = keys["val"]
+    return CellOutcome(cell.cell_id, params, metrics, tags, curve, epochs, time.perf_counter() - started)
+
+
+def _config_params(method: str, best: Any, ctx: TrialContext, n_candidates: int) -> dict[str, Any]:
+    """The selected configuration: the method's own knobs only (e.g. no η for linear), plus the schedule."""
+    chosen = dict(best) if isinstance(best, dict) else best.as_dict()
+    params = {k: chosen[k] for k in METHOD_AXES[method]}
+    if method != "logreg":
+        params.update(delta=chosen["delta"], epochs=ctx.trainer.get("epochs"),
+                      batch_size=ctx.trainer.get("batch_size"))
+    params["n_candidates"] = n_candidates
+    return params
+
+
+def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader: Callable,
+            on_epoch: EpochReport | None) -> tuple[dict, dict, list[float], list[float]]:
+    from sea import select_and_refit
+
+    x_fit, y_fit = _phase(cell.task, "fit", stored)
+    x_val, y_val = _phase(cell.task, "val", stored)
+    grid = ctx.candidates[cell.method]
+    configs: Any = ("logreg", [c["c"] for c in grid]) if cell.method == "logreg" else _head_configs(cell.method, grid)
+    result = select_and_refit(x_fit, y_fit, x_val, y_val, test_loader, configs, _settings(ctx, cell.seed),
+                              metric="top1" if cell.method == "logreg" else spec.metric,
+                              num_classes=spec.num_classes, on_epoch=on_epoch)
+    best = result.val_metrics[result.best_index]
+    metrics = {"val_top1": best["top1"], "val_mean_per_class": best["mean_per_class"],
+               "test_top1": result.test_top1, "test_mean_per_class": result.test_mean_per_class}
+    curve = [m["top1"] for m in result.val_metrics]
+    per_epoch = [max(m["top1"] for m in epoch) for epoch in result.val_history]
+    return _config_params(cell.method, result.best_config, ctx, len(grid)), metrics, curve, per_epoch
+
+
+def _reference(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader: Callable,
+               on_epoch: EpochReport | None) -> tuple[dict, dict, list[float], list[float]]:
+    """The authors' protocol: fixed defaults, trained on all non-test data, last-epoch test accuracy."""
+    from sea import mean_per_class_accuracy, predict, refit_logreg, top1_accuracy, train_heads
+
+    x_all, y_all = _phase(cell.task, "trainval", stored)
+    fixed = reference_config(cell.method)
+    if cell.method == "logreg":
+        model = refit_logreg(x_all, y_all, fixed["c"], spec.num_classes, device=ctx.device())
+        best: Any = {"c": fixed["c"]}
+        x_test, y_test = test_loader()
+        pred = model.predict(x_test)
+    else:
+        (best,) = _head_configs(cell.method, [fixed])
+        result = train_heads(x_all, y_all, [best], _settings(ctx, cell.seed), spec.num_classes)
+        x_test, y_test = test_loader()
+        pred = predict(result.weights[0], x_test)
+    metrics = {"test_top1": top1_accuracy(pred, y_test),
+               "test_mean_per_class": mean_per_class_accuracy(pred, y_test, spec.num_classes)}
+    return _config_params(cell.method, best, ctx, 1), metrics, [], []
+
+
+def train_on_validation(cell: Cell, ctx: TrialContext, config: dict[str, Any], load: SplitLoader | None = None,
+                        on_epoch: EpochReport | None = None) -> list[dict]:
+    """Search mode: train one sampled configuration on the fit rows, scoring validation every epoch.
+
+    Never touches the test split; returns the per-epoch validation metrics of that configuration.
+    """
+    from sea import train_heads
+    from tasks import get_task
+
+    load = load or store_loader(ctx.store)
+    spec = get_task(cell.task)
+    stored = {s: load_features(load, cell.backbone, cell.task, s)[:2] for s in spec.stored_splits if s != "test"}
+    x_fit, y_fit = _phase(cell.task, "fit", stored)
+    x_val, y_val = _phase(cell.task, "val", stored)
+    result = train_heads(x_fit, y_fit, _head_configs(cell.method, [config]), _settings(ctx, cell.seed),
+                         spec.num_classes, val=(x_val, y_val), on_epoch=on_epoch)
+    return [epoch[0] for epoch in result.val_history]

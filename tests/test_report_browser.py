@@ -1,0 +1,92 @@
+"""leaderboard.html in a real browser (headless Chromium): tables and images render, no markup leaks as text."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from report_fixture import TASK_XSS, make_sweep
+
+from orchestrator.report import build_report
+
+CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
+# isolated, offline, no background traffic: the page must render from its own bytes alone
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1280,2000")
+# appended to a copy of the page only: reports what the browser rendered into a <pre>
+PROBE = """<pre id="probe"></pre><script>
+window.addEventListener("load", () => {
+  const text = document.body.innerText;
+  document.getElementById("probe").textContent = JSON.stringify({
+    tables: document.querySelectorAll("table").length,
+    images: Array.from(document.images).map(i => [i.src.startsWith("data:image/png;base64,"), i.naturalWidth]),
+    raw_markup: ["<td", "<table", "|---|", "&lt;"].filter(s => text.includes(s)).length,
+    xss_as_text: text.includes("SCRIPT_TASK"),
+  });
+});
+</script>"""
+
+
+def _chromium() -> str | None:
+    for name in CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+CHROMIUM = _chromium()
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+
+
+def _browser(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=120, check=True)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> Path:
+    sweep = make_sweep(tmp_path_factory.mktemp("mlflow"))
+    return build_report(sweep.experiment, tmp_path_factory.mktemp("report"), tracking_uri=sweep.tracking_uri).leaderboard_html
+
+
+def test_tables_and_embedded_images_render_without_visible_markup(page, tmp_path):
+    probed = tmp_path / "probed.html"
+    marker = json.dumps(TASK_XSS)[1:-1]
+    probe = PROBE.replace("SCRIPT_TASK", marker.replace("/", "\\/"))
+    probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    dom = _browser(tmp_path, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found and found.group(1), "the probe script did not run"
+    result = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    assert result["tables"] >= 5
+    assert result["images"] and all(is_data and width > 0 for is_data, width in result["images"])
+    assert result["raw_markup"] == 0
+    assert result["xss_as_text"] is True  # shown as its literal name, not executed
+
+
+def test_dumped_dom_has_no_escaped_markup_or_injected_script(page, tmp_path):
+    dom = _browser(tmp_path, "--dump-dom", page.as_uri()).stdout
+    assert "<table" in dom and '<img src="data:image/png;base64,' in dom
+    for leaked in ("&lt;td", "&lt;table", "|---|", "&lt;img"):
+        assert leaked not in dom
+    assert "<script" not in dom.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+
+
+def test_screenshot_is_not_blank(page, tmp_path):
+    shot = tmp_path / "shot.png"
+    _browser(tmp_path, f"--screenshot={shot}", page.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (2000, 1280)
+    not_white = (pixels.min(axis=2) < 200).mean()
+    blue = ((pixels[..., 2] - pixels[..., 0]) > 60).sum()  # the heat-map's blue (SeA better) cells
+    green = ((pixels[..., 1] - pixels[..., 0]) > 20).sum()  # the highlighted best cells
+    assert not_white > 0.01 and blue > 1000 and green > 500

@@ -1,0 +1,217 @@
+"""The batched, autograd-free trainer reproduces the published algorithm and trains K heads as one."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sea import HeadConfig, TrainSettings, initial_weight, predict, train_heads
+
+N, D, C = 90, 12, 4
+
+
+def _data(seed=0, n=N, d=D, c=C):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(c, d, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    x = centres[y] + 0.8 * torch.randn(n, d, generator=g)
+    return x, y
+
+
+def _reference(x, y, config: HeadConfig, settings: TrainSettings, num_classes: int):
+    """sea-method.md in float64 with autograd, nn.Linear and torch.optim.SGD, independent of `sea`."""
+    x = F.normalize(x.double(), dim=1)
+    torch.manual_seed(settings.seed)
+    model = torch.nn.Linear(x.shape[1], num_classes, bias=False).double()
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=settings.momentum,
+                          weight_decay=config.weight_decay)
+    cosine = settings.schedule == "cosine"
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: 0.5 * (1 + math.cos(math.pi * e / settings.epochs)) if cosine else 1.0)
+    shuffle = torch.Generator().manual_seed(settings.seed)
+
+    def loss_at(features, labels):
+        margin = config.delta * F.one_hot(labels, num_classes).double()
+        return config.lamda * F.cross_entropy((model(features) - margin) / config.lamda, labels)
+
+    for _ in range(settings.epochs):
+        perm = torch.randperm(len(y), generator=shuffle)
+        for start in range(0, len(y), settings.batch_size):
+            idx = perm[start:start + settings.batch_size]
+            xb, yb = x[idx].clone().requires_grad_(True), y[idx]
+            (g,) = torch.autograd.grad(loss_at(xb, yb), xb)
+            xb = xb.detach()
+            if config.method == "sea" and len(idx) > 1:
+                scores = F.normalize(g, dim=1) @ xb.T / config.alpha
+                scores.fill_diagonal_(-torch.inf)
+                d = F.normalize(torch.softmax(scores, dim=1) @ xb, dim=1)
+                xb = F.normalize(xb + config.eta * d, dim=1)
+            elif config.method == "fgsm":
+                xb = F.normalize(xb + config.eta * F.normalize(g, dim=1), dim=1)
+            opt.zero_grad()
+            loss_at(xb, yb).backward()
+            opt.step()
+        sched.step()
+    return model.weight.detach()
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+REFERENCE_CASES = [
+    (HeadConfig(method="sea", lr=0.1, weight_decay=1e-3, eta=0.8, alpha=0.05, lamda=0.1, delta=0.1), "constant"),
+    (HeadConfig(method="sea", lr=0.4, eta=0.4, alpha=0.01, lamda=0.2), "cosine"),
+    (HeadConfig(method="linear", lr=1.6, weight_decay=1e-4, lamda=0.1), "constant"),
+    (HeadConfig(method="fgsm", lr=0.5, eta=0.3, lamda=0.2, delta=-0.1), "cosine"),
+]
+
+
+@pytest.mark.parametrize("config, schedule", REFERENCE_CASES)
+def test_float32_training_equals_float64_autograd_reference(config, schedule):
+    x, y = _data()
+    settings = TrainSettings(epochs=3, batch_size=16, schedule=schedule, seed=3)
+    ours = train_heads(x, y, [config], settings).weights[0]
+    assert _rel(ours, _reference(x, y, config, settings, C)) < 1e-5
+
+
+@pytest.mark.parametrize("config", [
+    HeadConfig(),                                                   # the paper's defaults, lr 1.6
+    HeadConfig(lr=0.8, weight_decay=1e-3, eta=0.8, alpha=0.05, lamda=0.1, delta=0.1),
+    HeadConfig(method="fgsm", lr=1.6, eta=0.8, delta=0.2),
+])
+def test_float64_training_equals_autograd_reference_at_large_steps(config):
+    # at these steps SeA amplifies float32 rounding to percents within 3 epochs, so the
+    # algorithm itself is compared in double precision
+    x, y = _data()
+    settings = TrainSettings(epochs=3, batch_size=16, seed=3, dtype="float64")
+    ours = train_heads(x.double(), y, [config], settings).weights[0]
+    assert ours.dtype == torch.float64
+    assert _rel(ours, _reference(x, y, config, settings, C)) < 1e-5
+
+
+MIXED = [
+    HeadConfig(method="sea", lr=0.8, eta=0.8, alpha=0.05),
+    HeadConfig(method="mixup", lr=0.4, eta=0.4, lamda=0.2),
+    HeadConfig(method="linear", lr=1.6, weight_decay=1e-4),
+    HeadConfig(method="noise", lr=0.8, eta=0.3, delta=0.1),
+    HeadConfig(method="sea", lr=0.4, weight_decay=1e-5, eta=0.2, alpha=0.1, lamda=0.5, delta=0.2),
+    HeadConfig(method="fgsm", lr=0.2, eta=0.5),
+    HeadConfig(method="noise", lr=0.3, eta=1.0, lamda=0.3),
+    HeadConfig(method="mixup", lr=0.8, eta=1.0),
+    HeadConfig(method="sea", lr=0.8, eta=0.0),
+]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 1e-3)])
+def test_k_heads_together_equal_the_same_heads_one_at_a_time(dtype, tolerance):
+    x, y = _data(1)
+    settings = TrainSettings(epochs=3, batch_size=16, seed=5, dtype=dtype)
+    together = train_heads(x.double(), y, MIXED, settings)
+    assert together.weights.shape == (len(MIXED), C, D)
+    assert together.configs == tuple(MIXED)
+    for k, config in enumerate(MIXED):
+        alone = train_heads(x.double(), y, [config], settings).weights[0]
+        assert _rel(together.weights[k], alone) < tolerance, config
+
+
+def test_sea_with_zero_step_is_exactly_the_linear_head():
+    x, y = _data(2)
+    out = train_heads(x, y, [HeadConfig(method="sea", eta=0.0), HeadConfig(method="linear")],
+                      TrainSettings(epochs=2, batch_size=32))
+    assert torch.equal(out.weights[0], out.weights[1])
+
+
+def test_augmented_heads_differ_from_the_plain_head():
+    x, y = _data(2)
+    methods = ["linear", "sea", "fgsm", "noise", "mixup"]
+    out = train_heads(x, y, [HeadConfig(method=m, lr=0.5, eta=0.5) for m in methods],
+                      TrainSettings(epochs=2, batch_size=32))
+    for k in range(1, len(methods)):
+        assert _rel(out.weights[k], out.weights[0]) > 1e-3, methods[k]
+
+
+def test_initial_weight_is_nn_linear_default_init_for_the_seed():
+    torch.manual_seed(7)
+    expected = torch.nn.Linear(D, C, bias=False).weight.detach()
+    assert torch.equal(initial_weight(C, D, 7), expected)
+
+
+def test_one_epoch_at_zero_lr_leaves_every_head_at_the_shared_init():
+    x, y = _data()
+    out = train_heads(x, y, [HeadConfig(lr=0.0), HeadConfig(method="mixup", lr=0.0)], TrainSettings(epochs=1))
+    assert torch.equal(out.weights[0], initial_weight(C, D, 0))
+    assert torch.equal(out.weights[1], initial_weight(C, D, 0))
+
+
+@pytest.mark.parametrize("n", [33, 65, 1])
+def test_singleton_last_batch_gives_finite_weights(n):
+    x, y = _data(3, n=n)
+    methods = ["linear", "sea", "fgsm", "noise", "mixup"]
+    out = train_heads(x, y, [HeadConfig(method=m) for m in methods], TrainSettings(epochs=2, batch_size=32),
+                      num_classes=C)
+    assert torch.isfinite(out.weights).all()
+
+
+def test_diagonal_dominant_rows_at_tiny_alpha_stay_finite():
+    x, y = _data(4)
+    out = train_heads(x, y, [HeadConfig(alpha=1e-6, lr=1.6), HeadConfig(alpha=1e-4, eta=2.0)],
+                      TrainSettings(epochs=3, batch_size=8))
+    assert torch.isfinite(out.weights).all()
+
+
+def test_validation_history_and_early_stop():
+    x, y = _data(5)
+    seen = []
+
+    def stop_after_two(epoch, metrics):
+        seen.append((epoch, metrics))
+        return epoch == 2
+
+    out = train_heads(x, y, MIXED[:3], TrainSettings(epochs=5, batch_size=16), val=(x[:30], y[:30]),
+                      on_epoch=stop_after_two)
+    assert out.stopped_epoch == 2 and [e for e, _ in seen] == [1, 2]
+    assert len(out.val_history) == 2 and len(out.val_history[0]) == 3
+    assert seen[-1][1] == out.val_history[-1]
+    for metrics in out.val_history[-1]:
+        assert set(metrics) == {"top1", "mean_per_class"} and 0 <= metrics["top1"] <= 100
+    pred = predict(out.weights[2], x[:30])
+    assert out.val_history[-1][2]["top1"] == pytest.approx(float((pred == y[:30]).double().mean() * 100))
+
+
+def test_without_validation_the_callback_gets_empty_metrics_and_history_is_empty():
+    x, y = _data(5)
+    calls = []
+    out = train_heads(x, y, [HeadConfig()], TrainSettings(epochs=2), on_epoch=lambda e, m: calls.append(m))
+    assert calls == [[], []] and out.val_history == [] and out.stopped_epoch == 2
+
+
+def test_predict_shapes_for_one_and_k_heads():
+    x, y = _data()
+    out = train_heads(x.numpy(), y.numpy(), [HeadConfig(method="linear"), HeadConfig()], TrainSettings(epochs=2))
+    assert predict(out.weights, x).shape == (2, N)
+    assert predict(out.weights[0], x).shape == (N,)
+    assert out.weights.dtype == torch.float32 and out.weights.device.type == "cpu"
+
+
+def test_linear_head_learns_separable_data():
+    x, y = _data(6)
+    out = train_heads(x, y, [HeadConfig(method="linear", lr=0.4)], TrainSettings(epochs=20, batch_size=16))
+    assert (predict(out.weights[0], x) == y).double().mean() > 0.9
+
+
+def test_progress_bar_stays_silent_without_a_terminal(capsys):
+    x, y = _data()
+    train_heads(x, y, [HeadConfig()], TrainSettings(epochs=2), progress=True)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu_and_bf16_stays_close():
+    x, y = _data(7)
+    cpu = train_heads(x, y, MIXED[:3], TrainSettings(epochs=2, batch_size=16)).weights
+    gpu = train_heads(x, y, MIXED[:3], TrainSettings(epochs=2, batch_size=16, device="cuda")).weights
+    assert _rel(gpu[0], cpu[0]) < 1e-4 and _rel(gpu[2], cpu[2]) < 1e-4
+    bf16 = train_heads(x, y, MIXED[:3], TrainSettings(epochs=2, batch_size=16, device="cuda", bf16=True))
+    assert torch.isfinite(bf16.weights).all()
