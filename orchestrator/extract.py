@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -23,11 +24,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import tasks
+from orchestrator.cells import backbone_parts
 from orchestrator.errors import OrchestratorError
 from orchestrator.manifest import DTYPES, FeatureKey, Manifest
 from orchestrator.progress import ExtractSummary, Progress
 from orchestrator.raycluster import cluster_cpus, cluster_gpus, init_ray
-from orchestrator.shardpool import run_jobs
+from orchestrator.shardpool import run_jobs, wait_until_ready
 from orchestrator.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,13 @@ def _splits_of(task: str, splits: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(s for s in stored if s in splits)
 
 
+def data_name(task: str) -> str:
+    """The task name actors open: `imagefolder:` paths made absolute, since actors run in other folders."""
+    if task.startswith(tasks.IMAGEFOLDER_PREFIX):
+        return tasks.IMAGEFOLDER_PREFIX + str(Path(task[len(tasks.IMAGEFOLDER_PREFIX):]).expanduser().resolve())
+    return task
+
+
 def plan_units(store: FeatureStore, backbone: tasks.Backbone, task_names: Sequence[str],
                splits: Sequence[str] | None, data_root: str | None, dtype: str, shard_size: int,
                download: bool, summary: ExtractSummary) -> list[Unit]:
@@ -194,7 +203,7 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
 
     def submit(actor, job):
         unit, shard = units[job[0]], job[1]
-        return actor.extract.remote(unit.task, unit.split, *unit.manifest.shard_range(shard))
+        return actor.extract.remote(data_name(unit.task), unit.split, *unit.manifest.shard_range(shard))
 
     def on_result(job, value) -> None:
         unit = units[job[0]]
@@ -206,10 +215,13 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
             progress.unit_done()
 
     start = time.perf_counter()
+    startup = 0.0
     try:
+        wait_until_ready(actors)
+        startup = time.perf_counter() - start
         return run_jobs(actors, jobs, submit, on_result)
     finally:
-        progress.backbone_seconds(spec.name, time.perf_counter() - start)
+        progress.backbone_seconds(spec.name, time.perf_counter() - start, startup)
         for actor in actors:
             ray.kill(actor, no_restart=True)
 
@@ -224,13 +236,17 @@ def extract_features(
 
     `address` joins a running Ray cluster; None starts (or reuses) a local one with `num_cpus`.
     """
-    backbone_names = [backbones] if isinstance(backbones, str) else list(backbones)
+    requested = [backbones] if isinstance(backbones, str) else list(backbones)
+    # An ensemble trains on its parts' stored features: extract each part once.
+    backbone_names = list(dict.fromkeys(part for name in requested for part in backbone_parts(name)))
     task_list = [task_names] if isinstance(task_names, str) else list(task_names)
     if dtype not in DTYPES:
         raise OrchestratorError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
     if shard_size < 1:
         raise OrchestratorError(f"--shard-size must be ≥ 1, got {shard_size}")
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    if data_root is not None:
+        data_root = str(Path(data_root).expanduser().resolve())  # actors may run in another folder
     summary = ExtractSummary()
     plans = []
     for name in backbone_names:

@@ -12,11 +12,17 @@ from tqdm.auto import tqdm
 @dataclass
 class BackboneStats:
     images: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0           # wall time of this backbone's extraction, actor start-up included
+    startup_seconds: float = 0.0   # until every actor had built its model
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        busy = self.seconds - self.startup_seconds
+        return self.images / busy if busy > 0 else 0.0
 
 
 @dataclass
@@ -42,9 +48,9 @@ class ExtractSummary:
         return self.keys[f"{backbone}|{task}|{split}"]
 
     def table(self) -> str:
-        lines = [f"{'backbone':<28} {'images':>9} {'seconds':>9} {'images/s':>9}"]
-        for name, stats in self.per_backbone.items():
-            lines.append(f"{name:<28} {stats.images:>9} {stats.seconds:>9.1f} {stats.images_per_s:>9.1f}")
+        lines = [f"{'backbone':<28} {'images':>9} {'seconds':>9} {'start-up':>9} {'images/s':>9}"]
+        for name, s in self.per_backbone.items():
+            lines.append(f"{name:<28} {s.images:>9} {s.seconds:>9.1f} {s.startup_seconds:>9.1f} {s.images_per_s:>9.1f}")
         lines.append(
             f"{self.units} units ({self.units_skipped} already complete); shards: {self.shards_extracted} "
             f"extracted, {self.shards_skipped} reused, {self.shards_repaired} repaired, "
@@ -78,8 +84,10 @@ class Progress:
         self.summary.per_backbone.setdefault(backbone, BackboneStats()).images += images
         self.bar.update(images)
 
-    def backbone_seconds(self, backbone: str, seconds: float) -> None:
-        self.summary.per_backbone.setdefault(backbone, BackboneStats()).seconds += seconds
+    def backbone_seconds(self, backbone: str, seconds: float, startup: float) -> None:
+        stats = self.summary.per_backbone.setdefault(backbone, BackboneStats())
+        stats.seconds += seconds
+        stats.startup_seconds += startup
 
     def close(self) -> ExtractSummary:
         self.bar.close()

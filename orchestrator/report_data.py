@@ -103,7 +103,10 @@ def _search(client, experiment_id: str, role: str) -> list:
 def _cell_fields(run) -> dict:
     tags = run.data.tags
     missing = [t for t in CELL_TAGS if t not in tags]
-    if missing:
+    if missing and tags.get("cell_id", "").count("|") == len(CELL_TAGS) - 1:
+        # a run that failed before its tags were written still carries its canonical id
+        tags = {**tags, **dict(zip(CELL_TAGS, tags["cell_id"].split("|")))}
+    elif missing:
         raise OrchestratorError(
             f"cell run {run.info.run_id} lacks tag(s) {', '.join(missing)}; it was not written by seabench's sweep"
         )

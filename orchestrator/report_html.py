@@ -90,6 +90,7 @@ th, td { border: 1px solid #d0d7de; padding: .3em .7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f6f8fa; }
 td.best { font-weight: 700; background: #dafbe1; }
+table.failed th { text-align: left; }
 table.failed td { text-align: left; font-family: ui-monospace, monospace; font-size: .9em; }
 figure { display: inline-block; margin: .5em 1em 1em 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #d0d7de; }

@@ -134,12 +134,18 @@ def _claims(board: Leaderboard) -> list:
     return [Heading("Claims"), Para(o.verdict, strong=True), Para(numbers), *_finetune_blocks(board)]
 
 
+def _error_tail(error: str) -> str:
+    # the sweep stores a traceback's end; its last lines name the exception
+    error = " ".join(str(error).split())
+    return error if len(error) <= MAX_ERROR_CHARS else "…" + error[-MAX_ERROR_CHARS:]
+
+
 def _failed(board: Leaderboard) -> list:
     if board.failed.empty:
         return []
     rows = tuple(
         tuple(Cell(str(v)) for v in (r.backbone, r.task, r.method, r.seed,
-                                      str(r.error)[:MAX_ERROR_CHARS], r.run_id))
+                                      _error_tail(r.error), r.run_id))
         for r in board.failed.itertuples(index=False)
     )
     return [Heading("Failed cells"),

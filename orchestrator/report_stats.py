@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from orchestrator.report_reference import FinetuneComparison
+
 CONFIDENCE = 0.95
 PAPER_GAIN = 2.0  # points; the paper's mean SeA − linear over all (backbone, task) cells
 CELL = ["task", "backbone"]
@@ -135,7 +137,7 @@ class Leaderboard:
     failed: pd.DataFrame  # failed cells (may be empty)
     primary_metric: dict[str, str]  # task -> the metric it is ranked by
     mode: str = ""
-    finetune: object | None = None  # report_reference.FinetuneComparison when a reference was given
+    finetune: FinetuneComparison | None = None  # set when a fine-tuning reference was given
 
 
 def compute_leaderboard(
@@ -143,7 +145,7 @@ def compute_leaderboard(
     failed: pd.DataFrame | None = None,
     experiment: str = "",
     mode: str = "",
-    finetune: object | None = None,
+    finetune: FinetuneComparison | None = None,
 ) -> Leaderboard:
     summary = summarise(results)
     differences = paired_differences(results)

@@ -38,14 +38,17 @@ def shard_table(index: np.ndarray, labels: np.ndarray, features: np.ndarray, met
     """The Arrow table of one shard (features already in the storage dtype)."""
     d = features.shape[1]
     values = pa.array(np.ascontiguousarray(features).reshape(-1))
+    # Non-nullable fields: features are never null, and Parquet decodes a list of non-null values ~2x faster.
+    element = pa.field("element", values.type, nullable=False)
     schema = pa.schema(
-        [("index", pa.int64()), ("label", pa.int32()), ("feature", pa.list_(values.type, d))],
+        [pa.field("index", pa.int64(), nullable=False), pa.field("label", pa.int32(), nullable=False),
+         pa.field("feature", pa.list_(element, d), nullable=False)],
         metadata={METADATA_KEY: json.dumps(meta, sort_keys=True).encode()},
     )
     columns = [
         pa.array(np.asarray(index, dtype=np.int64)),
         pa.array(np.asarray(labels, dtype=np.int32)),
-        pa.FixedSizeListArray.from_arrays(values, d),
+        pa.FixedSizeListArray.from_arrays(values, type=schema.field("feature").type),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 

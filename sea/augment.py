@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sea.config import METHODS
-from sea.direction import direction_residual, normalise, sea_directions
+from sea.direction import direction_residual, normalise, sea_directions, unit
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _fgsm(ctx: StepContext, heads: slice) -> Augmented:
     # raw normalised input gradient; the 1/B factor vanishes in the normalisation
     residual = direction_residual(ctx.z[heads], ctx.onehot, ctx.lamda[heads], ctx.delta[heads])
     g = torch.bmm(residual, ctx.weight[heads])
-    return normalise(ctx.x + ctx.eta[heads] * normalise(g)), None
+    return normalise(ctx.x + ctx.eta[heads] * unit(g)), None
 
 
 def _noise(ctx: StepContext, heads: slice) -> Augmented:

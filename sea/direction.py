@@ -26,6 +26,13 @@ def normalise(v: torch.Tensor) -> torch.Tensor:
     return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(EPS)
 
 
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """v/‖v‖ exactly, however small ‖v‖ (no 1e-12 floor: a tiny gradient still has a direction); 0 stays 0."""
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    ok = norm > torch.finfo(v.dtype).tiny
+    return torch.where(ok, v / torch.where(ok, norm, 1.0), 0.0)
+
+
 def loss_residual(z: torch.Tensor, targets: torch.Tensor, lamda: torch.Tensor,
                   delta: torch.Tensor) -> torch.Tensor:
     """∂(λ·CE((z − δt)/λ, t))/∂z = softmax((z − δt)/λ) − t; λ cancels. z: k×B×C, λ, δ: k×1×1."""

@@ -51,7 +51,7 @@ def _minimise(x: torch.Tensor, y: torch.Tensor, c: float, params: list[torch.Ten
     weight, bias = params
     penalty = 1.0 / (2.0 * c * x.shape[0])
     optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-6, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+                                  tolerance_grad=1e-5, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()

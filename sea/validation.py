@@ -18,7 +18,7 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
     try:
         return torch.as_tensor(np.asarray(value))
     except (TypeError, ValueError) as err:
-        raise SeaError(f"{what} cannot be read as an array ({type(value).__name__}): {err}") from None
+        raise SeaError(f"{what} must be a numeric array; this {type(value).__name__} cannot be converted ({err})") from None
 
 
 def _first_bad_row(mask: torch.Tensor) -> int:

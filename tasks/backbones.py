@@ -227,11 +227,11 @@ def _create(spec: BackboneSpec, pretrained: bool = False, arch: str | None = Non
                         f"with {kwargs} (pretrained={pretrained}): {err}") from err
 
 
-def _load_file(spec: BackboneSpec, path: Path) -> tuple[torch.nn.Module, str, str | None]:
+def _load_file(spec: BackboneSpec, path: Path, digest: str = "") -> tuple[torch.nn.Module, str, str | None]:
     state = adapt(spec.adapter, unwrap_checkpoint(read_checkpoint(path)))
     model = _create(spec)
     load_strict(model, state, str(path))
-    return model, file_sha256(path), str(path)
+    return model, digest or file_sha256(path), str(path)
 
 
 def _load_published(spec: BackboneSpec, _ref: str) -> tuple[torch.nn.Module, str, str | None]:
@@ -240,7 +240,7 @@ def _load_published(spec: BackboneSpec, _ref: str) -> tuple[torch.nn.Module, str
     if spec.sha256 and digest != spec.sha256:
         raise TaskError(f"weights file {path} for backbone {spec.name!r} has sha256 {digest}, expected "
                         f"{spec.sha256}: it is not the published checkpoint ({spec.source_url})")
-    return _load_file(spec, path)
+    return _load_file(spec, path, digest)
 
 
 def _load_random(spec: BackboneSpec, seed: str) -> tuple[torch.nn.Module, str, str | None]:

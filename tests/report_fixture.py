@@ -52,20 +52,22 @@ def _values(rng: np.random.Generator) -> dict:
 
 
 def _tags(backbone: str, task: str, method: str, seed: int, parent: str, status: str) -> dict:
-    return {"mlflow.parentRunId": parent, "seabench.role": "cell", "backbone": backbone, "task": task,
+    return {**({"mlflow.parentRunId": parent} if parent else {}), "seabench.role": "cell", "backbone": backbone, "task": task,
             "method": method, "seed": str(seed), "cell_id": f"{backbone}|{task}|{method}|{seed}",
             "feature_key": f"{backbone}-{task}-train", "code_version": "test", "mode": "select",
             "primary_metric": TASKS.get(task, "top1"), "status": status}
 
 
-def make_sweep(root: Path, experiment: str = EXPERIMENT, seed: int = 0) -> SyntheticSweep:
+def make_sweep(root: Path, experiment: str = EXPERIMENT, seed: int = 0, parent_run: bool = True) -> SyntheticSweep:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
-    parent = client.create_run(exp_id, run_name="sweep", tags={"seabench.role": "sweep"}).info.run_id
+    parent = ""
+    if parent_run:
+        parent = client.create_run(exp_id, run_name="sweep", tags={"seabench.role": "sweep"}).info.run_id
     values = _values(np.random.default_rng(seed))
     t0 = 1_700_000_000_000
     retried = client.create_run(exp_id, start_time=t0, tags=_tags(*RETRIED_CELL, parent, "failed"))
@@ -83,5 +85,6 @@ def make_sweep(root: Path, experiment: str = EXPERIMENT, seed: int = 0) -> Synth
     failed = client.create_run(exp_id, start_time=t0 + 10**6, tags=_tags(*FAILED_CELL, parent, "failed"))
     client.set_tag(failed.info.run_id, "error", "CUDA out of memory <b>not bold</b>")
     client.set_terminated(failed.info.run_id, "FAILED")
-    client.set_terminated(parent, "FINISHED")
+    if parent_run:
+        client.set_terminated(parent, "FINISHED")
     return SyntheticSweep(uri, experiment, parent, values)

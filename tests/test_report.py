@@ -13,12 +13,28 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
-from report_fixture import BACKBONES, FAILED_CELL, METRICS, RETRIED_CELL, TASK_PLAIN, TASK_XSS, TASKS, make_sweep
+from report_fixture import (
+    BACKBONES,
+    FAILED_CELL,
+    METRICS,
+    RETRIED_CELL,
+    TASK_PLAIN,
+    TASK_XSS,
+    TASKS,
+    make_sweep,
+)
 from scipy import stats
 
 from orchestrator.commands import report as report_command
 from orchestrator.errors import OrchestratorError
-from orchestrator.report import build_report, compute_leaderboard, paired_differences, render_html, render_markdown, summarise
+from orchestrator.report import (
+    build_report,
+    compute_leaderboard,
+    paired_differences,
+    render_html,
+    render_markdown,
+    summarise,
+)
 from orchestrator.report_stats import OverallDifference
 
 
@@ -177,7 +193,7 @@ def test_finetune_reference_per_backbone_compares_the_primary_value(sweep, tmp_p
 def test_invalid_finetune_reference_names_file_and_column(sweep, tmp_path, content, column):
     ref = tmp_path / "bad-ft.csv"
     ref.write_text(content)
-    with pytest.raises(OrchestratorError, match="bad-ft.csv") as error:
+    with pytest.raises(OrchestratorError, match=r"bad-ft\.csv") as error:
         build_report(sweep.experiment, tmp_path / "out", tracking_uri=sweep.tracking_uri, reference_csv=str(ref))
     assert column in str(error.value)
     assert not (tmp_path / "out").exists()  # validated before anything is written
@@ -212,12 +228,18 @@ def test_report_is_logged_to_the_parent_run(sweep, report):
     assert logged == {p.name for p in report.files}
 
 
+def test_experiment_without_parent_run_still_reports_but_logs_nothing(tmp_path):
+    sweep = make_sweep(tmp_path, experiment="orphan-cells", parent_run=False)
+    paths = build_report(sweep.experiment, tmp_path / "out", tracking_uri=sweep.tracking_uri)
+    assert paths.parent_run_id is None and paths.leaderboard_html.exists()
+
+
 def test_no_temporary_files_are_left_behind(report):
     assert sorted(p.name for p in report.out_dir.iterdir()) == sorted(p.name for p in report.files)
 
 
 def test_unknown_experiment_lists_existing_names(sweep, tmp_path):
-    with pytest.raises(OrchestratorError, match="does not exist; existing experiments: .*synthetic-sweep"):
+    with pytest.raises(OrchestratorError, match=r"does not exist; existing experiments: .*synthetic-sweep"):
         build_report("no-such-sweep", tmp_path, tracking_uri=sweep.tracking_uri)
 
 
@@ -225,7 +247,7 @@ def test_experiment_without_finished_cells_says_how_to_produce_them(sweep, tmp_p
     client = MlflowClient(tracking_uri=sweep.tracking_uri)
     exp = client.create_experiment("empty-sweep", artifact_location=(tmp_path / "a").as_uri())
     client.create_run(exp, run_name="sweep", tags={"seabench.role": "sweep"})
-    with pytest.raises(OrchestratorError, match="no finished cells.*seabench run --config"):
+    with pytest.raises(OrchestratorError, match=r"no finished cells.*seabench run --config"):
         build_report("empty-sweep", tmp_path / "out", tracking_uri=sweep.tracking_uri)
 
 
@@ -263,6 +285,14 @@ def test_single_seed_shows_ci_as_na():
     assert "+1.00 n/a (n=1)" in md and "51.00 ± n/a" in md
     assert "Only 1 cell" in md
     assert "<td>+1.00 n/a (n=1)</td>" in render_html(board)
+
+
+def test_without_sea_results_the_gain_claim_is_not_checked():
+    df = _long([("b", "t", "linear", 0, 50.0), ("b", "t", "logreg", 0, 52.0)])
+    board = compute_leaderboard(df, experiment="no-sea")
+    assert board.overall.n_cells == 0 and board.overall.supports_paper is None
+    md = render_markdown(board)
+    assert "cannot be checked" in md and "Not available" in md and "**52.00 ± n/a**" in md
 
 
 def test_cli_report_verb_writes_the_report_and_prints_the_verdict(sweep, tmp_path, capsys):

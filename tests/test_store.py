@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_round_trip_returns_float32_features_and_int64_labels_in_index_order(fil
 
 
 def test_unit_folder_holds_shards_and_manifest_and_pandas_reads_it(filled, data):
-    store, key, folder = filled
+    _, key, folder = filled
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
         MANIFEST, "shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
     frame = pd.read_parquet(folder)  # the manifest's leading "_" keeps it out of the dataset
@@ -75,7 +76,7 @@ def test_shard_schema_is_documented_one_with_key_metadata(filled):
     _, key, folder = filled
     schema = pq.read_schema(folder / "shard-00000.parquet")
     assert schema.field("index").type == pa.int64() and schema.field("label").type == pa.int32()
-    assert schema.field("feature").type == pa.list_(pa.float32(), 6)
+    assert schema.field("feature").type == pa.list_(pa.field("element", pa.float32(), nullable=False), 6)
     meta = json.loads(schema.metadata[METADATA_KEY])
     assert meta["key"] == key.key and meta["backbone"] == BACKBONE and meta["dtype"] == "float32"
     assert pq.ParquetFile(folder / "shard-00000.parquet").metadata.row_group(0).column(2).compression == "ZSTD"
@@ -88,7 +89,7 @@ def test_float16_storage_round_trips_within_half_precision(tmp_path, data):
     assert features.dtype == np.float32
     np.testing.assert_allclose(features, data[0], rtol=1e-3, atol=1e-3)
     assert pq.read_schema(tmp_path / key.unit_path() / "shard-00000.parquet").field("feature").type == \
-        pa.list_(pa.float16(), 6)
+        pa.list_(pa.field("element", pa.float16(), nullable=False), 6)
 
 
 def test_memory_filesystem_round_trip(data):
@@ -96,6 +97,7 @@ def test_memory_filesystem_round_trip(data):
     fill(store, key, *data)
     features, labels = FeatureStore("memory://seabench-test-store").load(BACKBONE, TASK, SPLIT)
     np.testing.assert_array_equal(features, data[0])
+    np.testing.assert_array_equal(labels, data[1])
     assert store.unit_info(BACKBONE, TASK, SPLIT)["metadata"]["task"] == TASK
     assert store.feature_key(BACKBONE, TASK, SPLIT) == key and store.key_for(BACKBONE, TASK, SPLIT) == key.key
 
@@ -113,7 +115,7 @@ def test_checksum_mismatch_is_refused_naming_the_file(filled):
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    with pytest.raises(OrchestratorError, match="shard-00001.parquet: checksum mismatch"):
+    with pytest.raises(OrchestratorError, match=r"shard-00001\.parquet: checksum mismatch"):
         store.load(BACKBONE, TASK, SPLIT)
 
 
@@ -124,7 +126,7 @@ def test_shard_of_another_key_is_refused_even_with_a_matching_checksum(tmp_path,
     folder, foreign = tmp_path / key.unit_path(), (tmp_path / other.unit_path() / "shard-00000.parquet").read_bytes()
     (folder / "shard-00000.parquet").write_bytes(foreign)
     manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["shards"][0]["sha256"] = __import__("hashlib").sha256(foreign).hexdigest()
+    manifest["shards"][0]["sha256"] = hashlib.sha256(foreign).hexdigest()
     manifest["shards"][0]["bytes"] = len(foreign)
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(OrchestratorError, match="belongs to feature key"):

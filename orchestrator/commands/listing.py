@@ -9,7 +9,7 @@ HELP = "List the registered tasks or backbones (with local availability)."
 
 COLUMNS = {
     "tasks": ("name", "title", "classes", "metric", "val_rule", "sizes"),
-    "backbones": ("name", "presets", "architecture", "weights", "feature_dim", "available"),
+    "backbones": ("name", "presets", "arch", "weights", "feature_dim", "available"),
 }
 
 

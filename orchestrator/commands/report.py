@@ -29,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     paths = build_report(args.experiment, args.out, tracking_uri=args.tracking_uri, reference_csv=args.reference)
     for path in paths.files:
         print(path)
-    ci = "n/a" if math.isnan(paths.ci_low) else f"[{paths.ci_low:+.2f}, {paths.ci_high:+.2f}]"
-    print(f"SeA − linear over {paths.n_cells} cells: {paths.mean_difference:+.2f} points, 95 % CI {ci}")
+    if paths.n_cells:
+        ci = "n/a" if math.isnan(paths.ci_low) else f"[{paths.ci_low:+.2f}, {paths.ci_high:+.2f}]"
+        print(f"SeA − linear over {paths.n_cells} cells: {paths.mean_difference:+.2f} points, 95 % CI {ci}")
     print(paths.verdict)
     if paths.finetune_within is not None:
         print(f"SeA within 1 point of fine-tuning on {paths.finetune_within} of {paths.finetune_compared} tasks")

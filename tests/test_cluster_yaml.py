@@ -1,0 +1,59 @@
+"""cluster.yaml is a valid Ray cluster-launcher config with a scalable GPU worker type that installs seabench."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    return json.loads(SCHEMA.read_text())
+
+
+def test_validates_against_rays_schema_as_written(config, schema):
+    jsonschema.validate(config, schema)
+
+
+def test_validates_after_ray_fills_in_provider_defaults(config):
+    # the same steps `ray up` takes before launching anything (offline: no AWS calls)
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_schema_check_is_strict_enough_to_catch_a_typo(config, schema):
+    broken = {**copy.deepcopy(config), "max_wokers": 3}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_has_a_cpu_head_and_a_gpu_worker_type_with_worker_bounds(config):
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert not head["node_config"]["InstanceType"].startswith(("g", "p"))
+    gpu_types = {name: t for name, t in types.items() if t["node_config"]["InstanceType"].startswith(("g5", "g6", "p"))}
+    assert gpu_types, "no GPU worker node type"
+    for node_type in gpu_types.values():
+        assert 0 <= node_type["min_workers"] <= node_type["max_workers"] <= config["max_workers"]
+        assert node_type["max_workers"] >= 1
+
+
+def test_setup_commands_install_seabench_from_the_synced_repo(config):
+    commands = " ; ".join(config["setup_commands"])
+    assert "pip install ~/seabench" in commands
+    assert "~/seabench" in config["file_mounts"]  # the checkout the install reads
+    assert "s3fs" in commands  # s3:// feature stores

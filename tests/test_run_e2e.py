@@ -1,0 +1,120 @@
+"""`seabench run` end to end on the session's Ray cluster: fake image tasks → random-init backbones →
+extraction → Tune sweep → MLflow → report; rerun does nothing; a SIGKILLed run resumes without duplicates."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from fakedata import make_fake_imagefolder
+
+from orchestrator.cli import main
+from orchestrator.tracking import SweepTracker
+
+REPO = Path(__file__).resolve().parents[1]
+BACKBONES = ["random:resnet10t@32", "random:resnet10t@16"]
+METHODS = ["linear", "sea", "logreg"]
+SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def e2e_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 fake tasks × 2 random backbones × 3 methods × 2 seeds = 24 cells, tiny grid, 3 epochs."""
+    root = tmp_path_factory.mktemp("e2e")
+    tasks = []
+    for name, classes in (("ta", 3), ("tb", 4)):
+        make_fake_imagefolder(root / name, classes=classes, n_train=6, n_test=3, size=16)
+        tasks.append(f"imagefolder:{root / name}")
+    config = {
+        "name": "e2e", "backbones": BACKBONES, "tasks": tasks, "methods": METHODS, "seeds": SEEDS,
+        "store": str(root / "store"), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "trainer": {"epochs": 3, "batch_size": 16},
+        "grid": {"lr": [0.8, 1.6], "weight_decay": [1e-6], "lamda": [0.1], "eta": [0.2], "alpha": [0.05],
+                 "c": [0.1, 10.0]},
+        "extraction": {"shard_size": 16, "dtype": "float32", "batch_size": 16},
+        "resources": {"cpu": 1}, "max_failures": 1, "report": {"out": str(root / "report")},
+    }
+    path = root / "e2e.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cell_runs(config: Path, name: str) -> dict[str, list]:
+    cfg = yaml.safe_load(config.read_text())
+    tracker = SweepTracker(cfg["tracking_uri"], name)
+    tracker.start()
+    out: dict[str, list] = {}
+    for run in tracker.cell_runs():
+        out.setdefault(run.data.tags["cell_id"], []).append(run)
+    return out
+
+
+def test_run_writes_one_run_per_cell_and_a_report_that_matches_mlflow(
+        ray_cluster: None, e2e_config: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "--config", str(e2e_config), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "24 cells; 0 already complete, 24 computed, 0 failed" in printed
+    runs = cell_runs(e2e_config, "e2e")
+    assert len(runs) == 24 and all(len(v) == 1 for v in runs.values())
+    assert all(v[0].info.status == "FINISHED" and v[0].data.tags["status"] == "ok" for v in runs.values())
+
+    report = Path(yaml.safe_load(e2e_config.read_text())["report"]["out"])
+    assert f"report: {report / 'leaderboard.html'}" in printed
+    for name in ("results.csv", "leaderboard.md", "leaderboard.html"):
+        assert (report / name).is_file()
+    table = pd.read_csv(report / "results.csv")
+    by_id = {v[0].info.run_id: v[0] for v in runs.values()}
+    assert set(table["run_id"]) == set(by_id)
+    for row in table.itertuples():
+        assert row.value == pytest.approx(by_id[row.run_id].data.metrics[f"{row.split}_{row.metric}"])
+
+    # idempotent: nothing is extracted or trained again, the runs stay the same
+    assert main(["run", "--config", str(e2e_config), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "24 already complete, 0 computed" in printed and "cached" in printed
+    assert {k: v[0].info.run_id for k, v in cell_runs(e2e_config, "e2e").items()} == \
+           {k: v[0].info.run_id for k, v in runs.items()}
+
+
+def _finished(config: Path, name: str) -> int:
+    try:
+        return sum(1 for v in cell_runs(config, name).values() for r in v if r.info.status == "FINISHED")
+    except Exception:  # the store may be locked or not yet created by the child: poll again
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_without_recomputing_or_duplicating(
+        ray_cluster: None, e2e_config: Path, capsys: pytest.CaptureFixture) -> None:
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    argv = ["run", "--config", str(e2e_config), "--set", "name=e2e-kill", "--address", address, "--no-progress"]
+    child = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], cwd=e2e_config.parent,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 420
+        while _finished(e2e_config, "e2e-kill") < 2:
+            assert child.poll() is None, f"seabench run exited early with {child.returncode}"
+            assert time.monotonic() < deadline, "no cell finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    before = cell_runs(e2e_config, "e2e-kill")
+    done_before = {k: v[0].info.run_id for k, v in before.items() if v[0].info.status == "FINISHED"}
+    assert 2 <= len(done_before) < 24
+
+    assert main([*argv[:-3], "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(done_before)} already complete, {24 - len(done_before)} computed" in printed
+    after = cell_runs(e2e_config, "e2e-kill")
+    assert len(after) == 24 and all(len(v) == 1 and v[0].info.status == "FINISHED" for v in after.values())
+    assert all(after[k][0].info.run_id == run_id for k, run_id in done_before.items())
