@@ -116,9 +116,8 @@ def plan_cells(cfg: RunConfig, tasks: Iterable[str]) -> list[Cell]:
 
 def expand_backbones(names: Iterable[str]) -> tuple[str, ...]:
     """Expand `preset:<name>` entries with tasks.PRESETS; other names pass through unchanged."""
-    from tasks import PRESETS
-
     from orchestrator.errors import OrchestratorError
+    from tasks import PRESETS
 
     out: list[str] = []
     for name in names:

@@ -9,9 +9,6 @@ Round trip: `RunConfig.from_dict(cfg.to_dict()) == cfg`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +18,7 @@ import yaml
 
 from orchestrator.cells import AXIS_DEFAULTS, METHOD_AXES
 from orchestrator.errors import OrchestratorError
+from orchestrator.schema import CUSTOM_BUILDERS, build, check_meta, coerce, unknown_key, where_of
 
 MODES = ("select", "reference")
 ALGORITHMS = ("grid", "random", "optuna")
@@ -128,105 +126,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        cfg = _build(cls, data, "")
+        cfg = build(cls, data, "")
         _check_cross_fields(cfg)
         return cfg
 
 
 # ---------------------------------------------------------------- validation machinery
-
-
-def _where(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _unknown_key(key: str, allowed: Sequence[str], path: str) -> OrchestratorError:
-    close = difflib.get_close_matches(str(key), list(allowed), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(allowed)}"
-    return OrchestratorError(f"config: unknown key {_where(path, str(key))!r}{hint}")
-
-
-def _type_name(value: object) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _coerce_scalar(kind: type, value: object, where: str) -> object:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise OrchestratorError(f"config: {where!r} expects true or false, got {_type_name(value)}")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise OrchestratorError(f"config: {where!r} expects an integer, got {_type_name(value)}")
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # PyYAML reads `1e-6` (no dot) as a string: accept numeric strings for float keys
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise OrchestratorError(f"config: {where!r} expects a number, got {_type_name(value)}")
-    if kind is str:
-        if isinstance(value, str) and value:
-            return value
-        raise OrchestratorError(f"config: {where!r} expects a non-empty string, got {_type_name(value)}")
-    raise OrchestratorError(f"config: {where!r} has unsupported type {kind}")  # programming error
-
-
-def _coerce(hint: Any, value: object, where: str) -> object:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _coerce(inner[0], value, where)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]  # a single value where a list is expected
-        if not isinstance(value, (list, tuple)):
-            raise OrchestratorError(f"config: {where!r} expects a list, got {_type_name(value)}")
-        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    return _coerce_scalar(hint, value, where)
-
-
-def _check_meta(meta: Mapping, value: object, where: str) -> None:
-    if value is None:
-        return
-    if "choices" in meta and value not in meta["choices"]:
-        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise OrchestratorError(f"config: {where!r} must be one of {', '.join(meta['choices'])}; "
-                                f"got {value!r}{hint}")
-    if "min" in meta and value < meta["min"]:
-        raise OrchestratorError(f"config: {where!r} must be ≥ {meta['min']}, got {value!r}")
-    if "max" in meta and value > meta["max"]:
-        raise OrchestratorError(f"config: {where!r} must be ≤ {meta['max']}, got {value!r}")
-
-
-def _build(cls: type, data: object, path: str) -> Any:
-    if cls is GridConfig:
-        return _build_grid(data, path)
-    if not isinstance(data, Mapping):
-        raise OrchestratorError(f"config: {path or 'the file'!r} expects a mapping of keys, got {_type_name(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            raise _unknown_key(key, list(fields), path)
-    kwargs = {}
-    for name, f in fields.items():
-        where = _where(path, name)
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise OrchestratorError(f"config: required key {where!r} is missing")
-            continue
-        kwargs[name] = _coerce(hints[name], data[name], where)
-        _check_meta(f.metadata, kwargs[name], where)
-    return cls(**kwargs)
 
 
 def _build_axes(data: object, path: str, allowed: Sequence[str]) -> Axes:
@@ -235,10 +140,10 @@ def _build_axes(data: object, path: str, allowed: Sequence[str]) -> Axes:
     axes = []
     for axis in sorted(data):
         if axis not in allowed:
-            raise _unknown_key(axis, allowed, path)
-        values = _coerce(tuple[float, ...], data[axis], _where(path, axis))
+            raise unknown_key(axis, allowed, path)
+        values = coerce(tuple[float, ...], data[axis], where_of(path, axis))
         if not values:
-            raise OrchestratorError(f"config: {_where(path, axis)!r} needs at least one value")
+            raise OrchestratorError(f"config: {where_of(path, axis)!r} needs at least one value")
         axes.append((axis, values))
     return tuple(axes)
 
@@ -247,12 +152,15 @@ def _build_grid(data: object, path: str) -> GridConfig:
     if not isinstance(data, Mapping):
         raise OrchestratorError(f"config: {path!r} expects a mapping (axis: [values] or method: {{axis: [values]}})")
     common = {k: v for k, v in data.items() if k not in METHOD_AXES}
-    per_method = tuple((m, _build_axes(data[m], _where(path, m), METHOD_AXES[m]))
+    per_method = tuple((m, _build_axes(data[m], where_of(path, m), METHOD_AXES[m]))
                        for m in sorted(data) if m in METHOD_AXES)
     for key in common:
         if key not in AXIS_DEFAULTS:
-            raise _unknown_key(key, [*AXIS_DEFAULTS, *METHOD_AXES], path)
+            raise unknown_key(key, [*AXIS_DEFAULTS, *METHOD_AXES], path)
     return GridConfig(_build_axes(common, path, list(AXIS_DEFAULTS)), per_method)
+
+
+CUSTOM_BUILDERS[GridConfig] = _build_grid
 
 
 def _check_cross_fields(cfg: RunConfig) -> None:
@@ -265,7 +173,7 @@ def _check_cross_fields(cfg: RunConfig) -> None:
     if not cfg.methods:
         raise OrchestratorError("config: 'methods' needs at least one method")
     for i, method in enumerate(cfg.methods):
-        _check_meta({"choices": tuple(METHOD_AXES)}, method, f"methods[{i}]")
+        check_meta({"choices": tuple(METHOD_AXES)}, method, f"methods[{i}]")
     for key in ("backbones", "tasks", "optional_tasks", "methods", "seeds"):
         values = getattr(cfg, key)
         if len(set(values)) != len(values):

@@ -50,7 +50,8 @@ def difference_heatmap(differences: pd.DataFrame) -> Plot | None:
     values = grid.to_numpy(dtype=float)
     limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
     limit = limit or 1.0
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * grid.shape[1], 1.2 + 0.5 * grid.shape[0]))
+    # floor on the size: a 1×1 grid must still leave room for the colour bar's label
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.4 * grid.shape[1]), max(3.2, 1.2 + 0.5 * grid.shape[0])))
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         text = "n/a" if math.isnan(v) else f"{v:+.2f}"

@@ -68,6 +68,7 @@ def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: one sampled configuration; reports validation every epoch (for ASHA)."""
     from ray import tune
+
     from tasks import get_task
 
     _limit_threads(ctx)
@@ -139,7 +140,8 @@ def _tune_storage(cfg: RunConfig) -> Iterator[str]:
 
 
 def _run_config(cfg: RunConfig, storage: str, label: str, callbacks: Sequence[Any]) -> Any:
-    from ray.tune import CheckpointConfig, FailureConfig, RunConfig as TuneRunConfig
+    from ray.tune import CheckpointConfig, FailureConfig
+    from ray.tune import RunConfig as TuneRunConfig
 
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
     return TuneRunConfig(name=name, storage_path=storage, verbose=0, callbacks=list(callbacks),
@@ -224,9 +226,7 @@ def _run_search(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: Ce
     for cell in (c for c in cells if c.method != "logreg"):
         try:
             outcome = _search_cell(cfg, cell, ctx, storage)
-        except (OrchestratorError, Exception) as exc:  # ray.exceptions.RayTaskError et al.: log as failed cell
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        except Exception as exc:  # OrchestratorError, ray's RayTaskError, …: the cell is logged as failed
             logger.log_failure(cell, f"{type(exc).__name__}: {exc}")
             continue
         logger.log_outcome(cell, outcome)

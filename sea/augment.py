@@ -1,7 +1,7 @@
 """The augmentation family: one small function per method, registered by name.
 
 Each augmenter sees one batch and a contiguous slice of heads that share its method, and returns
-the features the SGD step is taken at (k×B×d) plus soft targets (k×B×C) or None for one-hot.
+the features the SGD step is taken at (see `Augmented`) plus soft targets or None for one-hot.
 Per-head randomness comes from `HeadRandom`, seeded from (settings seed, method) only, so a head
 draws the same numbers whether it is trained alone or inside a K-batch.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sea.config import METHODS
-from sea.direction import direction_residual, normalise, sea_directions, unit
+from sea.direction import EPS, direction_residual, normalise, projection_weights, unit
 
 
 @dataclass
@@ -47,27 +47,49 @@ class StepContext:
     random: list[HeadRandom]
 
 
-Augmented = tuple[torch.Tensor, torch.Tensor | None]
+@dataclass
+class Augmented:
+    """The features a step trains on, in one of two forms, and soft targets (None: one-hot labels).
+
+    `mix` (k×B×B): x̃ = mix @ x, a re-weighting of the batch; the trainer then needs neither x̃ nor
+    a B×d×C product per head (W x̃ = mix @ z, and the gradient folds into one shared GEMM).
+    `features` (k×B×d): x̃ given explicitly, for perturbations outside the span of the batch.
+    """
+
+    mix: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
 
 def _sea(ctx: StepContext, heads: slice) -> Augmented:
-    d = sea_directions(ctx.z[heads], ctx.weight[heads], ctx.x, ctx.onehot, ctx.alpha[heads],
-                       ctx.lamda[heads], ctx.delta[heads])
-    return normalise(ctx.x + ctx.eta[heads] * d), None
+    x = ctx.x
+    b = x.shape[0]
+    if b < 2:                                     # a batch of one has no other example to move toward
+        return Augmented(mix=torch.ones(heads.stop - heads.start, 1, 1, dtype=x.dtype, device=x.device))
+    p, ok = projection_weights(ctx.z[heads], ctx.weight[heads], ctx.onehot, ctx.alpha[heads],
+                               ctx.lamda[heads], ctx.delta[heads])
+    k = p.shape[0]
+    mixed = (p.reshape(k * b, b) @ x).view(k, b, x.shape[1])                      # Σ_j P_ij x_j
+    step = ctx.eta[heads] * ok.unsqueeze(-1) / torch.linalg.vector_norm(mixed, dim=-1, keepdim=True).clamp_min(EPS)
+    # x̃ = (x + η d)/‖x + η d‖ with d = mixed/‖mixed‖, written as a re-weighting of the batch
+    inv = 1.0 / torch.linalg.vector_norm(x + step * mixed, dim=-1, keepdim=True).clamp_min(EPS)
+    mix = (step * inv) * p
+    mix.diagonal(dim1=1, dim2=2).add_(inv.squeeze(-1))
+    return Augmented(mix=mix)
 
 
 def _fgsm(ctx: StepContext, heads: slice) -> Augmented:
     # raw normalised input gradient; the 1/B factor vanishes in the normalisation
     residual = direction_residual(ctx.z[heads], ctx.onehot, ctx.lamda[heads], ctx.delta[heads])
     g = torch.bmm(residual, ctx.weight[heads])
-    return normalise(ctx.x + ctx.eta[heads] * unit(g)), None
+    return Augmented(features=normalise(ctx.x + ctx.eta[heads] * unit(g)))
 
 
 def _noise(ctx: StepContext, heads: slice) -> Augmented:
     b, d = ctx.x.shape
     n = torch.stack([torch.randn(b, d, generator=r.noise, device=ctx.x.device, dtype=ctx.x.dtype)
                      for r in ctx.random[heads]])
-    return normalise(ctx.x + ctx.eta[heads] * normalise(n)), None
+    return Augmented(features=normalise(ctx.x + ctx.eta[heads] * normalise(n)))
 
 
 def _mixup(ctx: StepContext, heads: slice) -> Augmented:
@@ -77,17 +99,20 @@ def _mixup(ctx: StepContext, heads: slice) -> Augmented:
     draws = [(r.mix.beta(eta, eta), r.mix.permutation(b)) for r, eta in zip(ctx.random[heads], etas)]
     lam = torch.tensor([m for m, _ in draws], dtype=ctx.x.dtype, device=ctx.x.device).view(-1, 1, 1)
     partner = torch.as_tensor(np.stack([p for _, p in draws]), device=ctx.x.device)   # k×B
-    mixed_x = lam * ctx.x + (1 - lam) * ctx.x[partner]
-    mixed_t = lam * ctx.onehot + (1 - lam) * ctx.onehot[partner]
-    return mixed_x, mixed_t
+    mix = (1 - lam) * torch.nn.functional.one_hot(partner, b).to(ctx.x.dtype)
+    mix.diagonal(dim1=1, dim2=2).add_(lam.view(-1, 1))
+    return Augmented(mix=mix, targets=torch.matmul(mix, ctx.onehot))
 
 
+# order matters: re-weighting groups come first so that, after the plain heads, they form one
+# contiguous block whose weight gradients share a single GEMM
 AUGMENTERS: dict[str, Callable[[StepContext, slice], Augmented]] = {
     "sea": _sea,
+    "mixup": _mixup,
     "fgsm": _fgsm,
     "noise": _noise,
-    "mixup": _mixup,
 }
+MIXING: tuple[str, ...] = ("sea", "mixup")
 
 # η = 0 makes these the plain linear head; they are trained in its (cheaper, exact) group
 _ETA_IS_STEP = ("sea", "fgsm", "noise")

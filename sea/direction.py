@@ -59,19 +59,27 @@ def gradient_sq_norms(residual: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     return torch.bmm(residual, weight).square().sum(-1)
 
 
+def projection_weights(z: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor,
+                       lamda: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """P (k×B×B, rows sum to 1 over j ≠ i) and the rows with a usable gradient (k×B), for B ≥ 2."""
+    k = z.shape[0]
+    residual = direction_residual(z, targets, lamda, delta)
+    sq = gradient_sq_norms(residual, weight)
+    tiny = torch.finfo(sq.dtype).tiny
+    ok = sq > tiny
+    scale = torch.where(ok, sq.clamp_min(tiny).rsqrt(), 0.0) / alpha.view(k, 1)
+    scores = torch.bmm(residual, z.transpose(1, 2)) * scale.unsqueeze(-1)   # ĝ_i·x_j / α
+    scores.diagonal(dim1=1, dim2=2).fill_(-torch.inf)
+    return torch.softmax(scores, dim=-1), ok
+
+
 def sea_directions(z: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, targets: torch.Tensor,
                    alpha: torch.Tensor, lamda: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """Unit semantic directions d (k×B×d) for k heads on one batch x (B×d) with logits z = x Wᵀ (k×B×C)."""
     k, b, _ = z.shape
     if b < 2:
         return x.new_zeros(k, b, x.shape[1])
-    residual = direction_residual(z, targets, lamda, delta)
-    sq = gradient_sq_norms(residual, weight)
-    ok = sq > torch.finfo(sq.dtype).tiny
-    scale = torch.where(ok, sq.clamp_min(torch.finfo(sq.dtype).tiny).rsqrt(), 0.0) / alpha.view(k, 1)
-    scores = torch.bmm(residual, z.transpose(1, 2)) * scale.unsqueeze(-1)   # ĝ_i·x_j / α
-    scores.diagonal(dim1=1, dim2=2).fill_(-torch.inf)
-    weights = torch.softmax(scores, dim=-1)
+    weights, ok = projection_weights(z, weight, targets, alpha, lamda, delta)
     mixed = (weights.reshape(k * b, b) @ x).view(k, b, x.shape[1])
     return normalise(mixed) * ok.unsqueeze(-1)
 

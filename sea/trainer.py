@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.nn.functional import one_hot
 
-from sea.augment import AUGMENTERS, GROUP_ORDER, HeadRandom, StepContext, group_of
+from sea.augment import AUGMENTERS, GROUP_ORDER, MIXING, HeadRandom, StepContext, group_of
 from sea.config import DEFAULT_SETTINGS, DTYPES, HeadConfig, TrainResult, TrainSettings
 from sea.direction import loss_residual
 from sea.errors import SeaError
@@ -55,7 +55,7 @@ class _Heads:
 
     order: list[int]                 # training position -> index in the caller's configs
     groups: list[tuple[str, slice]]  # contiguous runs of one augmentation
-    n_plain: int                     # leading heads trained on clean features
+    n_shared: int                    # leading heads trained on re-weightings of the batch (incl. plain)
     params: dict[str, torch.Tensor]  # lr, weight_decay, eta, alpha, lamda, delta: K×1×1
     random: list[HeadRandom]
 
@@ -70,12 +70,13 @@ class _Heads:
                 groups[-1] = (keys[i], slice(groups[-1][1].start, pos + 1))
             else:
                 groups.append((keys[i], slice(pos, pos + 1)))
-        n_plain = groups[0][1].stop if groups[0][0] == "linear" else 0
+        shared = [hs.stop for key, hs in groups if key == "linear" or key in MIXING]
+        n_shared = max(shared, default=0)
         names = ("lr", "weight_decay", "eta", "alpha", "lamda", "delta")
         params = {name: torch.tensor([getattr(configs[i], name) for i in order], dtype=dtype,
                                      device=device).view(-1, 1, 1) for name in names}
         random = [HeadRandom.create(seed, configs[i].method, device) for i in order]
-        return cls(order, groups, n_plain, params, random)
+        return cls(order, groups, n_shared, params, random)
 
 
 def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Tensor, heads: _Heads,
@@ -86,20 +87,26 @@ def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Ten
     onehot = one_hot(y, c).to(x.dtype)
     z = (x @ weight.view(k * c, d).T).view(b, k, c).transpose(0, 1)          # K×B×C clean logits
     grad = torch.empty_like(weight)
-    n = heads.n_plain
-    if n:
-        # unperturbed heads: the clean logits are the training logits, one GEMM for the gradient
-        r = loss_residual(z[:n], onehot, p["lamda"][:n], p["delta"][:n]) / b
-        grad[:n] = (r.transpose(1, 2).reshape(n * c, b) @ x).view(n, c, d)
-    if n < k:
-        ctx = StepContext(x, onehot, z, weight, p["eta"], p["alpha"], p["lamda"], p["delta"], heads.random)
-        parts = [(*AUGMENTERS[key](ctx, heads_slice), heads_slice)
-                 for key, heads_slice in heads.groups if key != "linear"]
-        x_aug = torch.cat([xa for xa, _, _ in parts]) if len(parts) > 1 else parts[0][0]
-        targets = torch.cat([onehot.expand(s.stop - s.start, b, c) if t is None else t for _, t, s in parts])
-        z_aug = torch.bmm(x_aug, weight[n:].transpose(1, 2))
-        r = loss_residual(z_aug, targets, p["lamda"][n:], p["delta"][n:]) / b
-        grad[n:] = torch.bmm(r.transpose(1, 2), x_aug)
+    m = heads.n_shared
+    # heads [0, m) train on x̃ = mix @ x (plain: mix = I), so ∂L/∂W = (mixᵀ r)ᵀ x: one GEMM for all
+    q = torch.empty(m, b, c, dtype=z.dtype, device=z.device)
+    ctx = StepContext(x, onehot, z, weight, p["eta"], p["alpha"], p["lamda"], p["delta"], heads.random)
+    for key, hs in heads.groups:
+        lamda, delta = p["lamda"][hs], p["delta"][hs]
+        if key == "linear":
+            q[hs] = loss_residual(z[hs], onehot, lamda, delta)
+            continue
+        aug = AUGMENTERS[key](ctx, hs)
+        targets = onehot if aug.targets is None else aug.targets
+        if aug.mix is not None:
+            r = loss_residual(torch.bmm(aug.mix, z[hs]), targets, lamda, delta)
+            q[hs] = torch.bmm(aug.mix.transpose(1, 2), r)
+        else:
+            r = loss_residual(torch.bmm(aug.features, weight[hs].transpose(1, 2)), targets, lamda, delta)
+            grad[hs] = torch.bmm(r.transpose(1, 2), aug.features) / b
+    if m:
+        q /= b
+        grad[:m] = (q.transpose(1, 2).reshape(m * c, b) @ x).view(m, c, d)
     grad.addcmul_(weight, p["weight_decay"])
     buf.mul_(momentum).add_(grad)           # buf starts at 0, so the first step gives buf = g
     weight.addcmul_(buf, lr, value=-1.0)

@@ -8,7 +8,7 @@ Weights sources (`BackboneSpec.weights`), one loader each in `_WEIGHT_LOADERS`:
   "random:<seed>"                      random init under a scoped seed (tests, smoke runs)
 Names "random:<timm-arch>@<size>" build a random-init spec on the fly.
 
-The `paper` preset is a reconstruction: the paper (see /work/shared/docs/sea-method.md) names the
+The `paper` preset is a reconstruction: the paper (see the project notes sea-method.md) names the
 pre-training methods it cites but not its four backbones; we take one published checkpoint each of
 MoCo v3 ViT-B/16, MAE ViT-B/16, MoCo v2 ResNet-50 and SwAV ResNet-50, as their authors evaluate them
 with a linear probe: ViTs by the CLS token after the final norm (MoCo v3 main_lincls, MAE main_linprobe
@@ -190,7 +190,12 @@ def _locate(spec: BackboneSpec) -> Path:
     scheme, _, ref = spec.weights.partition(":")
     if scheme == "file":
         path = Path(ref).expanduser()
-        return path if path.is_absolute() else weights_dir() / path
+        if path.is_absolute():
+            return path
+        if ".." in path.parts:  # relative names must stay inside the weights folder
+            raise TaskError(f"backbone {spec.name!r}: relative weights path {ref!r} leaves ${WEIGHTS_ENV}; "
+                            "use a plain file name or an absolute path")
+        return weights_dir() / path
     module_name, _, attr_path = ref.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
@@ -202,11 +207,11 @@ def _locate(spec: BackboneSpec) -> Path:
                         f"{spec.weights!r} ({err}); install it, see {spec.source_url}") from err
 
 
-def _checked_file(path: Path, spec: BackboneSpec) -> Path:
+def _checked_file(path: Path, spec: BackboneSpec, user_given: bool = False) -> Path:
     if not path.exists():
-        raise TaskError(f"weights file for backbone {spec.name!r} not found: {path}. "
-                        + (f"Download it from {spec.source_url} and put it there (or set ${WEIGHTS_ENV}, "
-                           "or pass weights_path)." if spec.source_url else "Pass an existing file."))
+        hint = (f"Download it from {spec.source_url} and put it there (or set ${WEIGHTS_ENV}, or pass "
+                "weights_path)." if spec.source_url and not user_given else "Pass an existing file.")
+        raise TaskError(f"weights file for backbone {spec.name!r} not found: {path}. {hint}")
     if not path.is_file():
         raise TaskError(f"weights path for backbone {spec.name!r} is not a regular file: {path}")
     return path
@@ -275,7 +280,7 @@ def build_backbone(name_or_spec: str | BackboneSpec, weights_path: str | Path | 
     if scheme not in _WEIGHT_LOADERS:
         raise TaskError(f"backbone {spec.name!r}: unknown weights source {spec.weights!r}")
     if weights_path is not None:
-        model, digest, loaded = _load_file(spec, _checked_file(Path(weights_path).expanduser(), spec))
+        model, digest, loaded = _load_file(spec, _checked_file(Path(weights_path).expanduser(), spec, True))
     else:
         model, digest, loaded = _WEIGHT_LOADERS[scheme](spec, ref)
     model.eval()

@@ -35,12 +35,12 @@ class SyntheticSweep:
     values: dict  # (backbone, task, method, seed) -> {metric key: value}
 
 
-def _values(rng: np.random.Generator) -> dict:
+def _values(rng: np.random.Generator, seeds: tuple[int, ...]) -> dict:
     values = {}
     for t_index, task in enumerate(TASKS):
         for b_index, backbone in enumerate(BACKBONES):
             base = 60.0 + 10 * t_index + 5 * b_index
-            for seed in SEEDS:
+            for seed in seeds:
                 noise = rng.normal(0, 0.4)
                 offsets = {"linear": 0.0, "sea": GAIN[(task, backbone)], "logreg": 0.8}
                 for method in METHODS:
@@ -58,7 +58,9 @@ def _tags(backbone: str, task: str, method: str, seed: int, parent: str, status:
             "primary_metric": TASKS.get(task, "top1"), "status": status}
 
 
-def make_sweep(root: Path, experiment: str = EXPERIMENT, seed: int = 0, parent_run: bool = True) -> SyntheticSweep:
+def make_sweep(
+    root: Path, experiment: str = EXPERIMENT, seed: int = 0, parent_run: bool = True, seeds: tuple[int, ...] = SEEDS
+) -> SyntheticSweep:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -68,7 +70,7 @@ def make_sweep(root: Path, experiment: str = EXPERIMENT, seed: int = 0, parent_r
     parent = ""
     if parent_run:
         parent = client.create_run(exp_id, run_name="sweep", tags={"seabench.role": "sweep"}).info.run_id
-    values = _values(np.random.default_rng(seed))
+    values = _values(np.random.default_rng(seed), seeds)
     t0 = 1_700_000_000_000
     retried = client.create_run(exp_id, start_time=t0, tags=_tags(*RETRIED_CELL, parent, "failed"))
     client.set_tag(retried.info.run_id, "error", "worker died (first attempt)")

@@ -104,7 +104,7 @@ def test_bad_values_name_the_key_and_the_fix(data: dict, message: str) -> None:
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(OrchestratorError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(OrchestratorError, match=r"bad\.yaml: not valid YAML"):
         load_config(bad)
     with pytest.raises(OrchestratorError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
@@ -114,7 +114,7 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_override_syntax_errors() -> None:
-    with pytest.raises(OrchestratorError, match="expected key.sub=value"):
+    with pytest.raises(OrchestratorError, match=r"expected key\.sub=value"):
         apply_override({}, "trainer.epochs")
     with pytest.raises(OrchestratorError, match="'name' is not a mapping"):
         apply_override({"name": "x"}, "name.sub=1")

@@ -229,7 +229,7 @@ def test_report_is_logged_to_the_parent_run(sweep, report):
 
 
 def test_experiment_without_parent_run_still_reports_but_logs_nothing(tmp_path):
-    sweep = make_sweep(tmp_path, experiment="orphan-cells", parent_run=False)
+    sweep = make_sweep(tmp_path, experiment="orphan-cells", parent_run=False, seeds=(0, 1))
     paths = build_report(sweep.experiment, tmp_path / "out", tracking_uri=sweep.tracking_uri)
     assert paths.parent_run_id is None and paths.leaderboard_html.exists()
 

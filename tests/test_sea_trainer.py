@@ -83,7 +83,7 @@ REFERENCE_CASES = [
 @pytest.mark.parametrize("config, schedule", REFERENCE_CASES)
 def test_float32_training_equals_float64_autograd_reference(config, schedule):
     x, y = _data()
-    settings = TrainSettings(epochs=3, batch_size=16, schedule=schedule, seed=3)
+    settings = TrainSettings(epochs=3, batch_size=32, schedule=schedule, seed=3)
     ours = train_heads(x, y, [config], settings).weights[0]
     assert _rel(ours, _reference(x, y, config, settings, C)) < 1e-5
 
@@ -114,7 +114,7 @@ MIXED = [
 ]
 
 
-@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 1e-5)])
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 1e-4)])
 def test_k_heads_together_equal_the_same_heads_one_at_a_time(dtype, tolerance):
     x, y = _data(1)
     settings = TrainSettings(epochs=3, batch_size=16, seed=5, dtype=dtype)

