@@ -71,6 +71,9 @@ def bare_loop(model: str, task: str, batch_size: int, device: str) -> tuple[int,
 
 def bench_pipeline(args: argparse.Namespace, work: Path) -> None:
     task = image_folder(args.images, work / "images")
+    torch.set_num_threads(args.num_cpus)  # the bare loop gets the same cores the cluster has
+    # Bare loop before and after the pipeline, so a shared machine's changing load hits both alike.
+    n, before = bare_loop(args.model, task, args.batch_size, args.device)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         actors = args.num_actors or (1 if args.device == "cuda" else args.num_cpus)
@@ -81,13 +84,13 @@ def bench_pipeline(args: argparse.Namespace, work: Path) -> None:
                                    settings=settings, progress=False)
     finally:
         ray.shutdown()
-    torch.set_num_threads(args.num_cpus)  # the bare loop gets the same cores the cluster had
-    n, seconds = bare_loop(args.model, task, args.batch_size, args.device)
+    n, after = bare_loop(args.model, task, args.batch_size, args.device)
     stats = summary.per_backbone[args.model]
-    bare = n / seconds
+    bare = 2 * n / (before + after)
     print(f"\n== extraction: {args.model}, {stats.images} images, device {args.device}, {actors} actor(s), "
           f"shard {shard}, batch {args.batch_size}")
-    print(f"{'bare in-process loop (pre-decoded)':<44} {bare:>9.1f} images/s")
+    print(f"{'bare in-process loop (pre-decoded)':<44} {bare:>9.1f} images/s   "
+          f"(before {n / before:.1f}, after {n / after:.1f})")
     print(f"{'Ray pipeline, steady state (after start-up)':<44} {stats.steady_images_per_s:>9.1f} images/s   "
           f"ratio {stats.steady_images_per_s / bare:.2f}  (target ≥ 0.8)")
     print(f"{'Ray pipeline, end to end incl. start-up':<44} {stats.images_per_s:>9.1f} images/s   "

@@ -7,6 +7,11 @@ ASHA): one Tuner per cell whose trials each train one sampled configuration and 
 every epoch; the best trial's configuration is then refit and tested once in a Ray task. logreg
 always runs its C path as a grid (its warm-started sweep is already one cheap trial).
 
+Trials read their features from the feature store themselves (shared storage on a cluster): a sweep's
+features may exceed the driver's memory, and the test split must stay unread until selection. Only the
+small TrialContext travels through the object store, once (tune.with_parameters). Trials are coarse
+(a whole cell) and actors are reused across trials, so Ray's per-trial overhead stays small.
+
 A driver-side Tune callback logs every finished cell to MLflow at once, so an interrupted sweep keeps
 what it finished; resume = skip the cells MLflow holds as complete.
 """
@@ -14,22 +19,22 @@ what it finished; resume = skip the cells MLflow holds as complete.
 from __future__ import annotations
 
 import contextlib
-import math
+import os
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from orchestrator.cells import METHOD_AXES, Cell, candidate_configs, plan_cells, search_space
+from orchestrator.cells import Cell, candidate_configs, plan_cells
 from orchestrator.config import RunConfig
 from orchestrator.errors import OrchestratorError
+from orchestrator.search import search_cell
 from orchestrator.tracking import CellOutcome, SweepTracker
-from orchestrator.trial import TrialContext, run_cell, train_on_validation
-
-SCORE = "val_score"   # search mode: the trial's validation score on the task's primary metric
+from orchestrator.trial import TrialContext, prepare_worker, run_cell
 
 
 @dataclass
@@ -40,46 +45,25 @@ class SweepSummary:
     failed: list[str] = field(default_factory=list)   # cell ids logged as failed in this run
     seconds: float = 0.0            # wall time of this run's Tune phase
     trial_seconds: float = 0.0      # sum of compute time inside the finished trials
+    not_run: int = 0                # pending cells neither finished nor failed (the sweep was stopped)
 
 
 def trial_context(cfg: RunConfig) -> TrialContext:
     trainer = {k: v for k, v in cfg.trainer.__dict__.items()}
-    return TrialContext(store=cfg.store, mode=cfg.mode, trainer=trainer,
+    # Tune runs each trial in its own working directory: a relative local store path must be made absolute
+    store = cfg.store if "://" in cfg.store else str(Path(cfg.store).expanduser().resolve())
+    return TrialContext(store=store, mode=cfg.mode, trainer=trainer,
                         candidates={m: candidate_configs(cfg, m) for m in cfg.methods},
-                        cpus=cfg.resources.cpu, gpus=cfg.resources.gpu)
-
-
-def _limit_threads(ctx: TrialContext) -> None:
-    import torch
-
-    # a trial owns ctx.cpus cores: more intra-op threads would oversubscribe the node
-    torch.set_num_threads(max(1, math.floor(ctx.cpus)))
+                        cpus=cfg.resources.cpu, gpus=cfg.resources.gpu, workdir=os.getcwd())
 
 
 def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: one cell; reports once with the serialised CellOutcome."""
     from ray import tune
 
-    _limit_threads(ctx)
+    prepare_worker(ctx)
     outcome = run_cell(Cell(**config["cell"]), ctx)
     tune.report({"outcome": outcome.to_json(), "trial_seconds": outcome.seconds})
-
-
-def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Tune function trainable: one sampled configuration; reports validation every epoch (for ASHA)."""
-    from ray import tune
-
-    from tasks import get_task
-
-    _limit_threads(ctx)
-    cell = Cell(**config["cell"])
-    metric = get_task(cell.task).metric
-    hyper = {k: config[k] for k in METHOD_AXES[cell.method]}
-
-    def report(epoch: int, metrics: list[dict]) -> None:
-        tune.report({SCORE: metrics[0][metric], "val_top1": metrics[0]["top1"], "epoch": epoch})
-
-    train_on_validation(cell, ctx, hyper, on_epoch=report)
 
 
 class CellLogger:
@@ -168,56 +152,6 @@ def _run_grid(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: Cell
     tuner.fit()
 
 
-def _searcher(cfg: RunConfig, seed: int) -> Any:
-    if cfg.search.algorithm == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(metric=SCORE, mode="max", seed=seed)
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=seed)
-
-
-def _scheduler(cfg: RunConfig) -> Any:
-    if not cfg.search.asha:
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.trainer.epochs,
-                         grace_period=min(cfg.search.grace_period, cfg.trainer.epochs),
-                         reduction_factor=cfg.search.reduction_factor)
-
-
-def _search_cell(cfg: RunConfig, cell: Cell, ctx: TrialContext, storage: str) -> CellOutcome:
-    """Search one cell's space with Tune, then refit the best configuration and test it once."""
-    import ray
-    from ray import tune
-
-    trainable = tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), _resources(cfg))
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"cell": cell.as_dict(), **search_space(cfg, cell.method)},
-        tune_config=tune.TuneConfig(metric=SCORE, mode="max", search_alg=_searcher(cfg, cell.seed),
-                                    scheduler=_scheduler(cfg), num_samples=cfg.search.num_samples,
-                                    reuse_actors=True, max_concurrent_trials=cfg.search.max_concurrent,
-                                    trial_dirname_creator=lambda trial: trial.trial_id),
-        run_config=_run_config(cfg, storage, "search", []),
-    )
-    results = tuner.fit()
-    scored = [r for r in results if r.error is None and r.metrics and SCORE in r.metrics]
-    if not scored:
-        raise OrchestratorError(f"cell {cell.cell_id}: every search trial failed ({results.num_errors} errors)")
-    best = max(scored, key=lambda r: r.metrics[SCORE])
-    chosen = {k: best.config[k] for k in METHOD_AXES[cell.method]}
-    refit = ray.remote(run_cell).options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu,
-                                         max_retries=cfg.max_failures)
-    outcome: CellOutcome = ray.get(refit.remote(cell, replace(ctx, candidates={cell.method: [chosen]})))
-    outcome.params["n_candidates"] = len(scored)
-    outcome.candidate_val_top1 = [float(r.metrics["val_top1"]) for r in scored]
-    outcome.tags["search"] = f"{cfg.search.algorithm}{'+asha' if cfg.search.asha else ''}"
-    return outcome
-
-
 def _run_search(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: CellLogger, storage: str,
                 extra_callbacks: Sequence[Any]) -> None:
     grid_cells = [c for c in cells if c.method == "logreg"]
@@ -225,7 +159,7 @@ def _run_search(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: Ce
         _run_grid(cfg, grid_cells, ctx, logger, storage, extra_callbacks)
     for cell in (c for c in cells if c.method != "logreg"):
         try:
-            outcome = _search_cell(cfg, cell, ctx, storage)
+            outcome = search_cell(cfg, cell, ctx, _run_config(cfg, storage, "search", []))
         except Exception as exc:  # OrchestratorError, ray's RayTaskError, …: the cell is logged as failed
             logger.log_failure(cell, f"{type(exc).__name__}: {exc}")
             continue
@@ -252,18 +186,20 @@ def run_sweep(cfg: RunConfig, tasks: Sequence[str], tracker: SweepTracker | None
         tracker.finish("FINISHED")
         return summary
     tracker.discard_unfinished(c.cell_id for c in pending)
-    init_ray(cfg.address, cfg.num_cpus)
-    _check_resources(cfg)
     bar = _progress_bar(len(cells), summary.skipped, enabled=progress)
     logger = CellLogger(tracker, summary, lambda cell_id: bar.update(1))
     started = time.perf_counter()
     search = cfg.mode == "select" and cfg.search.algorithm != "grid"
     status = "FAILED"
     try:
+        init_ray(cfg.address, cfg.num_cpus)
+        _check_resources(cfg)
         with _tune_storage(cfg) as storage:
             runner = _run_search if search else _run_grid
             runner(cfg, pending, trial_context(cfg), logger, storage, extra_callbacks)
-        status = "FINISHED" if not summary.failed else "FAILED"
+        # Tune stops gracefully on Ctrl-C and returns normally: count what never ran
+        summary.not_run = len(pending) - summary.completed - len(summary.failed)
+        status = "KILLED" if summary.not_run else "FAILED" if summary.failed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise

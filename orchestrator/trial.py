@@ -12,6 +12,8 @@ the trainer L2-normalises the concatenation again.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,11 +40,26 @@ class TrialContext:
     candidates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # method -> grid
     cpus: float = 1.0
     gpus: float = 0.0
+    workdir: str = ""                                     # the driver's working directory
 
     def device(self) -> str:
         import torch
 
         return "cuda" if self.gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def prepare_worker(ctx: TrialContext) -> None:
+    """Thread count and working directory of a trial's process.
+
+    A trial owns ctx.cpus cores (more intra-op threads would oversubscribe the node), and Tune starts it
+    in its own trial folder: going back to the driver's folder keeps relative paths (the store, an
+    `imagefolder:` task) meaning what they meant on the command line, where that folder exists.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, math.floor(ctx.cpus)))
+    if ctx.workdir and os.path.isdir(ctx.workdir):
+        os.chdir(ctx.workdir)
 
 
 def store_loader(store_uri: str) -> SplitLoader:

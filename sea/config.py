@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -17,7 +18,7 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.flo
 
 
 def _finite(owner: str, name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise SeaError(f"{owner}.{name} must be a finite number, got {value!r}")
     return float(value)
 
@@ -45,6 +46,9 @@ class HeadConfig:
                     if self.method == "logreg" else f"choose one of {', '.join(HEAD_METHODS)}")
             raise SeaError(f"HeadConfig.method={self.method!r} is unknown; {hint}")
         own = "HeadConfig"
+        for name in ("lr", "weight_decay", "eta", "alpha", "lamda", "delta"):
+            # numpy scalars from a grid become plain floats (hashable, JSON- and MLflow-friendly)
+            object.__setattr__(self, name, _finite(own, name, getattr(self, name)))
         _check(own, "lr", self.lr, lambda v: v >= 0, ">= 0", "use a positive learning rate such as 1.6")
         _check(own, "weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0", "use e.g. 1e-6 or 0")
         _check(own, "eta", self.eta, lambda v: v >= 0, ">= 0", "eta=0 means no augmentation")
@@ -80,14 +84,16 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise SeaError(f"TrainSettings.{name} must be an int, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.epochs < 1:
             raise SeaError(f"TrainSettings.epochs={self.epochs} is invalid: train for at least 1 epoch")
         if self.batch_size < 1:
             raise SeaError(f"TrainSettings.batch_size={self.batch_size} is invalid: use a batch size >= 1 "
                            "(the reference uses 256)")
         _check("TrainSettings", "momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)", "use e.g. 0.9")
+        object.__setattr__(self, "momentum", float(self.momentum))
         if self.schedule not in SCHEDULES:
             raise SeaError(f"TrainSettings.schedule={self.schedule!r} is unknown; choose one of "
                            f"{', '.join(SCHEDULES)}")

@@ -1,8 +1,11 @@
 """Trains K bias-free linear heads at once, in one pass over the data, without autograd.
 
 Per step, for every head: clean logits z = W x (one GEMM for all K heads), the head's augmentation
-(closed form, see `sea.direction`), then SGD with momentum on
+(closed form, see `sea.direction` and `sea.augment`), then SGD with momentum on
 L = (1/B) Σ λ·CE((W x̃_i − δ t_i)/λ, t_i), whose gradient is ∂L/∂W = (1/B) Σ (p_i − t_i) x̃_iᵀ.
+SeA and mixup batches are re-weightings of the clean batch, x̃ = A x with A = diag(a) + diag(b)·P
+(resp. λI + (1−λ)·perm), so W x̃ = A z costs B·B·C and ∂L/∂W = (Aᵀ(p − t))ᵀ x / B joins the plain
+heads' gradients in one GEMM over all those heads; only fgsm and noise form x̃ (k×B×d) explicitly.
 The update follows torch.optim.SGD (dampening 0, no Nesterov): g += wd·W; buf = m·buf + g; W -= lr·buf.
 
 Determinism: W0 is nn.Linear(d, C, bias=False)'s default init drawn from a generator seeded by
@@ -123,7 +126,9 @@ def predict(weights: torch.Tensor, x: Any) -> torch.Tensor:
 
 def _scores(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes: int,
             order: list[int]) -> list[dict]:
-    pred = torch.matmul(x, weight.transpose(1, 2)).argmax(-1)      # K×n, training order
+    # heads in chunks so that the K×n×C logits never exceed ~2**26 elements
+    chunk = max(1, (1 << 26) // max(1, x.shape[0] * num_classes))
+    pred = torch.cat([torch.matmul(x, w.transpose(1, 2)).argmax(-1) for w in weight.split(chunk)])
     scores = batched_scores(pred, y, num_classes)
     out: list[dict] = [{}] * len(order)
     for pos, i in enumerate(order):
@@ -181,12 +186,12 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     with torch.no_grad():
         for epoch in _epochs(settings.epochs, progress):
             perm = torch.randperm(n, generator=shuffle).to(device)
-            xs, ys = x[perm], y[perm]
             lr = heads.params["lr"] * factor(epoch, settings.epochs)
             with autocast:
-                for start in range(0, n, settings.batch_size):
-                    stop = start + settings.batch_size
-                    _step(weight, buf, xs[start:stop], ys[start:stop], heads, lr, settings.momentum)
+                for idx in perm.split(settings.batch_size):
+                    # gathered per batch: the batch stays in cache for the whole step
+                    _step(weight, buf, x.index_select(0, idx), y.index_select(0, idx), heads, lr,
+                          settings.momentum)
             epochs_run = epoch + 1
             metrics = [] if xv is None else _scores(weight, xv, yv, num_classes, heads.order)
             if metrics:

@@ -39,14 +39,19 @@ def as_features(x: Any, name: str = "train", dim: int | None = None) -> torch.Te
     if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
         raise SeaError(f"{name} features must be real numbers, got dtype {t.dtype}")
     t = t.to(device="cpu", dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-    bad = ~torch.isfinite(t)
-    if bad.any():
-        row = _first_bad_row(bad.any(1))
-        col = int(torch.nonzero(bad[row]).flatten()[0])
-        raise SeaError(f"{name} features contain {int(bad.sum())} non-finite value(s) (NaN/inf), first at "
-                       f"row {row}, column {col} (value {t[row, col].item()}); re-extract the features or "
-                       "drop those rows")
+    # one pass: NaN/inf propagate into the row norms; only then look for the culprit
     norms = torch.linalg.vector_norm(t, dim=1)
+    if not bool(torch.isfinite(norms).all()):
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            row = _first_bad_row(bad.any(1))
+            col = int(torch.nonzero(bad[row]).flatten()[0])
+            raise SeaError(f"{name} features contain {int(bad.sum())} non-finite value(s) (NaN/inf), first "
+                           f"at row {row}, column {col} (value {t[row, col].item()}); re-extract the "
+                           "features or drop those rows")
+        scale = t.abs().amax(dim=1, keepdim=True)        # finite but huge: the squares overflowed
+        t = t / scale
+        norms = torch.linalg.vector_norm(t, dim=1)
     zero = norms == 0
     if zero.any():
         raise SeaError(f"{name} features have {int(zero.sum())} all-zero row(s), first at row "

@@ -71,6 +71,23 @@ def test_second_run_does_no_work(extracted, fake_task):
     assert summary.units_skipped == 2 and summary.shards_skipped == 6
 
 
+def test_ensemble_extracts_each_part_once(extracted, fake_task):
+    store, _ = extracted
+    summary = extract_features(f"ensemble:{BACKBONE}+{BACKBONE}", fake_task.name, store=str(store),
+                               shard_size=SHARD, progress=False)
+    assert set(summary.keys) == {f"{BACKBONE}|{fake_task.name}|{s}" for s in ("train", "test")}
+    assert summary.shards_extracted == 0
+
+
+def test_relative_image_folder_and_data_root_work_from_actors(ray_cluster, fake_task, monkeypatch):
+    monkeypatch.chdir(fake_task.path.parent)  # actors run in another folder: relative paths must not reach them
+    task = f"imagefolder:{fake_task.path.name}"
+    summary = extract_features(BACKBONE, task, splits=["test"], store="memory://relative", data_root=".",
+                               shard_size=SHARD, progress=False, settings=ONE_ACTOR)
+    features, _ = FeatureStore("memory://relative").load(BACKBONE, task, "test")
+    assert summary.shards_extracted == 2 and features.shape == (6, 512)
+
+
 def test_deleted_or_truncated_shard_is_reextracted_alone(extracted, fake_task, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(extracted[0], store)

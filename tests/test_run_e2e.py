@@ -118,3 +118,16 @@ def test_sigkilled_run_resumes_without_recomputing_or_duplicating(
     after = cell_runs(e2e_config, "e2e-kill")
     assert len(after) == 24 and all(len(v) == 1 and v[0].info.status == "FINISHED" for v in after.values())
     assert all(after[k][0].info.run_id == run_id for k, run_id in done_before.items())
+
+
+def test_optional_tasks_run_only_where_their_data_is_present(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from orchestrator.commands.run import available_tasks
+    from orchestrator.config import load_config
+
+    make_fake_imagefolder(tmp_path / "here", classes=2, n_train=2, n_test=1, size=8)
+    present = f"imagefolder:{tmp_path / 'here'}"
+    cfg = load_config(data={"name": "o", "backbones": ["x"], "tasks": ["digits"],
+                            "optional_tasks": ["aircraft", present], "data_root": str(tmp_path / "none")})
+    assert available_tasks(cfg) == ["digits", present]
+    assert "optional task 'aircraft' skipped: its data is not present" in capsys.readouterr().err

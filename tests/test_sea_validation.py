@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from sea import HeadConfig, SeaError, TrainSettings, fit_logreg, select_and_refit, train_heads, validate_features
+from sea import (
+    HeadConfig,
+    SeaError,
+    TrainSettings,
+    fit_logreg,
+    select_and_refit,
+    train_heads,
+    validate_features,
+)
 
 
 def _good(n=20, d=4, c=3):
@@ -120,3 +128,17 @@ def test_unknown_selection_metric_and_candidates_raise():
         select_and_refit(x, y, x, y, lambda: (x, y), [HeadConfig()], TrainSettings(epochs=1), metric="top5")
     with pytest.raises(SeaError, match="configs='svm' is unknown"):
         select_and_refit(x, y, x, y, lambda: (x, y), "svm", TrainSettings(epochs=1))
+
+
+def test_huge_but_finite_features_are_normalised_not_rejected():
+    x, y = _good()
+    feats, _ = validate_features(x * 1e30, y)
+    assert np.isfinite(feats.numpy()).all()
+    assert np.allclose(feats.numpy(), validate_features(x, y)[0].numpy(), atol=1e-6)
+
+
+def test_numpy_scalars_from_a_grid_become_plain_numbers():
+    config = HeadConfig(lr=np.float32(0.5), eta=np.float64(0.2))
+    settings = TrainSettings(epochs=np.int64(2), batch_size=np.int32(8))
+    assert type(config.lr) is float and config.lr == 0.5 and type(config.eta) is float
+    assert type(settings.epochs) is int and settings.batch_size == 8

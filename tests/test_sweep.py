@@ -11,7 +11,8 @@ from synthstore import write_task
 
 from orchestrator.cells import Cell, plan_cells
 from orchestrator.config import RunConfig, load_config
-from orchestrator.sweep import _searcher, run_sweep, trial_context
+from orchestrator.search import searcher
+from orchestrator.sweep import run_sweep, trial_context
 from orchestrator.tracking import SweepTracker
 from orchestrator.trial import load_features, run_cell, store_loader
 
@@ -133,7 +134,7 @@ def test_random_search_uses_a_seeded_basic_variant_generator(tmp_path: Path) -> 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     cfg = make_config(tmp_path, "unused", search={"algorithm": "random"})
-    assert isinstance(_searcher(cfg, 0), BasicVariantGenerator)
+    assert isinstance(searcher(cfg, 0), BasicVariantGenerator)
 
 
 # ---------------------------------------------------------------- on the session's Ray cluster
@@ -205,8 +206,9 @@ def test_interrupted_sweep_resumes_without_recomputing_or_duplicating(
 
 
 def test_failing_cell_is_logged_failed_then_replaced_when_it_succeeds(
-        ray_cluster: None, store: str, tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, store, backbones=["bb", "missing"], methods=["linear"], max_failures=1)
+        ray_cluster: None, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # and a relative store path must still reach the trials (Tune changes their cwd)
+    cfg = make_config(tmp_path, "store", backbones=["bb", "missing"], methods=["linear"], max_failures=1)
     summary = run_sweep(cfg, cfg.all_tasks, progress=False)
     assert summary.failed == ["missing|digits|linear|0"] and summary.completed == 1
     (failed,) = runs_by_cell(cfg)["missing|digits|linear|0"]

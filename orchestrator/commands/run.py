@@ -82,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
           f"(MLflow {cfg.tracking_uri}, experiment {cfg.name!r})")
     for cell_id in summary.failed:
         print(f"  failed: {cell_id} (see its MLflow run's `error` tag; rerun to retry)", file=sys.stderr)
+    if summary.not_run:
+        print(f"sweep stopped with {summary.not_run} cell(s) not run; rerun the same command to resume",
+              file=sys.stderr)
     from orchestrator.report import build_report
 
     paths = build_report(cfg.name, cfg.report_dir, cfg.tracking_uri, reference_csv=cfg.report.reference_csv)
     print(f"report: {paths.leaderboard_html} (also {paths.leaderboard_md.name}, {paths.results_csv.name} "
           f"in {paths.out_dir})")
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.not_run else 0
