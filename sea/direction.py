@@ -36,7 +36,7 @@ def unit(v: torch.Tensor) -> torch.Tensor:
 def loss_residual(z: torch.Tensor, targets: torch.Tensor, lamda: torch.Tensor,
                   delta: torch.Tensor) -> torch.Tensor:
     """∂(λ·CE((z − δt)/λ, t))/∂z = softmax((z − δt)/λ) − t; λ cancels. z: k×B×C, λ, δ: k×1×1."""
-    return torch.softmax((z - delta * targets) / lamda, dim=-1) - targets
+    return torch.softmax(torch.addcmul(z, delta, targets, value=-1.0).div_(lamda), dim=-1).sub_(targets)
 
 
 def direction_residual(z: torch.Tensor, onehot: torch.Tensor, lamda: torch.Tensor,
@@ -46,8 +46,9 @@ def direction_residual(z: torch.Tensor, onehot: torch.Tensor, lamda: torch.Tenso
     For a well-fit row p_y − 1 cancels catastrophically (in float32 p_y rounds to 1 and the entry
     vanishes), which tilts the *normalised* gradient; the sum keeps full relative accuracy.
     """
-    off = torch.softmax((z - delta * onehot) / lamda, dim=-1) * (1 - onehot)
-    return off - onehot * off.sum(-1, keepdim=True)
+    off = torch.softmax(torch.addcmul(z, delta, onehot, value=-1.0).div_(lamda), dim=-1)
+    off = off.masked_fill_(onehot.bool(), 0.0)
+    return off.sub_(onehot * off.sum(-1, keepdim=True))
 
 
 def gradient_sq_norms(residual: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -143,8 +143,7 @@ def _check_name(name: str) -> None:
                         "(no path separators or '..')")
 
 
-def register_backbone(spec: BackboneSpec, replace: bool = False) -> BackboneSpec:
-    """Add an entry to BACKBONES; an existing different entry needs replace=True."""
+def _validate(spec: BackboneSpec) -> None:
     _check_name(spec.name)
     if spec.adapter not in ADAPTERS:
         raise TaskError(f"backbone {spec.name!r}: unknown adapter {spec.adapter!r}; known: {sorted(ADAPTERS)}")
@@ -154,6 +153,11 @@ def register_backbone(spec: BackboneSpec, replace: bool = False) -> BackboneSpec
     if scheme not in _WEIGHT_LOADERS:
         raise TaskError(f"backbone {spec.name!r}: weights {spec.weights!r} must start with one of "
                         f"{[s + ':' for s in _WEIGHT_LOADERS]}")
+
+
+def register_backbone(spec: BackboneSpec, replace: bool = False) -> BackboneSpec:
+    """Add an entry to BACKBONES; an existing different entry needs replace=True."""
+    _validate(spec)
     if spec.name in BACKBONES and BACKBONES[spec.name] != spec and not replace:
         raise TaskError(f"backbone {spec.name!r} is already registered with a different spec")
     BACKBONES[spec.name] = spec
@@ -276,9 +280,8 @@ def _preprocessing(spec: BackboneSpec, model: torch.nn.Module) -> dict[str, Any]
 def build_backbone(name_or_spec: str | BackboneSpec, weights_path: str | Path | None = None) -> Backbone:
     """Create the model, load its weights strictly (from `weights_path` if given), and attach its transform."""
     spec = name_or_spec if isinstance(name_or_spec, BackboneSpec) else get_backbone(name_or_spec)
+    _validate(spec)
     scheme, _, ref = spec.weights.partition(":")
-    if scheme not in _WEIGHT_LOADERS:
-        raise TaskError(f"backbone {spec.name!r}: unknown weights source {spec.weights!r}")
     if weights_path is not None:
         model, digest, loaded = _load_file(spec, _checked_file(Path(weights_path).expanduser(), spec, True))
     else:

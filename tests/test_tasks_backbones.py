@@ -223,6 +223,11 @@ def test_register_backbone_adds_an_entry_and_refuses_conflicts(registry: dict[st
         register_backbone(dataclasses.replace(spec, name="../bad"))
 
 
+def test_a_spec_passed_directly_is_validated_like_a_registered_one() -> None:
+    with pytest.raises(TaskError, match="unknown feature"):
+        build_backbone(dataclasses.replace(get_backbone(TINY), feature="mean"))
+
+
 def test_timm_pretrained_source_asks_timm_for_the_tagged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, bool]] = []
     real = timm.create_model
