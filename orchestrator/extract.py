@@ -49,7 +49,7 @@ class ShardExtractor:
     """Ray actor body: one backbone built once; `extract(job)` returns one shard's arrays."""
 
     def __init__(self, spec: tasks.BackboneSpec, data_root: str | None, device: str, dtype: str,
-                 batch_size: int, num_workers: int, num_threads: int) -> None:
+                 batch_size: int, num_workers: int | None, num_threads: int) -> None:
         if device == "cpu":
             torch.set_num_threads(max(1, num_threads))
         self.backbone = tasks.build_backbone(spec)
@@ -58,7 +58,9 @@ class ShardExtractor:
         if self.device.type == "cuda":
             self.backbone.model.to(memory_format=torch.channels_last)
         self.data_root, self.dtype = data_root, dtype
-        self.batch_size, self.num_workers = batch_size, num_workers
+        # Resolved here, on the actor's node, whose core count may differ from the driver's.
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self._datasets: dict[tuple[str, str], tasks.TaskData] = {}
 
     def ready(self) -> bool:
@@ -191,14 +193,13 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
         return 0
     use_gpu = cluster_gpus() > 0 and settings.num_gpus_per_actor > 0
     count = _actor_count(len(jobs), settings.num_gpus_per_actor, settings.cpus_per_actor, settings.num_actors)
-    workers = default_num_workers() if settings.num_workers is None else settings.num_workers
     actor_cls = ray.remote(ShardExtractor).options(
         num_cpus=settings.cpus_per_actor, num_gpus=settings.num_gpus_per_actor if use_gpu else 0,
         max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=0,
     )
     dtype = units[0].key.dtype
     actors = [actor_cls.remote(spec, data_root, "cuda" if use_gpu else "cpu", dtype, settings.batch_size,
-                               workers, int(settings.cpus_per_actor)) for _ in range(count)]
+                               settings.num_workers, int(settings.cpus_per_actor)) for _ in range(count)]
     remaining = {u: len(unit.manifest.missing()) for u, unit in enumerate(units)}
 
     def submit(actor, job):
@@ -208,6 +209,11 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
     def on_result(job, value) -> None:
         unit = units[job[0]]
         index, labels, features = value
+        if not np.isfinite(features).all():
+            raise OrchestratorError(
+                f"backbone {unit.backbone} gave NaN/Inf features on {unit.task}/{unit.split} rows "
+                f"{unit.manifest.shard_range(job[1])} (in {unit.key.dtype}); check its weights, or store float32"
+            )
         store.write_shard(unit.key, unit.manifest, job[1], index, labels, features)
         progress.shard_done(unit.backbone, len(index))
         remaining[job[0]] -= 1

@@ -32,6 +32,27 @@ class HeadRandom:
         return cls(torch.Generator(device=device).manual_seed(state), np.random.default_rng(sequence))
 
 
+class Workspace:
+    """Buffers reused across steps: on the CPU a fresh multi-megabyte tensor per step costs more in
+    page faults than the arithmetic that fills it."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
+
+
+def matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """a @ b written into `out`, except under autocast, whose reduced-precision GEMMs have no out=."""
+    if torch.is_autocast_enabled(a.device.type):
+        return a @ b
+    return torch.mm(a, b, out=out)
+
+
 @dataclass
 class StepContext:
     """What one step knows before the update: the batch, the clean logits and every head's state."""
@@ -45,6 +66,7 @@ class StepContext:
     lamda: torch.Tensor
     delta: torch.Tensor
     random: list[HeadRandom]
+    workspace: Workspace
 
 
 @dataclass
@@ -63,18 +85,21 @@ class Augmented:
 
 def _sea(ctx: StepContext, heads: slice) -> Augmented:
     x = ctx.x
-    b = x.shape[0]
+    b, d = x.shape
     if b < 2:                                     # a batch of one has no other example to move toward
         return Augmented(mix=torch.ones(heads.stop - heads.start, 1, 1, dtype=x.dtype, device=x.device))
     p, ok = projection_weights(ctx.z[heads], ctx.weight[heads], ctx.onehot, ctx.alpha[heads],
                                ctx.lamda[heads], ctx.delta[heads])
     k = p.shape[0]
-    mixed = (p.reshape(k * b, b) @ x).view(k, b, x.shape[1])                      # Σ_j P_ij x_j
-    step = ctx.eta[heads] * ok.unsqueeze(-1) / torch.linalg.vector_norm(mixed, dim=-1, keepdim=True).clamp_min(EPS)
+    mixed = matmul_into(p.reshape(k * b, b), x, ctx.workspace.get("sea", (k * b, d), x)).view(k, b, d)
+    m_norm = torch.linalg.vector_norm(mixed, dim=-1)                                # ‖Σ_j P_ij x_j‖
+    x_dot_m = mixed.mul_(x).sum(-1)                                                  # x_i·Σ_j P_ij x_j
+    x_sq = x.square().sum(-1)
     # x̃ = (x + η d)/‖x + η d‖ with d = mixed/‖mixed‖, written as a re-weighting of the batch
-    inv = 1.0 / torch.linalg.vector_norm(x + step * mixed, dim=-1, keepdim=True).clamp_min(EPS)
-    mix = (step * inv) * p
-    mix.diagonal(dim1=1, dim2=2).add_(inv.squeeze(-1))
+    step = ctx.eta[heads].view(k, 1) * ok / m_norm.clamp_min(EPS)
+    inv = (x_sq + step * (2 * x_dot_m + step * m_norm.square())).clamp_min(0).sqrt().clamp_min(EPS).reciprocal()
+    mix = (step * inv).unsqueeze(-1) * p
+    mix.diagonal(dim1=1, dim2=2).add_(inv)
     return Augmented(mix=mix)
 
 

@@ -29,7 +29,16 @@ from typing import Any
 import torch
 from torch.nn.functional import one_hot
 
-from sea.augment import AUGMENTERS, GROUP_ORDER, MIXING, HeadRandom, StepContext, group_of
+from sea.augment import (
+    AUGMENTERS,
+    GROUP_ORDER,
+    MIXING,
+    HeadRandom,
+    StepContext,
+    Workspace,
+    group_of,
+    matmul_into,
+)
 from sea.config import DEFAULT_SETTINGS, DTYPES, HeadConfig, TrainResult, TrainSettings
 from sea.direction import loss_residual
 from sea.errors import SeaError
@@ -61,6 +70,7 @@ class _Heads:
     n_shared: int                    # leading heads trained on re-weightings of the batch (incl. plain)
     params: dict[str, torch.Tensor]  # lr, weight_decay, eta, alpha, lamda, delta: K×1×1
     random: list[HeadRandom]
+    workspace: Workspace
 
     @classmethod
     def build(cls, configs: Sequence[HeadConfig], seed: int, device: torch.device,
@@ -79,7 +89,7 @@ class _Heads:
         params = {name: torch.tensor([getattr(configs[i], name) for i in order], dtype=dtype,
                                      device=device).view(-1, 1, 1) for name in names}
         random = [HeadRandom.create(seed, configs[i].method, device) for i in order]
-        return cls(order, groups, n_shared, params, random)
+        return cls(order, groups, n_shared, params, random, Workspace())
 
 
 def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Tensor, heads: _Heads,
@@ -89,11 +99,12 @@ def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Ten
     p = heads.params
     onehot = one_hot(y, c).to(x.dtype)
     z = (x @ weight.view(k * c, d).T).view(b, k, c).transpose(0, 1)          # K×B×C clean logits
-    grad = torch.empty_like(weight)
+    grad = heads.workspace.get("grad", weight.shape, weight)
     m = heads.n_shared
     # heads [0, m) train on x̃ = mix @ x (plain: mix = I), so ∂L/∂W = (mixᵀ r)ᵀ x: one GEMM for all
     q = torch.empty(m, b, c, dtype=z.dtype, device=z.device)
-    ctx = StepContext(x, onehot, z, weight, p["eta"], p["alpha"], p["lamda"], p["delta"], heads.random)
+    ctx = StepContext(x, onehot, z, weight, p["eta"], p["alpha"], p["lamda"], p["delta"], heads.random,
+                      heads.workspace)
     for key, hs in heads.groups:
         lamda, delta = p["lamda"][hs], p["delta"][hs]
         if key == "linear":
@@ -109,7 +120,7 @@ def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Ten
             grad[hs] = torch.bmm(r.transpose(1, 2), aug.features) / b
     if m:
         q /= b
-        grad[:m] = (q.transpose(1, 2).reshape(m * c, b) @ x).view(m, c, d)
+        grad[:m] = matmul_into(q.transpose(1, 2).reshape(m * c, b), x, grad[:m].view(m * c, d)).view(m, c, d)
     grad.addcmul_(weight, p["weight_decay"])
     buf.mul_(momentum).add_(grad)           # buf starts at 0, so the first step gives buf = g
     weight.addcmul_(buf, lr, value=-1.0)
@@ -184,7 +195,8 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     history: list[list[dict]] = []
     epochs_run = 0
     with torch.no_grad():
-        for epoch in _epochs(settings.epochs, progress):
+        epochs = _epochs(settings.epochs, progress)
+        for epoch in epochs:
             perm = torch.randperm(n, generator=shuffle).to(device)
             lr = heads.params["lr"] * factor(epoch, settings.epochs)
             with autocast:
@@ -196,6 +208,8 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
             metrics = [] if xv is None else _scores(weight, xv, yv, num_classes, heads.order)
             if metrics:
                 history.append(metrics)
+                if hasattr(epochs, "set_postfix"):
+                    epochs.set_postfix(best_val_top1=f"{max(m['top1'] for m in metrics):.2f}")
             if on_epoch is not None and on_epoch(epochs_run, metrics):
                 break
     inverse = torch.empty(k, dtype=torch.long)

@@ -189,10 +189,10 @@ def test_job_that_raises_stops_the_run(ray_cluster):
     ray.kill(actor)
 
 
-def test_memory_store_round_trip_through_extract(ray_cluster, fake_task):
+def test_memory_store_round_trip_through_extract_with_loader_workers(ray_cluster, fake_task):
     # The driver writes every shard, so a per-process memory:// store works through the Ray path too.
     summary = extract_features(BACKBONE, fake_task.name, splits=["test"], store="memory://extract-test",
-                               shard_size=SHARD, progress=False, settings=ONE_ACTOR)
+                               shard_size=SHARD, progress=False, settings=replace(ONE_ACTOR, num_workers=1))
     features, labels = FeatureStore("memory://extract-test").load(BACKBONE, fake_task.name, "test")
     assert summary.shards_extracted == 2 and features.shape == (6, 512) and labels.tolist() == [0, 0, 1, 1, 2, 2]
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from sea import HeadConfig, TrainSettings, input_gradient, semantic_direction, train_heads
-from sea.augment import AUGMENTERS, GROUP_ORDER, HeadRandom, StepContext, group_of
+from sea.augment import AUGMENTERS, GROUP_ORDER, HeadRandom, StepContext, Workspace, group_of
 
 B, D, C = 10, 7, 4
 
@@ -31,7 +31,7 @@ def _context(method, etas, seed=0, b=B):
 
     ctx = StepContext(x, F.one_hot(y, C).double(), torch.matmul(x, w.transpose(1, 2)), w, col(etas),
                       col([0.05] * k), col([0.2] * k), col([0.1] * k),
-                      [HeadRandom.create(seed, method, torch.device("cpu")) for _ in etas])
+                      [HeadRandom.create(seed, method, torch.device("cpu")) for _ in etas], Workspace())
     return ctx, x, y, w
 
 
