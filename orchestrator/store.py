@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import uuid
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,7 +32,15 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.manifest import MANIFEST, METADATA_KEY, FeatureKey, Manifest, ShardRecord, pointer_name
 
 LOCK_TIMEOUT_S = 600.0
+FEATURE_LEAF = "feature.list.element"  # the Parquet column path of the feature values
 _FIX = "re-run `seabench extract` with the same arguments to re-extract it"
+
+
+def _checksum_ok(data: pa.Buffer, record: ShardRecord) -> bool:
+    view = memoryview(data)
+    if record.crc32 >= 0:
+        return zlib.crc32(view) == record.crc32
+    return hashlib.sha256(view).hexdigest() == record.sha256
 
 
 def shard_table(index: np.ndarray, labels: np.ndarray, features: np.ndarray, meta: dict) -> pa.Table:
@@ -101,6 +110,19 @@ class FeatureStore:
         except OSError as exc:
             raise OrchestratorError(f"cannot read {self.path(relative)} in feature store {self.uri!r}: {exc}") from exc
 
+    def _read_buffer(self, relative: str) -> pa.Buffer | None:
+        """A shard's bytes as an Arrow buffer: memory-mapped on local disk (no copy through Python)."""
+        if not self.local:
+            data = self._read_bytes(relative)
+            return None if data is None else pa.py_buffer(data)
+        try:
+            with pa.memory_map(self.path(relative)) as mapped:
+                return mapped.read_buffer()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OrchestratorError(f"cannot read {self.path(relative)} in feature store {self.uri!r}: {exc}") from exc
+
     @contextlib.contextmanager
     def lock(self, fkey: FeatureKey) -> Iterator[None]:
         """Exclusive access to one unit across processes (local filesystems; object stores: one writer)."""
@@ -165,10 +187,13 @@ class FeatureStore:
         buffer = pa.BufferOutputStream()
         meta = {"key": fkey.key, **fkey.metadata()}
         table = shard_table(index, labels, features.astype(fkey.dtype, copy=False), meta)
-        pq.write_table(table, buffer, compression="zstd", use_dictionary=False)
+        # Byte-stream-split puts the exponent bytes of the floats together: better zstd ratio and
+        # about 2x faster decoding than plain encoding for feature vectors.
+        pq.write_table(table, buffer, compression="zstd", use_dictionary=False,
+                       use_byte_stream_split=[FEATURE_LEAF])
         data = buffer.getvalue().to_pybytes()
         record = ShardRecord(f"shard-{shard:05d}.parquet", start, stop, stop - start,
-                             hashlib.sha256(data).hexdigest(), len(data))
+                             hashlib.sha256(data).hexdigest(), len(data), zlib.crc32(data))
         with self.lock(fkey):
             # Re-read under the lock: another process may have recorded shards of this unit meanwhile.
             current = self.read_manifest(fkey)
@@ -252,10 +277,6 @@ class FeatureStore:
         # Shards decode in parallel: pyarrow and hashlib release the GIL.
         with ThreadPoolExecutor(max(1, min(len(records), os.cpu_count() or 1))) as pool:
             list(pool.map(read, records))
-        if not np.isfinite(features).all():
-            rows = np.flatnonzero(~np.isfinite(features).all(axis=1))[:5].tolist()
-            raise OrchestratorError(f"{where}: features contain NaN/Inf (rows {rows}...); the backbone "
-                                    "diverged — check its weights, then delete this folder and re-extract")
         return features, labels
 
     def _read_shard(
@@ -263,10 +284,10 @@ class FeatureStore:
     ) -> None:
         """Verify one shard and copy it into rows [start, stop) of the output arrays."""
         name = self.path(f"{unit_path}/{record.file}")
-        data = self._read_bytes(f"{unit_path}/{record.file}")
+        data = self._read_buffer(f"{unit_path}/{record.file}")
         if data is None:
             raise OrchestratorError(f"{name} is missing; {_FIX}")
-        if len(data) != record.bytes or hashlib.sha256(data).hexdigest() != record.sha256:
+        if data.size != record.bytes or not _checksum_ok(data, record):
             raise OrchestratorError(f"{name}: checksum mismatch with the manifest (corrupt or replaced); {_FIX}")
         table = pq.read_table(pa.BufferReader(data))
         meta = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
@@ -289,3 +310,8 @@ class FeatureStore:
             features[row: row + len(chunk)] = flat.reshape(len(chunk), manifest.dim)
             row += len(chunk)
         labels[record.start: record.stop] = table.column("label").to_numpy()
+        block = features[record.start: record.stop]
+        if not np.isfinite(block).all():
+            rows = (record.start + np.flatnonzero(~np.isfinite(block).all(axis=1))[:5]).tolist()
+            raise OrchestratorError(f"{name}: features contain NaN/Inf (rows {rows}...); the backbone "
+                                    "diverged — check its weights, then delete this folder and re-extract")

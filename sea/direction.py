@@ -10,6 +10,11 @@ For the bias-free linear head and the loss L = (1/B) Σ λ·CE((W x_i − δ e_{
 
 Rows whose gradient vanishes (a perfectly fit example) and batches of one get a zero direction,
 i.e. no perturbation, never NaN. All internals are batched over K heads sharing one batch X.
+
+Two numerical choices keep ĝ exact where a naive port loses it (both matter: SeA's dynamics
+amplify small differences, see `sea.trainer`): the target entry of p − e is computed as
+−Σ_{c≠y} p_c (no cancellation for well-fit rows), and ĝ = g/‖g‖ has no 1e-12 floor, whereas
+F.normalize(g) would shrink — i.e. switch off — the step of rows whose gradient norm is < 1e-12.
 """
 
 from __future__ import annotations

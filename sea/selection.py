@@ -67,7 +67,7 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
 
     If `on_epoch` stops training early, the refit runs the same number of epochs.
     `configs` is a sequence of HeadConfig (trained together in one pass), or 'logreg' /
-    ('logreg', cs) for the L-BFGS logistic-regression baseline (C chosen on validation top-1).
+    ('logreg', cs) for the L-BFGS logistic-regression baseline (C chosen on the same metric).
     """
     started = time.perf_counter()
     if metric not in SELECTION_METRICS:
@@ -79,14 +79,14 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
     grid = _logreg_grid(configs)
     if grid is not None:
         device = settings.device
-        chosen = fit_logreg(x, y, xv, yv, num_classes, cs=grid, device=device)
-        best_index = [c for c, _ in chosen.val_curve].index(chosen.c)
-        val_metrics = chosen.val_scores
-        refit = refit_logreg(x_all, y_all, chosen.c, num_classes, device=device,
-                             warm_path=[c for c, _ in chosen.val_curve])
+        val_metrics = fit_logreg(x, y, xv, yv, num_classes, cs=grid, device=device).val_scores
+        scores = [m[metric] for m in val_metrics]
+        best_index = scores.index(max(scores))
+        c = val_metrics[best_index]["c"]
+        refit = refit_logreg(x_all, y_all, c, num_classes, device=device, warm_path=[m["c"] for m in val_metrics])
         test_top1, test_mpc = _test_once(x_test_loader, x.shape[1], refit.predict)
-        return SelectionResult(best_index, {"method": LOGREG, "c": chosen.c}, val_metrics, test_top1,
-                               test_mpc, time.perf_counter() - started)
+        return SelectionResult(best_index, {"method": LOGREG, "c": c}, val_metrics, test_top1, test_mpc,
+                               time.perf_counter() - started)
     heads = check_configs(configs)
     result = train_heads(x, y, heads, settings, num_classes, val=(xv, yv), on_epoch=on_epoch,
                          progress=progress)

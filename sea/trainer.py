@@ -212,6 +212,8 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
                     epochs.set_postfix(best_val_top1=f"{max(m['top1'] for m in metrics):.2f}")
             if on_epoch is not None and on_epoch(epochs_run, metrics):
                 break
+        if hasattr(epochs, "close"):
+            epochs.close()
     inverse = torch.empty(k, dtype=torch.long)
     inverse[torch.tensor(heads.order)] = torch.arange(k)
     weights = weight[inverse.to(device)].cpu()

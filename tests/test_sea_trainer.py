@@ -1,6 +1,8 @@
 """The batched, autograd-free trainer reproduces the published algorithm and trains K heads as one."""
 
+import io
 import math
+import sys
 
 import pytest
 import torch
@@ -224,6 +226,18 @@ def test_progress_bar_stays_silent_without_a_terminal(capsys):
     x, y = _data()
     train_heads(x, y, [HeadConfig()], TrainSettings(epochs=2), progress=True)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_over_epochs_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    x, y = _data()
+    train_heads(x, y, [HeadConfig()], TrainSettings(epochs=2), val=(x, y), progress=True)
+    assert "2/2" in terminal.getvalue() and "best_val_top1" in terminal.getvalue()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 import multiprocessing
 from pathlib import Path
 
@@ -127,6 +128,7 @@ def test_shard_of_another_key_is_refused_even_with_a_matching_checksum(tmp_path,
     (folder / "shard-00000.parquet").write_bytes(foreign)
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["shards"][0]["sha256"] = hashlib.sha256(foreign).hexdigest()
+    manifest["shards"][0]["crc32"] = zlib.crc32(foreign)
     manifest["shards"][0]["bytes"] = len(foreign)
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(OrchestratorError, match="belongs to feature key"):
