@@ -98,7 +98,7 @@ def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Ten
     b = x.shape[0]
     p = heads.params
     onehot = one_hot(y, c).to(x.dtype)
-    z = (x @ weight.view(k * c, d).T).view(b, k, c).transpose(0, 1)          # K×B×C clean logits
+    z = (x @ weight.view(k * c, d).T).view(b, k, c).transpose(0, 1).contiguous()   # K×B×C clean logits
     grad = heads.workspace.get("grad", weight.shape, weight)
     m = heads.n_shared
     # heads [0, m) train on x̃ = mix @ x (plain: mix = I), so ∂L/∂W = (mixᵀ r)ᵀ x: one GEMM for all

@@ -24,6 +24,12 @@ METHODS = ["linear", "sea", "logreg"]
 SEEDS = [0, 1]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow puts a SQLite store's artifacts (the logged report) under ./mlruns: keep them out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def e2e_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 fake tasks × 2 random backbones × 3 methods × 2 seeds = 24 cells, tiny grid, 3 epochs."""
