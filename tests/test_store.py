@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 import multiprocessing
+import zlib
 from pathlib import Path
 
 import numpy as np

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = _fit_selected(args, settings, train, val, test)
     out = {"method": args.method, **out, "seed": args.seed, "epochs": args.epochs,
-           "device": settings.device, "n_train": int(len(train[1])), "n_test": int(len(test[1])),
+           "device": settings.device, "n_train": len(train[1]), "n_test": len(test[1]),
            "seconds": round(time.perf_counter() - started, 3)}
     if args.json:
         print(json.dumps(out, default=_json_default))
