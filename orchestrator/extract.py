@@ -54,9 +54,8 @@ class ShardExtractor:
             torch.set_num_threads(max(1, num_threads))
         self.backbone = tasks.build_backbone(spec)
         self.device = torch.device(device)
-        self.backbone.model.to(self.device)
-        if self.device.type == "cuda":
-            self.backbone.model.to(memory_format=torch.channels_last)
+        # Channels-last: tensor cores on CUDA, and oneDNN's faster (depthwise) convolutions on CPU.
+        self.backbone.model.to(self.device, memory_format=torch.channels_last)
         self.data_root, self.dtype = data_root, dtype
         # Resolved here, on the actor's node, whose core count may differ from the driver's.
         self.batch_size = batch_size
@@ -77,9 +76,7 @@ class ShardExtractor:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             for images, targets in loader:
-                images = images.to(self.device, non_blocking=True)
-                if cuda:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 feats.append(self.backbone.features(images).float().cpu().numpy().astype(self.dtype, copy=False))
                 labels.append(targets.numpy())
         dim = self.backbone.feature_dim

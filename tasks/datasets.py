@@ -106,6 +106,11 @@ _SPECS = (
     TaskSpec("fashion-mnist", "Fashion-MNIST", 10, "top1", ("train", "test"), "carve", "fashion-mnist",
              f"Debian package dataset-fashion-mnist ({offline.FASHION_MNIST_DEFAULT}), or <root>/fashion-mnist",
              offline.load_fashion_mnist, downloadable=False, needs_root=False, note=f"official train/test; {_CARVE_NOTE}"),
+    TaskSpec("fashion-mnist-small", "Fashion-MNIST (stratified subset)", 10, "top1", ("train", "test"), "carve",
+             "fashion-mnist", "as fashion-mnist", offline.load_fashion_mnist_small, downloadable=False,
+             needs_root=False,
+             note=f"stratified subsets of the official splits, seed {offline.FASHION_MNIST_SMALL_SEED}: "
+                  + ", ".join(f"{k} {v}" for k, v in offline.FASHION_MNIST_SMALL.items()) + f"; {_CARVE_NOTE}"),
 )
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
 # Which stored splits each protocol phase reads when val is official; carve tasks cut fit/val from train.

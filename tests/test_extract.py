@@ -6,7 +6,6 @@ import os
 import shutil
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -197,43 +196,26 @@ def test_memory_store_round_trip_through_extract_with_loader_workers(ray_cluster
     assert summary.shards_extracted == 2 and features.shape == (6, 512) and labels.tolist() == [0, 0, 1, 1, 2, 2]
 
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CIFAR = SHARED_DATA / "cifar10-jpeg-small"
-
-
 @pytest.mark.real
 @pytest.mark.slow
-@pytest.mark.skipif(not CIFAR.is_dir(), reason=f"real data absent: {CIFAR} (see ../shared/data/README.md)")
-def test_real_demo_backbone_through_ray_matches_in_process_probe(ray_cluster, tmp_path):
+def test_real_demo_backbone_through_ray_matches_in_process_probe(ray_cluster, tmp_path, demo_cifar_features):
     import sea
 
-    try:
-        backbone = tasks.build_backbone("efficientnet-lite0")
-    except tasks.TaskError as exc:
-        pytest.skip(f"demo weights not installed: {exc}")
-    task = f"imagefolder:{CIFAR}"
+    task = demo_cifar_features.task
     summary = extract_features("efficientnet-lite0", task, store=str(tmp_path), shard_size=512, progress=False,
                                settings=ActorSettings(batch_size=50))
     assert summary.images == 2500
     store = FeatureStore(tmp_path)
-    probes = {}
-    for origin in ("ray", "in-process"):
-        arrays = {}
-        for split in ("train", "test"):
-            if origin == "ray":
-                arrays[split] = store.load("efficientnet-lite0", task, split)
-            else:
-                data = tasks.build_task(task, None, split, backbone.transform)
-                loader = torch.utils.data.DataLoader(data, batch_size=50)
-                arrays[split] = (np.concatenate([backbone.features(x).numpy() for x, _ in loader]),
-                                 np.asarray(data.targets))
-        probes[origin] = arrays
+    probes = {"ray": {s: store.load("efficientnet-lite0", task, s) for s in ("train", "test")},
+              "in-process": demo_cifar_features.splits}
+    top1 = {}
+    for origin, arrays in probes.items():
         x, y = arrays["train"]
         fit, val = tasks.validation_indices(y)
         result = sea.fit_logreg(x[fit], y[fit], x[val], y[val], num_classes=10)
-        probes[origin]["top1"] = sea.top1_accuracy(result.predict(arrays["test"][0]), arrays["test"][1])
+        top1[origin] = sea.top1_accuracy(result.predict(arrays["test"][0]), arrays["test"][1])
     for split in ("train", "test"):
         np.testing.assert_array_equal(probes["ray"][split][1], probes["in-process"][split][1])
         np.testing.assert_allclose(probes["ray"][split][0], probes["in-process"][split][0], rtol=1e-3, atol=1e-4)
-    assert probes["ray"]["top1"] > 60.0  # ImageNet features on CIFAR-10 thumbnails: far above chance
-    assert abs(probes["ray"]["top1"] - probes["in-process"]["top1"]) <= 0.5
+    assert top1["ray"] > 60.0  # ImageNet features on CIFAR-10 thumbnails: far above chance
+    assert abs(top1["ray"] - top1["in-process"]) <= 0.5

@@ -11,12 +11,7 @@ from sea.augment import AUGMENTERS, GROUP_ORDER, HeadRandom, StepContext, Worksp
 B, D, C = 10, 7, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _context(method, etas, seed=0, b=B):

@@ -6,14 +6,7 @@ import torch.nn.functional as F
 
 from sea import input_gradient, semantic_direction
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny problems: a second thread costs more than it saves on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _problem(seed=0, b=12, d=9, c=5, dtype=torch.float64):

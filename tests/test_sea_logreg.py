@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from sea import DEFAULT_CS, LogRegResult, SeaError, fit_logreg, refit_logreg, top1_accuracy
 
@@ -14,13 +13,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 SWEEP = (1e-2, 1.0, 1e2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny problems: thread start-up costs more than it saves on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

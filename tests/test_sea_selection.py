@@ -2,17 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 
 from sea import HeadConfig, SelectionResult, TrainSettings, predict, select_and_refit, train_heads
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(n, seed, c=3, d=6):

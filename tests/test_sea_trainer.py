@@ -13,13 +13,7 @@ from sea import HeadConfig, TrainSettings, initial_weight, predict, train_heads
 N, D, C = 90, 12, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny problems: a second thread costs more than it saves on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(seed=0, n=N, d=D, c=C):

