@@ -82,8 +82,7 @@ class CellLogger:
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cell = Cell(**trial.config["cell"])
-        error = trial.get_error() if hasattr(trial, "get_error") else None
-        self.log_failure(cell, str(error or "trial failed without an error message"))
+        self.log_failure(cell, trial_error_text(trial))
 
     def log_outcome(self, cell: Cell, outcome: CellOutcome) -> None:
         self.tracker.log_cell(cell, outcome)
@@ -95,6 +94,19 @@ class CellLogger:
         self.tracker.log_failed(cell, error)
         self.summary.failed.append(cell.cell_id)
         self.on_cell(cell.cell_id)
+
+
+def trial_error_text(trial: Any) -> str:
+    """The failed trial's error trace. Tune writes it to the trial's local folder first and syncs it
+    to storage later, so `trial.get_error()` (which reads storage) can still be empty in a callback."""
+    local = getattr(trial, "error_file", None)
+    if local and os.path.isfile(local):
+        with open(local, encoding="utf-8", errors="replace") as handle:
+            text = handle.read().strip()
+        if text:
+            return text
+    error = trial.get_error() if hasattr(trial, "get_error") else None
+    return str(error or "trial failed without an error message (see the Tune logs of this sweep)")
 
 
 def _as_tune_callback(logger: CellLogger) -> Any:
