@@ -94,7 +94,7 @@ def _sea(ctx: StepContext, heads: slice) -> Augmented:
     mixed = matmul_into(p.reshape(k * b, b), x, ctx.workspace.get("sea", (k * b, d), x)).view(k, b, d)
     m_norm = torch.linalg.vector_norm(mixed, dim=-1)                                # ‖Σ_j P_ij x_j‖
     x_dot_m = mixed.mul_(x).sum(-1)                                                  # x_i·Σ_j P_ij x_j
-    x_sq = x.square().sum(-1)
+    x_sq = torch.linalg.vector_norm(x, dim=-1).square()  # no B×d temporary (page faults cost more than math)
     # x̃ = (x + η d)/‖x + η d‖ with d = mixed/‖mixed‖, written as a re-weighting of the batch
     step = ctx.eta[heads].view(k, 1) * ok / m_norm.clamp_min(EPS)
     inv = (x_sq + step * (2 * x_dot_m + step * m_norm.square())).clamp_min(0).sqrt().clamp_min(EPS).reciprocal()

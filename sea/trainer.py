@@ -190,6 +190,7 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     if xv is not None:
         xv, yv = xv.to(device, dtype), yv.to(device)
     shuffle = torch.Generator().manual_seed(settings.seed)
+    batch = x.new_empty(min(settings.batch_size, n), d)
     factor = SCHEDULE_FACTORS[settings.schedule]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.bf16 and device.type == "cuda")
     history: list[list[dict]] = []
@@ -201,9 +202,10 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
             lr = heads.params["lr"] * factor(epoch, settings.epochs)
             with autocast:
                 for idx in perm.split(settings.batch_size):
-                    # gathered per batch: the batch stays in cache for the whole step
-                    _step(weight, buf, x.index_select(0, idx), y.index_select(0, idx), heads, lr,
-                          settings.momentum)
+                    # gathered per batch into one reused buffer: the batch stays in cache for the
+                    # whole step, and a fresh B×d tensor per step would cost page faults
+                    xb = torch.index_select(x, 0, idx, out=batch[: len(idx)])
+                    _step(weight, buf, xb, y.index_select(0, idx), heads, lr, settings.momentum)
             epochs_run = epoch + 1
             metrics = [] if xv is None else _scores(weight, xv, yv, num_classes, heads.order)
             if metrics:
