@@ -9,6 +9,7 @@ Round trip: `RunConfig.from_dict(cfg.to_dict()) == cfg`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ MODES = ("select", "reference")
 ALGORITHMS = ("grid", "random", "optuna")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float16", "float32")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _choices(*values: str, help: str = "") -> dict:
@@ -56,6 +58,7 @@ class ExtractionConfig:
     batch_size: int = field(default=64, metadata={"min": 1})
     num_gpus_per_actor: float = field(default=0.0, metadata={"min": 0})
     num_actors: int | None = field(default=None, metadata={"min": 1})
+    skip_bad_images: bool = False      # unreadable images are left out (and counted) instead of stopping
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,10 @@ CUSTOM_BUILDERS[GridConfig] = _build_grid
 
 
 def _check_cross_fields(cfg: RunConfig) -> None:
+    if not SAFE_NAME.fullmatch(cfg.name) or ".." in cfg.name:
+        # the name is the MLflow experiment and the default report folder reports/<name>
+        raise OrchestratorError(f"config: 'name' {cfg.name!r} must be letters, digits, '.', '_' or '-' "
+                                "(it names the report folder: no '/', '..' or spaces)")
     if not cfg.backbones:
         raise OrchestratorError("config: 'backbones' needs at least one backbone")
     if not cfg.all_tasks:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import ray
 import timm
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import tasks
 from orchestrator.cells import backbone_parts
@@ -29,7 +30,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.manifest import DTYPES, FeatureKey, Manifest
 from orchestrator.progress import ExtractSummary, Progress
 from orchestrator.raycluster import cluster_cpus, cluster_gpus, init_ray
-from orchestrator.shardpool import run_jobs, wait_until_ready
+from orchestrator.shardpool import JobFailed, run_jobs, wait_until_ready
 from orchestrator.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,37 @@ def default_num_workers() -> int:
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
+class _TolerantItems(Dataset):
+    """Items `indices` of a task split; an image that cannot be decoded becomes a blank input of the
+    model's size, flagged with the reason, instead of an exception (for --skip-bad-images)."""
+
+    def __init__(self, data: tasks.TaskData, indices: range, input_size: Sequence[int]) -> None:
+        self.data, self.indices, self.input_size = data, indices, tuple(input_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        row = self.indices[i]
+        try:
+            image, label = self.data[row]
+        except tasks.TaskError as exc:
+            return torch.zeros(self.input_size), int(self.data.targets[row]), str(exc) or type(exc).__name__
+        return image, label, ""
+
+
 class ShardExtractor:
     """Ray actor body: one backbone built once; `extract(job)` returns one shard's arrays."""
 
     def __init__(self, spec: tasks.BackboneSpec, data_root: str | None, device: str, dtype: str,
-                 batch_size: int, num_workers: int | None, num_threads: int) -> None:
+                 batch_size: int, num_workers: int | None, num_threads: int, skip_bad_images: bool = False) -> None:
         if device == "cpu":
             torch.set_num_threads(max(1, num_threads))
         self.backbone = tasks.build_backbone(spec)
         self.device = torch.device(device)
         # Channels-last: tensor cores on CUDA, and oneDNN's faster (depthwise) convolutions on CPU.
         self.backbone.model.to(self.device, memory_format=torch.channels_last)
-        self.data_root, self.dtype = data_root, dtype
+        self.data_root, self.dtype, self.skip_bad_images = data_root, dtype, skip_bad_images
         # Resolved here, on the actor's node, whose core count may differ from the driver's.
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
@@ -65,24 +85,41 @@ class ShardExtractor:
     def ready(self) -> bool:
         return True
 
-    def extract(self, task: str, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def extract(self, task: str, split: str, start: int, stop: int) -> ShardResult:
         if (task, split) not in self._datasets:
             self._datasets[task, split] = tasks.build_task(task, self.data_root, split, self.backbone.transform)
-        subset = Subset(self._datasets[task, split], range(start, stop))
+        data, rows = self._datasets[task, split], range(start, stop)
+        items = (_TolerantItems(data, rows, self.backbone.preprocessing["input_size"]) if self.skip_bad_images
+                 else Subset(data, rows))
         cuda = self.device.type == "cuda"
-        loader = DataLoader(subset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+        loader = DataLoader(items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             persistent_workers=False, pin_memory=cuda)
-        feats, labels = [], []
+        feats, labels, errors = [], [], []
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            for images, targets in loader:
+            for batch in loader:
+                images, targets = batch[0], batch[1]
                 images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 feats.append(self.backbone.features(images).float().cpu().numpy().astype(self.dtype, copy=False))
                 labels.append(targets.numpy())
+                errors.extend(batch[2] if self.skip_bad_images else [""] * len(targets))
         dim = self.backbone.feature_dim
         features = np.concatenate(feats) if feats else np.zeros((0, dim), self.dtype)
         label = np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32)
-        return np.arange(start, stop, dtype=np.int64), label, features
+        skipped = [(start + i, why) for i, why in enumerate(errors) if why]
+        for row, _ in skipped:
+            features[row - start] = 0  # a blank image's features mean nothing; zeros mark the row plainly
+        return ShardResult(np.arange(start, stop, dtype=np.int64), label, features, skipped)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What an actor returns for one shard."""
+
+    index: np.ndarray                   # int64 rows [start, stop)
+    labels: np.ndarray                  # int32
+    features: np.ndarray                # rows × d in the storage dtype
+    skipped: list[tuple[int, str]]      # (row, reason) of unreadable images (with skip_bad_images)
 
 
 @dataclass(frozen=True)
@@ -146,6 +183,7 @@ def plan_units(store: FeatureStore, backbone: tasks.Backbone, task_names: Sequen
             manifest, dropped = store.open_unit(fkey, len(labels), backbone.feature_dim, shard_size)
             summary.shards_repaired += dropped
             summary.shards_skipped += len(manifest.shards)
+            summary.images_skipped_before += len(manifest.skipped())
             summary.keys[f"{backbone.spec.name}|{task}|{split}"] = fkey.key
             if manifest.complete:
                 summary.units_skipped += 1
@@ -170,6 +208,7 @@ class ActorSettings:
     num_actors: int | None = None       # default: as many as the cluster holds, at most one per shard
     num_workers: int | None = None      # DataLoader workers per actor; None: default_num_workers()
     batch_size: int = 64
+    skip_bad_images: bool = False       # an unreadable image: zero features, row recorded as skipped
 
     def __post_init__(self) -> None:
         if self.num_gpus_per_actor < 0 or self.cpus_per_actor <= 0:
@@ -190,29 +229,30 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
         return 0
     use_gpu = cluster_gpus() > 0 and settings.num_gpus_per_actor > 0
     count = _actor_count(len(jobs), settings.num_gpus_per_actor, settings.cpus_per_actor, settings.num_actors)
-    actor_cls = ray.remote(ShardExtractor).options(
-        num_cpus=settings.cpus_per_actor, num_gpus=settings.num_gpus_per_actor if use_gpu else 0,
-        max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=0,
-    )
+    options = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.num_gpus_per_actor if use_gpu else 0,
+               "max_restarts": MAX_ACTOR_RESTARTS, "max_task_retries": 0}
+    actor_cls = ray.remote(ShardExtractor)
     dtype = units[0].key.dtype
-    actors = [actor_cls.remote(spec, data_root, "cuda" if use_gpu else "cpu", dtype, settings.batch_size,
-                               settings.num_workers, int(settings.cpus_per_actor)) for _ in range(count)]
+    # named, so that `ray list actors` (and a fault-injection test) can tell which extraction they serve
+    run_id = uuid.uuid4().hex[:8]
+    actors = [actor_cls.options(name=f"seabench-extract-{run_id}-{i}", **options).remote(
+        spec, data_root, "cuda" if use_gpu else "cpu", dtype, settings.batch_size, settings.num_workers,
+        int(settings.cpus_per_actor), settings.skip_bad_images) for i in range(count)]
     remaining = {u: len(unit.manifest.missing()) for u, unit in enumerate(units)}
 
     def submit(actor, job):
         unit, shard = units[job[0]], job[1]
         return actor.extract.remote(data_name(unit.task), unit.split, *unit.manifest.shard_range(shard))
 
-    def on_result(job, value) -> None:
+    def on_result(job, value: ShardResult) -> None:
         unit = units[job[0]]
-        index, labels, features = value
-        if not np.isfinite(features).all():
+        if not np.isfinite(value.features).all():
             raise OrchestratorError(
                 f"backbone {unit.backbone} gave NaN/Inf features on {unit.task}/{unit.split} rows "
                 f"{unit.manifest.shard_range(job[1])} (in {unit.key.dtype}); check its weights, or store float32"
             )
-        store.write_shard(unit.key, unit.manifest, job[1], index, labels, features)
-        progress.shard_done(unit.backbone, len(index))
+        store.write_shard(unit.key, unit.manifest, job[1], value.index, value.labels, value.features, value.skipped)
+        progress.shard_done(unit.backbone, len(value.index), len(value.skipped))
         remaining[job[0]] -= 1
         if remaining[job[0]] == 0:
             progress.unit_done()
@@ -223,6 +263,16 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
         wait_until_ready(actors)
         startup = time.perf_counter() - start
         return run_jobs(actors, jobs, submit, on_result)
+    except JobFailed as exc:
+        if not isinstance(exc.cause, tasks.TaskError):
+            raise
+        unit = units[exc.job[0]]
+        start_row, stop_row = unit.manifest.shard_range(exc.job[1])
+        raise OrchestratorError(
+            f"{unit.task} / {unit.split}, rows [{start_row}, {stop_row}): {exc.cause}. Fix or remove that file, "
+            "or rerun with --skip-bad-images (config: extraction.skip_bad_images: true) to leave unreadable "
+            "images out; they are then counted in the manifest and the report"
+        ) from exc.cause
     finally:
         progress.backbone_seconds(spec.name, time.perf_counter() - start, startup)
         for actor in actors:

@@ -101,7 +101,9 @@ def pointer_name(backbone: str, task: str, split: str) -> str:
 class ShardRecord:
     """One Parquet shard: rows [start, stop) of the split, the sha256 of the file's bytes (verified on
     resume) and their CRC-32 (verified on every load: ~10x cheaper than sha256, still catches
-    truncation and bit flips)."""
+    truncation and bit flips). `skipped` lists the rows whose image could not be read, as
+    (row, "what failed") pairs, when extraction ran with --skip-bad-images; their stored features
+    are zeros and training leaves those rows out."""
 
     file: str
     start: int
@@ -110,6 +112,10 @@ class ShardRecord:
     sha256: str
     bytes: int
     crc32: int = -1
+    skipped: tuple[tuple[int, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "skipped", tuple((int(row), str(why)) for row, why in self.skipped))
 
 
 @dataclass
@@ -137,6 +143,10 @@ class Manifest:
     def missing(self) -> list[int]:
         return [i for i in range(self.num_shards) if i not in self.shards]
 
+    def skipped(self) -> dict[int, str]:
+        """Rows whose image could not be read (extracted with --skip-bad-images): row -> what failed."""
+        return {row: why for i in sorted(self.shards) for row, why in self.shards[i].skipped}
+
     def to_json(self) -> str:
         body = asdict(self)
         body["shards"] = [asdict(self.shards[i]) | {"shard": i} for i in sorted(self.shards)]
@@ -147,8 +157,17 @@ class Manifest:
         try:
             body = json.loads(text)
             shards = {int(s.pop("shard")): ShardRecord(**s) for s in body.pop("shards")}
-            return cls(**body, shards=shards)
-        except (ValueError, TypeError, KeyError) as exc:
+            manifest = cls(**body, shards=shards)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise OrchestratorError(
                 f"{where} is not a valid feature manifest ({exc}); delete the folder and re-run `seabench extract`"
             ) from exc
+        for i, record in manifest.shards.items():
+            start, stop = manifest.shard_range(i)
+            if not 0 <= i < manifest.num_shards or (record.start, record.stop, record.rows) != (start, stop, stop - start):
+                raise OrchestratorError(
+                    f"{where}: shard {i} is recorded as rows [{record.start}, {record.stop}) ({record.rows} rows), "
+                    f"but a unit of {manifest.num_rows} rows in shards of {manifest.shard_size} puts it at "
+                    f"[{start}, {stop}); the manifest disagrees with its plan — re-run `seabench extract`"
+                )
+        return manifest

@@ -34,6 +34,8 @@ class ExtractSummary:
     shards_extracted: int = 0
     shards_skipped: int = 0        # already present with a matching checksum
     shards_repaired: int = 0       # recorded but missing or corrupt, hence extracted again
+    images_skipped: int = 0        # unreadable images left out by this run (--skip-bad-images)
+    images_skipped_before: int = 0 # ... recorded in the reused shards of earlier runs
     actor_restarts: int = 0        # shards re-submitted after their actor died
     images: int = 0
     seconds: float = 0.0
@@ -56,6 +58,9 @@ class ExtractSummary:
             f"extracted, {self.shards_skipped} reused, {self.shards_repaired} repaired, "
             f"{self.actor_restarts} re-submitted after actor loss; {self.images} images in {self.seconds:.1f} s"
         )
+        if self.images_skipped or self.images_skipped_before:
+            lines.append(f"unreadable images skipped: {self.images_skipped} in this run, "
+                         f"{self.images_skipped_before} in reused shards (listed in each unit's _manifest.json)")
         return "\n".join(lines)
 
 
@@ -78,9 +83,10 @@ class Progress:
         self.units_done += 1
         self._postfix()
 
-    def shard_done(self, backbone: str, images: int) -> None:
+    def shard_done(self, backbone: str, images: int, skipped: int = 0) -> None:
         self.summary.shards_extracted += 1
         self.summary.images += images
+        self.summary.images_skipped += skipped
         self.summary.per_backbone.setdefault(backbone, BackboneStats()).images += images
         self.bar.update(images)
 

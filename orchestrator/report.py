@@ -50,6 +50,7 @@ class ReportPaths:
     finetune_within: int | None = None  # tasks where SeA is within 1 point of fine-tuning (with a reference)
     finetune_compared: int | None = None
     n_failed: int = 0
+    skipped_images: int = 0  # unreadable images left out, summed over (backbone, task)
     parent_run_id: str | None = None  # the run the report was logged to
 
     @property
@@ -77,7 +78,7 @@ def leaderboard_for(data: ExperimentData, reference_csv: str | os.PathLike | Non
     if reference_csv is not None:
         reference = load_reference(reference_csv, experiment_tasks=set(data.results["task"]))
         finetune = compare_to_finetuning(data.results, reference)
-    return compute_leaderboard(data.results, data.failed, data.experiment, data.mode, finetune)
+    return compute_leaderboard(data.results, data.failed, data.experiment, data.mode, finetune, data.skipped)
 
 
 def build_report(
@@ -115,6 +116,7 @@ def build_report(
         finetune_within=board.finetune.within if board.finetune else None,
         finetune_compared=board.finetune.compared if board.finetune else None,
         n_failed=len(data.failed),
+        skipped_images=int(data.skipped["skipped_images"].sum()) if len(data.skipped) else 0,
         parent_run_id=data.parent_run_id,
     )
     if data.parent_run_id is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +24,8 @@ PRIMARY_METRICS = ("top1", "mean_per_class")
 # final metrics only: curves (candidate_val_top1, val_best_top1) are not results
 RESULT_METRIC = re.compile(r"^(?P<split>val|test)_(?P<metric>top1|mean_per_class)$")
 RESULT_COLUMNS = ["backbone", "task", "method", "seed", "metric", "split", "value", "run_id", "primary"]
-FAILED_COLUMNS = ["backbone", "task", "method", "seed", "error", "run_id"]
+FAILED_COLUMNS = ["backbone", "task", "method", "seed", "error", "run_id", "attempts"]
+SKIPPED_COLUMNS = ["backbone", "task", "skipped_images"]
 CELL_TAGS = ("backbone", "task", "method", "seed")
 
 
@@ -37,6 +38,8 @@ class ExperimentData:
     failed: pd.DataFrame  # FAILED_COLUMNS; cells with no successful run
     parent_run_id: str | None
     mode: str  # "select" | "reference" | "mixed" | "" — which protocol produced the numbers
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SKIPPED_COLUMNS))
+    # SKIPPED_COLUMNS: (backbone, task) whose cells left out unreadable images, and how many
 
 
 def primary_metric_for(task: str, tag: str | None) -> str:
@@ -172,7 +175,8 @@ def _tables(runs: list) -> tuple[pd.DataFrame, pd.DataFrame, str]:
         ["task", "backbone", "method", "seed", "split", "metric"], ignore_index=True
     )
     failed_rows = [
-        {**_cell_fields(run), "error": run.data.tags.get("error", run.info.status), "run_id": run.info.run_id}
+        {**_cell_fields(run), "error": run.data.tags.get("error", run.info.status), "run_id": run.info.run_id,
+         "attempts": _int_tag(run, "attempts", 1)}
         for cid, run in failed.items()
         if cid not in ok
     ]
@@ -182,6 +186,26 @@ def _tables(runs: list) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     modes = {run.data.tags.get("mode", "") for run in ok.values()}
     mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else "")
     return results, failed_df, mode
+
+
+def _int_tag(run, name: str, default: int) -> int:
+    try:
+        return int(run.data.tags.get(name, default))
+    except ValueError:
+        return default
+
+
+def skipped_images(runs: Iterable) -> pd.DataFrame:
+    """(backbone, task, skipped_images) wherever a finished cell left out unreadable images; every cell
+    of a (backbone, task) reads the same units, so the largest count is the one to show."""
+    counts: dict[tuple[str, str], int] = {}
+    for run in runs:
+        fields, n = _cell_fields(run), _int_tag(run, "skipped_images", 0)
+        if n > 0:
+            key = (fields["backbone"], fields["task"])
+            counts[key] = max(counts.get(key, 0), n)
+    rows = [{"backbone": b, "task": t, "skipped_images": n} for (b, t), n in sorted(counts.items())]
+    return pd.DataFrame(rows, columns=SKIPPED_COLUMNS)
 
 
 def load_experiment(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
@@ -202,7 +226,7 @@ def load_experiment(experiment: str, tracking_uri: str | None = None) -> Experim
     # the most recent parent is the sweep that wrote (or last resumed) these cells
     parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
     parent_id = parents[0].info.run_id if parents else None
-    return ExperimentData(experiment, results, failed, parent_id, mode)
+    return ExperimentData(experiment, results, failed, parent_id, mode, skipped_images(r for r in runs if _is_ok(r)))
 
 
 def log_report(tracking_uri: str | None, parent_run_id: str, files: Iterable[Path]) -> None:

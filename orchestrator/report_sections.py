@@ -144,24 +144,38 @@ def _failed(board: Leaderboard) -> list:
     if board.failed.empty:
         return []
     rows = tuple(
-        tuple(Cell(str(v)) for v in (r.backbone, r.task, r.method, r.seed,
+        tuple(Cell(str(v)) for v in (r.backbone, r.task, r.method, r.seed, getattr(r, "attempts", 1),
                                       _error_tail(r.error), r.run_id))
         for r in board.failed.itertuples(index=False)
     )
     return [Heading("Failed cells"),
             Para(f"{len(rows)} cell(s) have no successful run; they are excluded from every number above. "
                  "Rerun the sweep to retry them (finished cells are skipped)."),
-            Table(("backbone", "task", "method", "seed", "error", "run"), rows, css="failed")]
+            Table(("backbone", "task", "method", "seed", "attempts", "error", "run"), rows, css="failed")]
+
+
+def _skipped(board: Leaderboard) -> list:
+    if board.skipped is None or board.skipped.empty:
+        return []
+    rows = tuple(tuple(Cell(str(v)) for v in (r.backbone, r.task, r.skipped_images))
+                 for r in board.skipped.itertuples(index=False))
+    return [Heading("Skipped images"),
+            Para("These features were extracted with --skip-bad-images: images that could not be decoded "
+                 "were left out of training, validation and test. Each unit's _manifest.json lists the files "
+                 "and why they failed."),
+            Table(("backbone", "task", "images left out"), rows, css="failed")]
 
 
 def document(board: Leaderboard, plots: Sequence[Plot] = ()) -> Document:
     n_cells = int(board.summary["n"].sum())
+    n_skipped = 0 if board.skipped is None or board.skipped.empty else int(board.skipped["skipped_images"].sum())
     overview = (f"Experiment {board.experiment or '(unnamed)'}"
                 f"{f' · protocol: {board.mode}' if board.mode else ''} · {n_cells} finished cell run(s) · "
-                f"{len(board.failed)} failed cell(s).")
+                f"{len(board.failed)} failed cell(s)"
+                f"{f' · {n_skipped} unreadable image(s) left out' if n_skipped else ''}.")
     bars = [Figure(p) for p in plots if p.filename.startswith("bars_")]
     blocks = [Para(overview), *_claims(board), *_method_tables(board), *_difference_section(board, plots)]
     if bars:
         blocks += [Heading("Per task"), Para("Bars: mean over seeds; error bars: std over seeds."), *bars]
-    blocks += _failed(board)
+    blocks += _failed(board) + _skipped(board)
     return Document(f"seabench leaderboard — {board.experiment or '(unnamed)'}", blocks)

@@ -138,6 +138,7 @@ class Leaderboard:
     primary_metric: dict[str, str]  # task -> the metric it is ranked by
     mode: str = ""
     finetune: FinetuneComparison | None = None  # set when a fine-tuning reference was given
+    skipped: pd.DataFrame | None = None  # (backbone, task, skipped_images) with unreadable images left out
 
 
 def compute_leaderboard(
@@ -146,6 +147,7 @@ def compute_leaderboard(
     experiment: str = "",
     mode: str = "",
     finetune: FinetuneComparison | None = None,
+    skipped: pd.DataFrame | None = None,
 ) -> Leaderboard:
     summary = summarise(results)
     differences = paired_differences(results)
@@ -161,4 +163,5 @@ def compute_leaderboard(
         primary_metric=metrics,
         mode=mode,
         finetune=finetune,
+        skipped=skipped,
     )

@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # a job that kills its actor this many times is poison (e.g. out of memory), not bad luck
 
 
+class JobFailed(OrchestratorError):
+    """A job raised: `job` is the job, `cause` the exception it raised inside the actor."""
+
+    def __init__(self, job: Hashable, cause: BaseException) -> None:
+        super().__init__(f"job {job} failed: {cause}")
+        self.job, self.cause = job, cause
+
+
 def _probe(actor: Any) -> ray.ObjectRef:
     # Retried by Ray until the restarted actor answers, or fails for good once its restarts are spent.
     return actor.ready.options(max_task_retries=-1).remote()
@@ -80,7 +88,7 @@ def run_jobs(
             continue
         except RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
-            raise OrchestratorError(f"job {job} failed: {cause}") from cause
+            raise JobFailed(job, cause) from cause
         if job is not None:
             on_result(job, value)
         idle.append(actor)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import fsspec
 import numpy as np
@@ -30,6 +32,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.manifest import MANIFEST, METADATA_KEY, FeatureKey, Manifest, ShardRecord, pointer_name
+
+log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 600.0
 FEATURE_LEAF = "feature.list.element"  # the Parquet column path of the feature values
@@ -60,6 +64,17 @@ def shard_table(index: np.ndarray, labels: np.ndarray, features: np.ndarray, met
         pa.FixedSizeListArray.from_arrays(values, type=schema.field("feature").type),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+@dataclass(frozen=True)
+class StoredUnit:
+    """A loaded unit. Rows listed in `skipped_rows` (images unreadable at extraction) hold zero features."""
+
+    features: np.ndarray        # n×d float32, row i = sample i of the stored split
+    labels: np.ndarray          # n int64
+    key: str
+    skipped_rows: np.ndarray    # sorted int64 row indices
+    skipped: dict[int, str]     # row -> what failed
 
 
 class FeatureStore:
@@ -145,7 +160,7 @@ class FeatureStore:
     def read_manifest(self, fkey: FeatureKey) -> Manifest | None:
         relative = f"{fkey.unit_path()}/{MANIFEST}"
         data = self._read_bytes(relative)
-        return None if data is None else Manifest.from_json(data.decode(), self.path(relative))
+        return None if data is None else Manifest.from_json(data.decode(errors="replace"), self.path(relative))
 
     def shard_ok(self, fkey: FeatureKey, record: ShardRecord) -> bool:
         """The shard file exists with the recorded size and sha256."""
@@ -159,7 +174,13 @@ class FeatureStore:
         """
         if shard_size < 1:
             raise OrchestratorError(f"shard size must be ≥ 1, got {shard_size}")
-        old = self.read_manifest(fkey)
+        self._remove_stale_temporaries(fkey)
+        try:
+            old = self.read_manifest(fkey)
+        except OrchestratorError as exc:
+            # damaged from outside (writes are atomic): its checksums are lost, so every shard is redone
+            log.warning("%s; extracting the unit again", exc)
+            old = None
         if old is None or old.key != fkey.key or (old.num_rows, old.dim) != (num_rows, dim):
             return Manifest(fkey.key, fkey.metadata(), num_rows, dim, fkey.dtype, shard_size), 0
         good = {i: r for i, r in old.shards.items() if self.shard_ok(fkey, r)}
@@ -172,11 +193,32 @@ class FeatureStore:
                 self._write_atomic(f"{fkey.unit_path()}/{MANIFEST}", old.to_json().encode())
         return old, dropped
 
+    def _remove_stale_temporaries(self, fkey: FeatureKey) -> None:
+        """Delete `.tmp-*` files a killed writer left in the unit folder.
+
+        Writers create a unit's temporaries only while holding its lock, so under the lock every one
+        found belongs to a process that died before its rename.
+        """
+        if not self.local:
+            return  # no cross-process lock on object stores: a temporary may be another writer's
+        folder = self.path(fkey.unit_path())
+        with self.lock(fkey):
+            try:
+                stale = [p for p in self.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith(".tmp-")]
+            except FileNotFoundError:
+                return
+            for path in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(path)
+
     def write_shard(
         self, fkey: FeatureKey, manifest: Manifest, shard: int, index: np.ndarray, labels: np.ndarray,
-        features: np.ndarray,
+        features: np.ndarray, skipped: Sequence[tuple[int, str]] = (),
     ) -> ShardRecord:
-        """Write one shard atomically and record it in the manifest (and the pointer once complete)."""
+        """Write one shard atomically and record it in the manifest (and the pointer once complete).
+
+        `skipped`: (row, reason) of rows whose image could not be read; their features must be zeros.
+        """
         shard = int(shard)
         start, stop = manifest.shard_range(shard)
         if features.shape != (stop - start, manifest.dim) or not np.array_equal(index, np.arange(start, stop)):
@@ -192,8 +234,12 @@ class FeatureStore:
         pq.write_table(table, buffer, compression="zstd", use_dictionary=False,
                        use_byte_stream_split=[FEATURE_LEAF])
         data = buffer.getvalue().to_pybytes()
+        bad = [row for row, _ in skipped if not start <= row < stop]
+        if bad:
+            raise OrchestratorError(f"shard {shard} of {fkey.unit_path()}: skipped rows {bad[:5]} lie outside "
+                                    f"[{start}, {stop})")
         record = ShardRecord(f"shard-{shard:05d}.parquet", start, stop, stop - start,
-                             hashlib.sha256(data).hexdigest(), len(data), zlib.crc32(data))
+                             hashlib.sha256(data).hexdigest(), len(data), zlib.crc32(data), tuple(skipped))
         with self.lock(fkey):
             # Re-read under the lock: another process may have recorded shards of this unit meanwhile.
             current = self.read_manifest(fkey)
@@ -239,7 +285,11 @@ class FeatureStore:
         data = self._read_bytes(relative)
         if data is None:
             raise OrchestratorError(f"{self.path(relative)} is missing; {_FIX}")
-        return Manifest.from_json(data.decode(), self.path(relative))
+        manifest = Manifest.from_json(data.decode(errors="replace"), self.path(relative))
+        if manifest.key != unit_path.rsplit("/", 1)[-1]:
+            raise OrchestratorError(f"{self.path(relative)} is the manifest of feature key {manifest.key}, not of "
+                                    f"the folder it lies in; units of different keys never mix — {_FIX}")
+        return manifest
 
     def unit_info(self, backbone: str, task: str, split: str) -> dict:
         """The current manifest of (backbone, task, split) as a dict, including the key metadata."""
@@ -256,13 +306,21 @@ class FeatureStore:
         return self._pointer(backbone, task, split)["key"]
 
     def load(self, backbone: str, task: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(features float32 n×d, labels int64) of the current unit, ordered by index."""
+        """(features float32 n×d, labels int64) of the current unit, ordered by index.
+
+        Rows of images skipped at extraction (see `read`) hold zeros."""
+        unit = self.read(backbone, task, split)
+        return unit.features, unit.labels
+
+    def read(self, backbone: str, task: str, split: str) -> StoredUnit:
+        """The current unit of (backbone, task, split): features, labels, key and skipped rows."""
         return self._load_unit(self._pointer(backbone, task, split)["path"])
 
     def load_key(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        return self._load_unit(self._unit_path_of_key(key))
+        unit = self._load_unit(self._unit_path_of_key(key))
+        return unit.features, unit.labels
 
-    def _load_unit(self, unit_path: str) -> tuple[np.ndarray, np.ndarray]:
+    def _load_unit(self, unit_path: str) -> StoredUnit:
         manifest = self._manifest_at(unit_path)
         where = self.path(f"{unit_path}/{MANIFEST}")
         if not manifest.complete or manifest.missing():
@@ -277,7 +335,8 @@ class FeatureStore:
         # Shards decode in parallel: pyarrow and hashlib release the GIL.
         with ThreadPoolExecutor(max(1, min(len(records), os.cpu_count() or 1))) as pool:
             list(pool.map(read, records))
-        return features, labels
+        skipped = manifest.skipped()
+        return StoredUnit(features, labels, manifest.key, np.array(sorted(skipped), dtype=np.int64), skipped)
 
     def _read_shard(
         self, unit_path: str, manifest: Manifest, record: ShardRecord, features: np.ndarray, labels: np.ndarray

@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,6 +72,10 @@ class CellLogger:
 
     def __init__(self, tracker: SweepTracker, summary: SweepSummary, on_cell: Callable[[str], None]) -> None:
         self.tracker, self.summary, self.on_cell = tracker, summary, on_cell
+        self.retries: Counter[str] = Counter()   # trial id -> failures Tune retried (max_failures)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.retries[trial.trial_id] += 1
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cell = Cell(**trial.config["cell"])
@@ -78,20 +83,21 @@ class CellLogger:
         if text is None:
             self.on_trial_error(iteration, trials, trial, **info)
             return
-        self.log_outcome(cell, CellOutcome.from_json(text))
+        self.log_outcome(cell, CellOutcome.from_json(text), 1 + self.retries[trial.trial_id])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cell = Cell(**trial.config["cell"])
-        self.log_failure(cell, trial_error_text(trial))
+        self.log_failure(cell, trial_error_text(trial), 1 + self.retries[trial.trial_id])
 
-    def log_outcome(self, cell: Cell, outcome: CellOutcome) -> None:
+    def log_outcome(self, cell: Cell, outcome: CellOutcome, attempts: int = 1) -> None:
+        outcome.tags["attempts"] = str(attempts)
         self.tracker.log_cell(cell, outcome)
         self.summary.completed += 1
         self.summary.trial_seconds += outcome.seconds
         self.on_cell(cell.cell_id)
 
-    def log_failure(self, cell: Cell, error: str) -> None:
-        self.tracker.log_failed(cell, error)
+    def log_failure(self, cell: Cell, error: str, attempts: int = 1) -> None:
+        self.tracker.log_failed(cell, error, {"attempts": str(attempts)})
         self.summary.failed.append(cell.cell_id)
         self.on_cell(cell.cell_id)
 
@@ -118,6 +124,9 @@ def _as_tune_callback(logger: CellLogger) -> Any:
 
         def on_trial_error(self, *args: Any, **kwargs: Any) -> None:
             logger.on_trial_error(*args, **kwargs)
+
+        def on_trial_recover(self, *args: Any, **kwargs: Any) -> None:
+            logger.on_trial_recover(*args, **kwargs)
 
     return _Callback()
 

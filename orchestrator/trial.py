@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,8 +25,19 @@ from orchestrator.cells import METHOD_AXES, Cell, backbone_parts, reference_conf
 from orchestrator.errors import OrchestratorError
 from orchestrator.tracking import CellOutcome
 
-# (backbone, task, stored split) -> (features n×d float32, labels int64, feature key)
-SplitLoader = Callable[[str, str, str], tuple[np.ndarray, np.ndarray, str]]
+
+class LoadedSplit(NamedTuple):
+    """A stored split as a trial sees it; rows in `skipped` (images unreadable at extraction) are
+    left out of every protocol phase, after the phases are cut, so the split stays the official one."""
+
+    x: np.ndarray                 # n×d float32
+    y: np.ndarray                 # n int64
+    key: str                      # feature key (comma-joined for an ensemble)
+    skipped: np.ndarray = np.zeros(0, dtype=np.int64)   # sorted row indices
+
+
+# (backbone, task, stored split) -> LoadedSplit
+SplitLoader = Callable[[str, str, str], LoadedSplit]
 EpochReport = Callable[[int, list[dict]], Any]
 
 
@@ -67,9 +78,9 @@ def store_loader(store_uri: str) -> SplitLoader:
 
     store = FeatureStore(store_uri)
 
-    def load(backbone: str, task: str, split: str) -> tuple[np.ndarray, np.ndarray, str]:
-        x, y = store.load(backbone, task, split)
-        return x, y, store.key_for(backbone, task, split)
+    def load(backbone: str, task: str, split: str) -> LoadedSplit:
+        unit = store.read(backbone, task, split)
+        return LoadedSplit(unit.features, unit.labels, unit.key, unit.skipped_rows)
 
     return load
 
@@ -79,30 +90,42 @@ def _unit_normalised(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def load_features(load: SplitLoader, backbone: str, task: str, split: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Features of a stored or virtual (ensemble) backbone; the key is comma-joined for ensembles."""
+def load_features(load: SplitLoader, backbone: str, task: str, split: str) -> LoadedSplit:
+    """Features of a stored or virtual (ensemble) backbone; the key is comma-joined for ensembles, and
+    a row skipped in any part is skipped in the ensemble."""
     parts = backbone_parts(backbone)
     if len(parts) == 1:
-        return load(parts[0], task, split)
-    loaded = [load(part, task, split) for part in parts]
-    first_y = loaded[0][1]
-    for part, (x, y, _) in zip(parts[1:], loaded[1:]):
-        if x.shape[0] != first_y.shape[0] or not np.array_equal(y, first_y):
+        return LoadedSplit(*load(parts[0], task, split))
+    loaded = [LoadedSplit(*load(part, task, split)) for part in parts]
+    first_y = loaded[0].y
+    for part, unit in zip(parts[1:], loaded[1:]):
+        if unit.x.shape[0] != first_y.shape[0] or not np.array_equal(unit.y, first_y):
             raise OrchestratorError(
-                f"ensemble {backbone!r}: {part} holds {x.shape[0]} rows of {task}/{split} whose labels do not "
+                f"ensemble {backbone!r}: {part} holds {unit.x.shape[0]} rows of {task}/{split} whose labels do not "
                 f"match {parts[0]}'s {first_y.shape[0]}; re-extract both from the same data")
-    x = np.concatenate([_unit_normalised(x) for x, _, _ in loaded], axis=1).astype(np.float32)
-    return x, first_y, ",".join(key for _, _, key in loaded)
+    x = np.concatenate([_unit_normalised(unit.x) for unit in loaded], axis=1).astype(np.float32)
+    skipped = np.unique(np.concatenate([np.asarray(unit.skipped, dtype=np.int64) for unit in loaded]))
+    return LoadedSplit(x, first_y, ",".join(unit.key for unit in loaded), skipped)
 
 
-def _phase(task: str, phase: str, stored: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a protocol phase (fit / val / trainval / test) gathered from the stored splits."""
+def _phase(task: str, phase: str, stored: dict[str, LoadedSplit]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a protocol phase (fit / val / trainval / test) gathered from the stored splits, less the
+    rows whose image was unreadable at extraction."""
     from tasks import protocol_split
 
-    parts = protocol_split(task, phase, {s: y for s, (_, y) in stored.items()})
-    xs = [stored[split][0][idx] for split, idx in parts]
-    ys = [stored[split][1][idx] for split, idx in parts]
-    return np.concatenate(xs), np.concatenate(ys)
+    parts = protocol_split(task, phase, {s: unit.y for s, unit in stored.items()})
+    xs, ys = [], []
+    for split, idx in parts:
+        unit = stored[split]
+        if len(unit.skipped):
+            idx = idx[~np.isin(idx, unit.skipped)]
+        xs.append(unit.x[idx])
+        ys.append(unit.y[idx])
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if not len(y):
+        raise OrchestratorError(f"{task}: the {phase} rows are empty once unreadable images are left out; "
+                                "fix the images and re-extract")
+    return x, y
 
 
 def _settings(ctx: TrialContext, seed: int) -> Any:
@@ -126,23 +149,22 @@ def run_cell(cell: Cell, ctx: TrialContext, load: SplitLoader | None = None,
     load = load or store_loader(ctx.store)
     spec = get_task(cell.task)
     non_test = [s for s in spec.stored_splits if s != "test"]
-    loaded = {s: load_features(load, cell.backbone, cell.task, s) for s in non_test}
-    stored = {s: (x, y) for s, (x, y, _) in loaded.items()}
-    keys = {s: key for s, (_, _, key) in loaded.items()}
+    stored = {s: load_features(load, cell.backbone, cell.task, s) for s in non_test}
 
-    test_key: list[str] = []
+    test_unit: list[LoadedSplit] = []
 
     def test_loader() -> tuple[np.ndarray, np.ndarray]:
-        x, y, key = load_features(load, cell.backbone, cell.task, "test")
-        test_key.append(key)
-        return _phase(cell.task, "test", {"test": (x, y)})
+        test_unit.append(load_features(load, cell.backbone, cell.task, "test"))
+        return _phase(cell.task, "test", {"test": test_unit[0]})
 
     runner = _reference if ctx.mode == "reference" else _select
     params, metrics, curve, epochs = runner(cell, ctx, spec, stored, test_loader, on_epoch)
-    tags = {"feature_key": keys["train"], "test_feature_key": test_key[0] if test_key else "",
-            "primary_metric": spec.metric, "mode": ctx.mode}
-    if "val" in keys:
-        tags["val_feature_key"] = keys["val"]
+    used = [*stored.values(), *test_unit]
+    tags = {"feature_key": stored["train"].key, "test_feature_key": test_unit[0].key if test_unit else "",
+            "primary_metric": spec.metric, "mode": ctx.mode,
+            "skipped_images": str(sum(len(unit.skipped) for unit in used))}
+    if "val" in stored:
+        tags["val_feature_key"] = stored["val"].key
     return CellOutcome(cell.cell_id, params, metrics, tags, curve, epochs, time.perf_counter() - started)
 
 
@@ -209,7 +231,7 @@ def train_on_validation(cell: Cell, ctx: TrialContext, config: dict[str, Any], l
 
     load = load or store_loader(ctx.store)
     spec = get_task(cell.task)
-    stored = {s: load_features(load, cell.backbone, cell.task, s)[:2] for s in spec.stored_splits if s != "test"}
+    stored = {s: load_features(load, cell.backbone, cell.task, s) for s in spec.stored_splits if s != "test"}
     x_fit, y_fit = _phase(cell.task, "fit", stored)
     x_val, y_val = _phase(cell.task, "val", stored)
     result = train_heads(x_fit, y_fit, _head_configs(cell.method, [config]), _settings(ctx, cell.seed),

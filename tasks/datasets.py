@@ -186,6 +186,9 @@ def build_task(name: str, root: str | Path | None, split: str,
     where = task_root(spec, root)
     _check_present(spec, where, download)
     data = spec.loader(where, "train" if carved_val else split, download)
+    if len(data) == 0:
+        raise TaskError(f"task {spec.name}: its {'train' if carved_val else split} split at {where} holds no "
+                        "images; put the images there (see `seabench list tasks`) or drop the task")
     if carved_val:
         data = data.subset(validation_indices(data.targets, VAL_FRACTION, VAL_SEED)[1])
     return data.with_transform(transform)

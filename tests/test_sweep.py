@@ -75,10 +75,10 @@ def test_poisoned_test_split_cannot_change_the_selection(store: str, tmp_path: P
     rng = np.random.default_rng(0)
 
     def poisoned(backbone: str, task: str, split: str):
-        x, y, key = base(backbone, task, split)
+        unit = base(backbone, task, split)
         if split == "test":  # test labels shuffled and features replaced by noise
-            return rng.normal(size=x.shape).astype(np.float32), rng.permutation(y), key
-        return x, y, key
+            return unit._replace(x=rng.normal(size=unit.x.shape).astype(np.float32), y=rng.permutation(unit.y))
+        return unit
 
     cell = Cell("bb", "digits", method, 0)
     clean, dirty = run_cell(cell, ctx), run_cell(cell, ctx, load=poisoned)
@@ -108,8 +108,9 @@ def test_test_loader_failing_before_selection_is_never_reached(store: str, tmp_p
 
 def test_ensemble_concatenates_unit_normalised_parts(store: str) -> None:
     load = store_loader(store)
-    x, y, key = load_features(load, "ensemble:bb+cc", "digits", "train")
-    _, yb, kb = load("bb", "digits", "train")
+    x, y, key, skipped = load_features(load, "ensemble:bb+cc", "digits", "train")
+    _, yb, kb, _ = load("bb", "digits", "train")
+    assert len(skipped) == 0
     assert x.shape == (120, 16 + 8) and np.array_equal(y, yb) and key.split(",")[0] == kb
     np.testing.assert_allclose(np.linalg.norm(x[:, :16], axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(x[:, 16:], axis=1), 1.0, rtol=1e-5)

@@ -41,13 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers per actor (default: 0 on ≤2 cores, else a few)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out images that cannot be decoded instead of stopping (they are listed in the "
+                             "unit's _manifest.json, counted in the summary and in the report)")
     parser.add_argument("--download", action="store_true", help="download missing official datasets first")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = ActorSettings(num_gpus_per_actor=args.num_gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-                             num_actors=args.num_actors, num_workers=args.num_workers, batch_size=args.batch_size)
+                             num_actors=args.num_actors, num_workers=args.num_workers, batch_size=args.batch_size,
+                             skip_bad_images=args.skip_bad_images)
     summary = extract_features(
         args.backbone, args.task, splits=args.split, store=args.store, data_root=args.data_root,
         shard_size=args.shard_size, dtype=args.dtype, address=args.address, num_cpus=args.num_cpus,

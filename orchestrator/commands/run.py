@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from orchestrator.config import RunConfig, load_config
+from orchestrator.errors import OrchestratorError
 
 HELP = "Extract features, sweep every (backbone, task, method, seed) cell on Ray Tune, and write the report."
 
@@ -25,6 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: start a local cluster")
     parser.add_argument("--out", default=None, help="report folder (default reports/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_names(cfg: RunConfig, where: str) -> tuple[str, ...]:
+    """The config's stored backbones, once every backbone and task name is known to exist: a typo is an
+    error naming the config and the key before anything starts."""
+    from orchestrator.cells import backbone_parts, expand_backbones
+    from tasks import TaskError, get_backbone, get_task
+
+    backbones = expand_backbones(cfg.backbones)
+    checks = [("backbones", name, get_backbone) for b in backbones for name in backbone_parts(b)]
+    checks += [("tasks", name, get_task) for name in cfg.tasks]
+    for key, name, lookup in checks:
+        try:
+            lookup(name)
+        except TaskError as exc:
+            raise OrchestratorError(f"config {where}: {key}: {exc}") from exc
+    return backbones
 
 
 def available_tasks(cfg: RunConfig) -> list[str]:
@@ -55,21 +73,22 @@ def _extract(cfg: RunConfig, tasks: list[str], backbones: tuple[str, ...], progr
         stored, tasks, store=cfg.store, data_root=cfg.data_root, shard_size=ex.shard_size, dtype=ex.dtype,
         address=cfg.address, num_cpus=cfg.num_cpus, progress=progress,
         settings=ActorSettings(num_gpus_per_actor=ex.num_gpus_per_actor, num_actors=ex.num_actors,
-                               batch_size=ex.batch_size),
+                               batch_size=ex.batch_size, skip_bad_images=ex.skip_bad_images),
     )
+    skipped = summary.images_skipped + summary.images_skipped_before
     print(f"extract: {summary.units} units ({summary.units_skipped} cached), "
-          f"{summary.images} images in {summary.seconds:.1f} s")
+          f"{summary.images} images in {summary.seconds:.1f} s"
+          + (f"; {skipped} unreadable image(s) skipped (see the report)" if skipped else ""))
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.cells import expand_backbones
     from orchestrator.raycluster import init_ray
     from orchestrator.sweep import run_sweep
 
     cfg = load_config(args.config, args.overrides, store=args.store, tracking_uri=args.tracking_uri,
                       address=args.address, out=args.out)
     progress = not args.no_progress
-    backbones = expand_backbones(cfg.backbones)
+    backbones = check_names(cfg, args.config)
     tasks = available_tasks(cfg)
     if not tasks:
         print("run: no task has data present; nothing to do", file=sys.stderr)
