@@ -162,6 +162,15 @@ class FeatureStore:
         data = self._read_bytes(relative)
         return None if data is None else Manifest.from_json(data.decode(errors="replace"), self.path(relative))
 
+    def _usable_manifest(self, fkey: FeatureKey) -> Manifest | None:
+        """The unit's manifest for a writer; None when absent or damaged from outside (writes are atomic),
+        in which case its checksums are lost and every shard is extracted again."""
+        try:
+            return self.read_manifest(fkey)
+        except OrchestratorError as exc:
+            log.warning("%s; extracting the unit again", exc)
+            return None
+
     def shard_ok(self, fkey: FeatureKey, record: ShardRecord) -> bool:
         """The shard file exists with the recorded size and sha256."""
         data = self._read_bytes(f"{fkey.unit_path()}/{record.file}")
@@ -175,12 +184,7 @@ class FeatureStore:
         if shard_size < 1:
             raise OrchestratorError(f"shard size must be ≥ 1, got {shard_size}")
         self._remove_stale_temporaries(fkey)
-        try:
-            old = self.read_manifest(fkey)
-        except OrchestratorError as exc:
-            # damaged from outside (writes are atomic): its checksums are lost, so every shard is redone
-            log.warning("%s; extracting the unit again", exc)
-            old = None
+        old = self._usable_manifest(fkey)
         if old is None or old.key != fkey.key or (old.num_rows, old.dim) != (num_rows, dim):
             return Manifest(fkey.key, fkey.metadata(), num_rows, dim, fkey.dtype, shard_size), 0
         good = {i: r for i, r in old.shards.items() if self.shard_ok(fkey, r)}
@@ -242,7 +246,7 @@ class FeatureStore:
                              hashlib.sha256(data).hexdigest(), len(data), zlib.crc32(data), tuple(skipped))
         with self.lock(fkey):
             # Re-read under the lock: another process may have recorded shards of this unit meanwhile.
-            current = self.read_manifest(fkey)
+            current = self._usable_manifest(fkey)
             if current is not None and current.key == manifest.key and current.shard_size == manifest.shard_size:
                 manifest.shards.update(current.shards)
             if shard in manifest.shards:

@@ -1,0 +1,154 @@
+"""A damaged feature store is detected, never read as good, and repaired by rerunning the extraction.
+
+Bit flips and truncation (checksums), manifests that disagree with their files or their folder, shards
+of another key, and files a killed writer left behind. Every repair must give back the very bytes of
+the original extraction, which is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from faultkit import BACKBONE, extract, shard_digests, unit_folder
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.manifest import MANIFEST
+from orchestrator.store import FeatureStore
+
+
+@pytest.fixture(scope="module")
+def pristine(ray_cluster, tmp_path_factory):
+    """One extraction of a 3-class fake task (train: 4 shards of 4 rows, test: 2 shards), copied per test."""
+    from fakedata import make_fake_imagefolder
+
+    root = tmp_path_factory.mktemp("corruption")
+    make_fake_imagefolder(root / "task", classes=3, n_train=5, n_test=2, size=12)
+    task = f"imagefolder:{root / 'task'}"
+    extract(task, root / "store")
+    return task, root / "store"
+
+
+@pytest.fixture
+def damaged(pristine, tmp_path):
+    """A private copy of the pristine store: (task, store path, digests of the train unit)."""
+    task, source = pristine
+    store = tmp_path / "store"
+    shutil.copytree(source, store)
+    return task, store, shard_digests(store, task, "train")
+
+
+def _manifest(store: Path, task: str) -> Path:
+    return unit_folder(store, task, "train") / MANIFEST
+
+
+def test_a_bit_flip_is_refused_on_load_and_only_that_shard_is_extracted_again(damaged):
+    task, store, digests = damaged
+    victim = unit_folder(store, task, "train") / "shard-00002.parquet"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    victim.write_bytes(bytes(data))
+    with pytest.raises(OrchestratorError, match=rf"{victim}: checksum mismatch"):
+        FeatureStore(store).load(BACKBONE, task, "train")
+    summary = extract(task, store)
+    assert (summary.shards_repaired, summary.shards_extracted) == (1, 1)
+    assert shard_digests(store, task, "train") == digests
+    FeatureStore(store).load(BACKBONE, task, "train")
+
+
+def test_a_truncated_shard_is_refused_and_repaired(damaged):
+    task, store, digests = damaged
+    victim = unit_folder(store, task, "train") / "shard-00000.parquet"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    with pytest.raises(OrchestratorError, match=rf"{victim.name}: checksum mismatch"):
+        FeatureStore(store).load(BACKBONE, task, "train")
+    assert extract(task, store).shards_extracted == 1 and shard_digests(store, task, "train") == digests
+
+
+def test_an_unreadable_manifest_is_named_and_the_unit_is_extracted_again(damaged):
+    task, store, digests = damaged
+    manifest = _manifest(store, task)
+    manifest.write_text(manifest.read_text()[:200])
+    with pytest.raises(OrchestratorError, match=rf"{manifest} is not a valid feature manifest"):
+        FeatureStore(store).load(BACKBONE, task, "train")
+    summary = extract(task, store)
+    assert summary.shards_extracted == 4 and shard_digests(store, task, "train") == digests
+
+
+def test_a_manifest_that_disagrees_with_its_shard_plan_is_refused_and_redone(damaged):
+    task, store, digests = damaged
+    manifest = _manifest(store, task)
+    body = json.loads(manifest.read_text())
+    body["shards"][1]["start"] += 1
+    manifest.write_text(json.dumps(body))
+    with pytest.raises(OrchestratorError, match=r"shard 1 is recorded as rows \[5, 8\).*disagrees"):
+        FeatureStore(store).load(BACKBONE, task, "train")
+    extract(task, store)
+    assert shard_digests(store, task, "train") == digests
+
+
+def test_a_manifest_marked_complete_with_a_shard_missing_is_refused_and_completed(damaged):
+    task, store, digests = damaged
+    manifest = _manifest(store, task)
+    body = json.loads(manifest.read_text())
+    body["shards"] = [s for s in body["shards"] if s["shard"] != 3]
+    manifest.write_text(json.dumps(body))
+    assert body["complete"] is True
+    with pytest.raises(OrchestratorError, match=r"unit is incomplete \(shards \[3\] missing\)"):
+        FeatureStore(store).load(BACKBONE, task, "train")
+    summary = extract(task, store)
+    assert (summary.shards_skipped, summary.shards_extracted) == (4 + 2 - 1, 1)
+    assert shard_digests(store, task, "train") == digests
+
+
+def test_a_manifest_row_count_that_disagrees_with_the_file_is_refused(damaged):
+    task, store, _ = damaged
+    manifest = _manifest(store, task)
+    body = json.loads(manifest.read_text())
+    body["num_rows"], body["shards"] = 14, body["shards"][:3]   # a plan for 14 rows: shard 3 would hold 2
+    body["shards"].append({**json.loads(manifest.read_text())["shards"][3], "rows": 2, "stop": 14})
+    manifest.write_text(json.dumps(body))
+    with pytest.raises(OrchestratorError, match=r"shard-00003.parquet: 3 rows of dim 512, manifest says 2"):
+        FeatureStore(store).load(BACKBONE, task, "train")
+
+
+def test_a_unit_copied_under_another_key_is_refused(damaged):
+    task, store, _ = damaged
+    folder = unit_folder(store, task, "train")
+    other = folder.parent / ("0" * len(folder.name))
+    shutil.copytree(folder, other)
+    with pytest.raises(OrchestratorError, match=rf"manifest of feature key {folder.name}, not of the folder"):
+        FeatureStore(store).load_key(other.name)
+
+
+def test_a_shard_of_another_split_is_refused_even_when_the_manifest_matches_it(damaged):
+    task, store, _ = damaged
+    train, test = unit_folder(store, task, "train"), unit_folder(store, task, "test")
+    manifest = _manifest(store, task)
+    body = json.loads(manifest.read_text())
+    test_record = json.loads((test / MANIFEST).read_text())["shards"][0]
+    shutil.copy(test / test_record["file"], train / "shard-00000.parquet")
+    body["shards"][0].update({k: test_record[k] for k in ("sha256", "bytes", "crc32")})
+    manifest.write_text(json.dumps(body))
+    with pytest.raises(OrchestratorError, match=r"belongs to feature key .*shards of different keys never mix"):
+        FeatureStore(store).load(BACKBONE, task, "train")
+
+
+def test_leftovers_of_a_killed_writer_are_never_read_and_are_cleaned_up(damaged):
+    """A writer killed before its rename leaves a `.tmp-*` file; one killed between the rename and the
+    manifest leaves a shard the manifest does not list. Neither is read; a rerun removes the first."""
+    task, store, digests = damaged
+    folder = unit_folder(store, task, "train")
+    (folder / ".tmp-0123456789abcdef").write_bytes(b"PAR1 half a shard")
+    manifest = _manifest(store, task)
+    body = json.loads(manifest.read_text())
+    body["shards"], body["complete"] = [s for s in body["shards"] if s["shard"] != 1], False
+    manifest.write_text(json.dumps(body))
+    (folder / "shard-00001.parquet").write_bytes(b"PAR1 not a finished shard")   # unlisted, unreadable
+    with pytest.raises(OrchestratorError, match=r"incomplete \(shards \[1\] missing\)"):
+        FeatureStore(store).load(BACKBONE, task, "train")
+    assert extract(task, store).shards_extracted == 1
+    assert not list(folder.glob(".tmp-*")) and shard_digests(store, task, "train") == digests
+    FeatureStore(store).load(BACKBONE, task, "train")
