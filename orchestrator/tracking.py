@@ -78,8 +78,15 @@ def _retry(func: Callable[..., T]) -> Callable[..., T]:
             try:
                 return func(*args, **kwargs)
             except Exception as exc:  # MlflowException or sqlalchemy OperationalError, both carry the text
-                if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                if "database is locked" not in str(exc):
                     raise
+                if time.monotonic() > deadline:
+                    uri = getattr(args[0], "tracking_uri", "the MLflow store") if args else "the MLflow store"
+                    raise OrchestratorError(
+                        f"{uri} stayed locked for {RETRY_SECONDS:.0f} s ({func.__name__}): another process holds "
+                        "the SQLite file; stop it, or use an MLflow server (--tracking-uri http://…) for "
+                        "concurrent sweeps. Rerunning resumes where this stopped") from exc
+                logger.info("MLflow store locked during %s; retrying in %.1f s", func.__name__, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
