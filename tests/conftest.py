@@ -101,3 +101,17 @@ def make_fake_task(tmp_path: Path):
         return _fake_task(tmp_path / name, classes, n_train, n_test, size)
 
     return make
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true",
+                     help="also run the soak tests (10 random SIGKILLs of `seabench run`, a 200-cell sweep): minutes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="soak test (minutes): run with `pytest --soak -m soak`")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -199,23 +200,39 @@ def test_memory_store_round_trip_through_extract_with_loader_workers(ray_cluster
 @pytest.mark.real
 @pytest.mark.slow
 def test_real_demo_backbone_through_ray_matches_in_process_probe(ray_cluster, tmp_path, demo_cifar_features):
+    """The first 50 train and 10 test JPEGs of each class (600 real images) through the full Ray path give
+    the in-process features of the same files (the session fixture computed them) and the same probe."""
     import sea
 
-    task = demo_cifar_features.task
-    summary = extract_features("efficientnet-lite0", task, store=str(tmp_path), shard_size=512, progress=False,
-                               settings=ActorSettings(batch_size=50))
-    assert summary.images == 2500
-    store = FeatureStore(tmp_path)
-    probes = {"ray": {s: store.load("efficientnet-lite0", task, s) for s in ("train", "test")},
-              "in-process": demo_cifar_features.splits}
+    source = Path(demo_cifar_features.task.split(":", 1)[1])
+    per_split = {"train": 50, "test": 10}
+    for split, count in per_split.items():
+        for folder in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+            (tmp_path / "subset" / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:count]:
+                shutil.copy(image, tmp_path / "subset" / split / folder.name / image.name)
+    task = f"imagefolder:{tmp_path / 'subset'}"
+    summary = extract_features("efficientnet-lite0", task, store=str(tmp_path / "store"), shard_size=128,
+                               progress=False, settings=ActorSettings(batch_size=50))
+    assert summary.images == 600
+    store = FeatureStore(tmp_path / "store")
+    probes: dict[str, dict] = {"ray": {}, "in-process": {}}
+    for split in per_split:
+        full = tasks.build_task(demo_cifar_features.task, None, split)
+        row_of = {Path(full.source(i)).relative_to(source / split): i for i in range(len(full))}
+        subset = tasks.build_task(task, None, split)
+        rows = [row_of[Path(subset.source(i)).relative_to(tmp_path / "subset" / split)] for i in range(len(subset))]
+        x, y = demo_cifar_features.splits[split]
+        probes["in-process"][split] = (x[rows], y[rows])
+        probes["ray"][split] = store.load("efficientnet-lite0", task, split)
     top1 = {}
     for origin, arrays in probes.items():
         x, y = arrays["train"]
         fit, val = tasks.validation_indices(y)
         result = sea.fit_logreg(x[fit], y[fit], x[val], y[val], num_classes=10)
         top1[origin] = sea.top1_accuracy(result.predict(arrays["test"][0]), arrays["test"][1])
-    for split in ("train", "test"):
+    for split in per_split:
         np.testing.assert_array_equal(probes["ray"][split][1], probes["in-process"][split][1])
         np.testing.assert_allclose(probes["ray"][split][0], probes["in-process"][split][0], rtol=1e-3, atol=1e-4)
-    assert top1["ray"] > 60.0  # ImageNet features on CIFAR-10 thumbnails: far above chance
-    assert abs(top1["ray"] - top1["in-process"]) <= 0.5
+    assert top1["ray"] > 40.0  # ImageNet features of 500 CIFAR-10 thumbnails: far above chance (10 %)
+    assert abs(top1["ray"] - top1["in-process"]) <= 1.0
