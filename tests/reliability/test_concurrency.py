@@ -52,9 +52,11 @@ def test_two_extract_processes_on_one_store_finish_with_correct_uncorrupted_outp
         assert hashlib.sha256((shared / path).read_bytes()).hexdigest() == digest
 
 
-def _hold_exclusive_lock(db: Path, seconds: float, locked: threading.Event) -> None:
+def _hold_write_lock(db: Path, seconds: float, locked: threading.Event) -> None:
+    """Another writer: holds SQLite's RESERVED lock (BEGIN IMMEDIATE) for `seconds`, as a second sweep
+    logging to the same file would."""
     con = sqlite3.connect(db, timeout=30, isolation_level=None)
-    con.execute("BEGIN EXCLUSIVE")
+    con.execute("BEGIN IMMEDIATE")
     locked.set()
     time.sleep(seconds)
     con.execute("COMMIT")
@@ -71,21 +73,33 @@ def _tracker(tmp_path: Path) -> tuple[SweepTracker, Path]:
 OUTCOME = CellOutcome("bb|digits|linear|0", {"lr": 0.8}, {"test_top1": 90.0, "val_top1": 88.0})
 
 
-def test_logging_outlasts_a_sqlite_lock_longer_than_mlflows_own_busy_timeout(tmp_path):
-    """MLflow waits 20 s (PRAGMA busy_timeout) and then fails with "database is locked"; the tracker retries."""
+def _log_while_locked(tmp_path: Path, seconds: float, caplog: pytest.LogCaptureFixture) -> float:
     tracker, db = _tracker(tmp_path)
     locked = threading.Event()
-    holder = threading.Thread(target=_hold_exclusive_lock, args=(db, 22.0, locked))
+    holder = threading.Thread(target=_hold_write_lock, args=(db, seconds, locked))
     holder.start()
     locked.wait(10)
     started = time.monotonic()
-    run_id = tracker.log_cell(Cell("bb", "digits", "linear", 0), OUTCOME)
+    with caplog.at_level("INFO", logger="orchestrator.tracking"):
+        run_id = tracker.log_cell(Cell("bb", "digits", "linear", 0), OUTCOME)
     waited = time.monotonic() - started
     holder.join()
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["test_top1"] == 90.0
-    assert waited > 20.0, "MLflow's own wait was never exhausted: the retry was not exercised"
     assert tracker.completed() == {"bb|digits|linear|0"}
+    return waited
+
+
+def test_logging_waits_for_another_writer_of_the_sqlite_store(tmp_path, caplog):
+    waited = _log_while_locked(tmp_path, 4.0, caplog)
+    assert waited > 3.0, "the store was never contended: the test proves nothing"
+
+
+@pytest.mark.soak
+def test_logging_retries_when_another_writer_outlasts_mlflows_busy_timeout(tmp_path, caplog):
+    """MLflow waits 20 s (PRAGMA busy_timeout) and then raises "database is locked"; the tracker retries."""
+    waited = _log_while_locked(tmp_path, 24.0, caplog)
+    assert waited > 20.0 and any("MLflow store locked" in r.message for r in caplog.records)
 
 
 def test_a_store_locked_past_the_retry_deadline_is_a_clear_error(monkeypatch):
