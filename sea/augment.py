@@ -91,9 +91,17 @@ def _sea(ctx: StepContext, heads: slice) -> Augmented:
     p, ok = projection_weights(ctx.z[heads], ctx.weight[heads], ctx.onehot, ctx.alpha[heads],
                                ctx.lamda[heads], ctx.delta[heads])
     k = p.shape[0]
-    mixed = matmul_into(p.reshape(k * b, b), x, ctx.workspace.get("sea", (k * b, d), x)).view(k, b, d)
-    m_norm = torch.linalg.vector_norm(mixed, dim=-1)                                # ‖Σ_j P_ij x_j‖
-    x_dot_m = mixed.mul_(x).sum(-1)                                                  # x_i·Σ_j P_ij x_j
+    if gram_is_cheaper(k, b, d):
+        # only ‖Σ_j P_ij x_j‖ and x_i·Σ_j P_ij x_j are needed: from the batch's Gram matrix G = X Xᵀ, shared
+        # by all k heads, they cost k·B³ (‖P x‖² = pᵀ G p) instead of k·B²·d
+        gram = x @ x.T
+        pg = matmul_into(p.reshape(k * b, b), gram, ctx.workspace.get("sea", (k * b, b), x)).view(k, b, b)
+        m_norm = torch.linalg.vecdot(pg, p).clamp_min_(0).sqrt_()
+        x_dot_m = torch.linalg.vecdot(p, gram)
+    else:
+        mixed = matmul_into(p.reshape(k * b, b), x, ctx.workspace.get("sea", (k * b, d), x)).view(k, b, d)
+        m_norm = torch.linalg.vector_norm(mixed, dim=-1)                                # ‖Σ_j P_ij x_j‖
+        x_dot_m = mixed.mul_(x).sum(-1)                                                  # x_i·Σ_j P_ij x_j
     x_sq = torch.linalg.vector_norm(x, dim=-1).square()  # no B×d temporary (page faults cost more than math)
     # x̃ = (x + η d)/‖x + η d‖ with d = mixed/‖mixed‖, written as a re-weighting of the batch
     step = ctx.eta[heads].view(k, 1) * ok / m_norm.clamp_min(EPS)
@@ -101,6 +109,11 @@ def _sea(ctx: StepContext, heads: slice) -> Augmented:
     mix = (step * inv).unsqueeze(-1) * p
     mix.diagonal(dim1=1, dim2=2).add_(inv)
     return Augmented(mix=mix)
+
+
+def gram_is_cheaper(k: int, b: int, d: int) -> bool:
+    """k heads on a batch of b rows of dimension d: one Gram matrix (b²·d) plus k·b³, or k·b²·d?"""
+    return b * b * d + k * b ** 3 < k * b * b * d
 
 
 def _fgsm(ctx: StepContext, heads: slice) -> Augmented:
@@ -112,9 +125,13 @@ def _fgsm(ctx: StepContext, heads: slice) -> Augmented:
 
 def _noise(ctx: StepContext, heads: slice) -> Augmented:
     b, d = ctx.x.shape
-    n = torch.stack([torch.randn(b, d, generator=r.noise, device=ctx.x.device, dtype=ctx.x.dtype)
-                     for r in ctx.random[heads]])
-    return Augmented(features=normalise(ctx.x + ctx.eta[heads] * normalise(n)))
+    # drawn and transformed in one reused buffer: K×B×d fresh temporaries per step cost more than the math
+    n = ctx.workspace.get("noise", (heads.stop - heads.start, b, d), ctx.x)
+    for row, r in zip(n, ctx.random[heads]):
+        row.normal_(generator=r.noise)            # the numbers torch.randn(b, d, generator=r.noise) gives
+    n.div_(torch.linalg.vector_norm(n, dim=-1, keepdim=True).clamp_min_(EPS))
+    n.mul_(ctx.eta[heads]).add_(ctx.x)
+    return Augmented(features=n.div_(torch.linalg.vector_norm(n, dim=-1, keepdim=True).clamp_min_(EPS)))
 
 
 def _mixup(ctx: StepContext, heads: slice) -> Augmented:

@@ -74,7 +74,7 @@ def projection_weights(z: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     tiny = torch.finfo(sq.dtype).tiny
     ok = sq > tiny
     scale = torch.where(ok, sq.clamp_min(tiny).rsqrt(), 0.0) / alpha.view(k, 1)
-    scores = torch.bmm(residual, z.transpose(1, 2)) * scale.unsqueeze(-1)   # ĝ_i·x_j / α
+    scores = torch.bmm(residual.mul_(scale.unsqueeze(-1)), z.transpose(1, 2))   # ĝ_i·x_j / α
     scores.diagonal(dim1=1, dim2=2).fill_(-torch.inf)
     return torch.softmax(scores, dim=-1), ok
 

@@ -131,6 +131,33 @@ def test_k_heads_together_equal_the_same_heads_one_at_a_time(dtype, tolerance):
         assert _rel(together.weights[k], alone) < tolerance, config
 
 
+SEA_GRID = [HeadConfig(method="sea", lr=lr, eta=eta, alpha=alpha) for lr, eta, alpha in
+            ((0.8, 0.8, 0.05), (0.4, 0.2, 0.01), (1.6, 0.4, 0.1), (0.8, 0.8, 0.5))]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 1e-4)])
+def test_sea_heads_batched_through_the_shared_gram_equal_the_direct_single_head(dtype, tolerance):
+    """With d > B a K-batch of SeA heads takes ‖P x‖ from the batch Gram matrix (k·B³), a single head from
+    P x itself (B²·d): the two paths must agree."""
+    from sea.augment import gram_is_cheaper
+
+    x, y = _data(6, n=80, d=48)
+    settings = TrainSettings(epochs=3, batch_size=16, seed=2, dtype=dtype)
+    assert gram_is_cheaper(len(SEA_GRID), 16, 48) and not gram_is_cheaper(1, 16, 48)
+    together = train_heads(x.double(), y, SEA_GRID, settings)
+    for k, config in enumerate(SEA_GRID):
+        alone = train_heads(x.double(), y, [config], settings).weights[0]
+        assert _rel(together.weights[k], alone) < tolerance, config
+
+
+def test_sea_heads_batched_through_the_shared_gram_equal_the_float64_reference():
+    x, y = _data(6, n=80, d=48)
+    settings = TrainSettings(epochs=3, batch_size=16, seed=2)
+    together = train_heads(x, y, SEA_GRID, settings)
+    for k, config in enumerate(SEA_GRID):
+        assert _rel(together.weights[k], _reference(x, y, config, settings, C)) < 1e-5, config
+
+
 def test_sea_with_zero_step_is_exactly_the_linear_head():
     x, y = _data(2)
     out = train_heads(x, y, [HeadConfig(method="sea", eta=0.0), HeadConfig(method="linear")],
