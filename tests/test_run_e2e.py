@@ -1,5 +1,6 @@
-"""`seabench run` end to end on the session's Ray cluster: fake image tasks → random-init backbones →
-extraction → Tune sweep → MLflow → report; rerun does nothing; a SIGKILLed run resumes without duplicates."""
+"""`seabench run` end to end on the session's Ray cluster: fake image tasks (one with a corrupt JPEG, left
+out by extraction.skip_bad_images) → random-init backbones → extraction → Tune sweep → MLflow → report;
+rerun does nothing; a SIGKILLed run resumes without duplicates."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from fakedata import make_fake_imagefolder
+from fakedata import make_fake_imagefolder, write_corrupt_image
 
 from orchestrator.cli import main
 from orchestrator.tracking import SweepTracker
@@ -38,13 +39,14 @@ def e2e_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, classes in (("ta", 3), ("tb", 4)):
         make_fake_imagefolder(root / name, classes=classes, n_train=6, n_test=3, size=16)
         tasks.append(f"imagefolder:{root / name}")
+    write_corrupt_image(root / "ta" / "train" / "class1" / "0002.jpg")   # left out: extraction.skip_bad_images
     config = {
         "name": "e2e", "backbones": BACKBONES, "tasks": tasks, "methods": METHODS, "seeds": SEEDS,
         "store": str(root / "store"), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
         "trainer": {"epochs": 3, "batch_size": 16},
         "grid": {"lr": [0.8, 1.6], "weight_decay": [1e-6], "lamda": [0.1], "eta": [0.2], "alpha": [0.05],
                  "c": [0.1, 10.0]},
-        "extraction": {"shard_size": 16, "dtype": "float32", "batch_size": 16},
+        "extraction": {"shard_size": 16, "dtype": "float32", "batch_size": 16, "skip_bad_images": True},
         "resources": {"cpu": 1}, "max_failures": 1, "report": {"out": str(root / "report")},
     }
     path = root / "e2e.yaml"
@@ -75,6 +77,12 @@ def test_run_writes_one_run_per_cell_and_a_report_that_matches_mlflow(
     assert f"report: {report / 'leaderboard.html'}" in printed
     for name in ("results.csv", "leaderboard.md", "leaderboard.html"):
         assert (report / name).is_file()
+    # the corrupt image is left out of both backbones' cells of task ta, and said so
+    assert "2 unreadable image(s) skipped" in printed   # one per backbone
+    html = (report / "leaderboard.html").read_text()
+    assert "Skipped images" in html and "2 unreadable image(s) left out" in html
+    runs_ta = [v[0] for k, v in runs.items() if "|imagefolder:" in k and k.split("|")[1].endswith("/ta")]
+    assert runs_ta and all(r.data.tags["skipped_images"] == "1" for r in runs_ta)
     table = pd.read_csv(report / "results.csv")
     by_id = {v[0].info.run_id: v[0] for v in runs.values()}
     assert set(table["run_id"]) == set(by_id)

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from fakedata import make_fake_imagefolder, write_corrupt_image
 from faultkit import BACKBONE, SHARD, extract, shard_digests, unit_folder
 from fsspec.implementations.memory import MemoryFileSystem
@@ -71,31 +69,6 @@ def test_skip_bad_images_records_them_in_the_manifest_and_the_cli_summary(
     # a rerun reuses the shards and still reports what they left out
     assert main(argv) == 0
     assert "0 in this run, 2 in reused shards" in capsys.readouterr().out
-
-
-def test_skipped_images_are_left_out_of_training_and_counted_in_the_report(ray_cluster, tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    make_fake_imagefolder(tmp_path / "task", classes=3, n_train=6, n_test=3, size=16)
-    write_corrupt_image(tmp_path / "task" / "train" / "class0" / "0002.jpg")
-    write_corrupt_image(tmp_path / "task" / "test" / "class2" / "0001.jpg")
-    config = {"name": "skips", "backbones": [BACKBONE], "tasks": [f"imagefolder:{tmp_path / 'task'}"],
-              "methods": ["linear", "logreg"], "seeds": [0], "store": str(tmp_path / "store"),
-              "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "trainer": {"epochs": 2, "batch_size": 8},
-              "grid": {"lr": [0.8], "weight_decay": [1e-6], "lamda": [0.1], "c": [1.0]},
-              "extraction": {"shard_size": 8, "batch_size": 8, "dtype": "float32", "skip_bad_images": True},
-              "resources": {"cpu": 1}, "max_failures": 0, "report": {"out": str(tmp_path / "report")}}
-    path = tmp_path / "skips.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert main(["run", "--config", str(path), "--address", ray.get_runtime_context().gcs_address,
-                 "--no-progress"]) == 0
-    html = (tmp_path / "report" / "leaderboard.html").read_text()
-    assert "Skipped images" in html and "2 unreadable image(s) left out" in html
-    md = (tmp_path / "report" / "leaderboard.md").read_text()
-    assert "Skipped images" in md
-    results = pd.read_csv(tmp_path / "report" / "results.csv")
-    assert set(results["method"]) == {"linear", "logreg"}  # every cell finished despite the bad files
 
 
 # ---------------------------------------------------------------- stored features that are wrong

@@ -44,49 +44,40 @@ def _manifest(store: Path, task: str) -> Path:
     return unit_folder(store, task, "train") / MANIFEST
 
 
-def test_a_bit_flip_is_refused_on_load_and_only_that_shard_is_extracted_again(damaged):
+def test_bit_flips_and_truncations_are_refused_on_load_and_only_those_shards_are_extracted_again(damaged):
     task, store, digests = damaged
-    victim = unit_folder(store, task, "train") / "shard-00002.parquet"
-    data = bytearray(victim.read_bytes())
+    test_digests = shard_digests(store, task, "test")
+    flipped = unit_folder(store, task, "train") / "shard-00002.parquet"
+    data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0x04
-    victim.write_bytes(bytes(data))
-    with pytest.raises(OrchestratorError, match=rf"{victim}: checksum mismatch"):
-        FeatureStore(store).load(BACKBONE, task, "train")
+    flipped.write_bytes(bytes(data))
+    truncated = unit_folder(store, task, "test") / "shard-00000.parquet"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 3])
+    for split, victim in (("train", flipped), ("test", truncated)):
+        with pytest.raises(OrchestratorError, match=rf"{victim}: checksum mismatch"):
+            FeatureStore(store).load(BACKBONE, task, split)
     summary = extract(task, store)
-    assert (summary.shards_repaired, summary.shards_extracted) == (1, 1)
-    assert shard_digests(store, task, "train") == digests
+    assert (summary.shards_repaired, summary.shards_extracted) == (2, 2)
+    assert shard_digests(store, task, "train") == digests and shard_digests(store, task, "test") == test_digests
     FeatureStore(store).load(BACKBONE, task, "train")
 
 
-def test_a_truncated_shard_is_refused_and_repaired(damaged):
+def test_unreadable_or_off_plan_manifests_are_named_and_their_units_extracted_again(damaged):
     task, store, digests = damaged
-    victim = unit_folder(store, task, "train") / "shard-00000.parquet"
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
-    with pytest.raises(OrchestratorError, match=rf"{victim.name}: checksum mismatch"):
-        FeatureStore(store).load(BACKBONE, task, "train")
-    assert extract(task, store).shards_extracted == 1 and shard_digests(store, task, "train") == digests
-
-
-def test_an_unreadable_manifest_is_named_and_the_unit_is_extracted_again(damaged):
-    task, store, digests = damaged
-    manifest = _manifest(store, task)
-    manifest.write_text(manifest.read_text()[:200])
-    with pytest.raises(OrchestratorError, match=rf"{manifest} is not a valid feature manifest"):
-        FeatureStore(store).load(BACKBONE, task, "train")
-    summary = extract(task, store)
-    assert summary.shards_extracted == 4 and shard_digests(store, task, "train") == digests
-
-
-def test_a_manifest_that_disagrees_with_its_shard_plan_is_refused_and_redone(damaged):
-    task, store, digests = damaged
-    manifest = _manifest(store, task)
-    body = json.loads(manifest.read_text())
+    test_digests = shard_digests(store, task, "test")
+    unreadable = _manifest(store, task)
+    unreadable.write_text(unreadable.read_text()[:200])
+    off_plan = unit_folder(store, task, "test") / MANIFEST
+    body = json.loads(off_plan.read_text())
     body["shards"][1]["start"] += 1
-    manifest.write_text(json.dumps(body))
-    with pytest.raises(OrchestratorError, match=r"shard 1 is recorded as rows \[5, 8\).*disagrees"):
+    off_plan.write_text(json.dumps(body))
+    with pytest.raises(OrchestratorError, match=rf"{unreadable} is not a valid feature manifest"):
         FeatureStore(store).load(BACKBONE, task, "train")
-    extract(task, store)
-    assert shard_digests(store, task, "train") == digests
+    with pytest.raises(OrchestratorError, match=r"shard 1 is recorded as rows \[5, 6\).*disagrees with its plan"):
+        FeatureStore(store).load(BACKBONE, task, "test")
+    summary = extract(task, store)
+    assert summary.shards_extracted == 4 + 2
+    assert shard_digests(store, task, "train") == digests and shard_digests(store, task, "test") == test_digests
 
 
 def test_a_manifest_marked_complete_with_a_shard_missing_is_refused_and_completed(damaged):
