@@ -200,28 +200,32 @@ def test_memory_store_round_trip_through_extract_with_loader_workers(ray_cluster
 @pytest.mark.real
 @pytest.mark.slow
 def test_real_demo_backbone_through_ray_matches_in_process_probe(ray_cluster, tmp_path, demo_cifar_features):
-    """The first 50 train and 10 test JPEGs of each class (600 real images) through the full Ray path give
+    """The first 25 train and 10 test JPEGs of each class (350 real images) through the full Ray path give
     the in-process features of the same files (the session fixture computed them) and the same probe."""
     import sea
 
     source = Path(demo_cifar_features.task.split(":", 1)[1])
-    per_split = {"train": 50, "test": 10}
+    per_split = {"train": 25, "test": 10}
     for split, count in per_split.items():
         for folder in sorted(p for p in (source / split).iterdir() if p.is_dir()):
             (tmp_path / "subset" / split / folder.name).mkdir(parents=True)
             for image in sorted(folder.iterdir())[:count]:
                 shutil.copy(image, tmp_path / "subset" / split / folder.name / image.name)
+
+    def where(path: str) -> tuple[str, ...]:
+        return Path(path).parts[-2:]   # (class, file): the data folder may be reached through a symlink
+
     task = f"imagefolder:{tmp_path / 'subset'}"
     summary = extract_features("efficientnet-lite0", task, store=str(tmp_path / "store"), shard_size=128,
                                progress=False, settings=ActorSettings(batch_size=50))
-    assert summary.images == 600
+    assert summary.images == 350
     store = FeatureStore(tmp_path / "store")
     probes: dict[str, dict] = {"ray": {}, "in-process": {}}
     for split in per_split:
         full = tasks.build_task(demo_cifar_features.task, None, split)
-        row_of = {Path(full.source(i)).relative_to(source / split): i for i in range(len(full))}
+        row_of = {where(full.source(i)): i for i in range(len(full))}
         subset = tasks.build_task(task, None, split)
-        rows = [row_of[Path(subset.source(i)).relative_to(tmp_path / "subset" / split)] for i in range(len(subset))]
+        rows = [row_of[where(subset.source(i))] for i in range(len(subset))]
         x, y = demo_cifar_features.splits[split]
         probes["in-process"][split] = (x[rows], y[rows])
         probes["ray"][split] = store.load("efficientnet-lite0", task, split)
@@ -234,5 +238,5 @@ def test_real_demo_backbone_through_ray_matches_in_process_probe(ray_cluster, tm
     for split in per_split:
         np.testing.assert_array_equal(probes["ray"][split][1], probes["in-process"][split][1])
         np.testing.assert_allclose(probes["ray"][split][0], probes["in-process"][split][0], rtol=1e-3, atol=1e-4)
-    assert top1["ray"] > 40.0  # ImageNet features of 500 CIFAR-10 thumbnails: far above chance (10 %)
+    assert top1["ray"] > 40.0  # ImageNet features of 250 CIFAR-10 thumbnails: far above chance (10 %)
     assert abs(top1["ray"] - top1["in-process"]) <= 1.0

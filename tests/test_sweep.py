@@ -206,18 +206,42 @@ def test_interrupted_sweep_resumes_without_recomputing_or_duplicating(
     assert all(runs[k][0].info.run_id == v[0].info.run_id for k, v in first.items())
 
 
-def test_failing_cell_is_logged_failed_then_replaced_when_it_succeeds(
+def test_raising_cells_are_retried_reported_failed_and_replaced_once_they_succeed(
         ray_cluster: None, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`missing` has no features (fails every attempt); `flaky`'s first attempt meets a truncated shard that is
+    repaired before Tune retries it (max_failures=1)."""
+    from ray import tune
+
+    from orchestrator.report import build_report
+
     monkeypatch.chdir(tmp_path)  # and a relative store path must still reach the trials (Tune changes their cwd)
-    cfg = make_config(tmp_path, "store", backbones=["bb", "missing"], methods=["linear"], max_failures=1)
-    summary = run_sweep(cfg, cfg.all_tasks, progress=False)
-    assert summary.failed == ["missing|digits|linear|0"] and summary.completed == 1
-    (failed,) = runs_by_cell(cfg)["missing|digits|linear|0"]
+    write_task(store, "flaky", "digits", SIZES["digits"], 10, dim=4, seed=3)
+    shard = next((Path(store) / "flaky" / "digits" / "train").glob("*/shard-00000.parquet"))
+    good = shard.read_bytes()
+    shard.write_bytes(good[: len(good) // 2])
+
+    class RepairBeforeRetry(tune.Callback):
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            if trial.config["cell"]["backbone"] == "flaky":
+                shard.write_bytes(good)
+
+    cfg = make_config(tmp_path, "store", backbones=["bb", "missing", "flaky"], methods=["linear"], max_failures=1,
+                      search={"max_concurrent": 1})
+    summary = run_sweep(cfg, cfg.all_tasks, progress=False, extra_callbacks=[RepairBeforeRetry()])
+    assert summary.failed == ["missing|digits|linear|0"] and summary.completed == 2
+    runs = runs_by_cell(cfg)
+    (failed,), (flaky,), (plain,) = (runs[f"{b}|digits|linear|0"] for b in ("missing", "flaky", "bb"))
     assert failed.info.status == "FAILED" and failed.data.tags["status"] == "failed"
     assert "no features for backbone 'missing'" in failed.data.tags["error"]
+    assert (failed.data.tags["attempts"], flaky.data.tags["attempts"], plain.data.tags["attempts"]) == ("2", "2", "1")
+    assert flaky.info.status == "FINISHED" and flaky.data.tags["status"] == "ok"
+    report = build_report(cfg.name, tmp_path / "report", cfg.tracking_uri)
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert report.n_failed == 1 and "no features for backbone" in md[md.index("Failed cells"):]
+
     write_task(store, "missing", "digits", SIZES["digits"], 10, dim=4, seed=7)
     summary = run_sweep(cfg, cfg.all_tasks, progress=False)
-    assert (summary.skipped, summary.completed, summary.failed) == (1, 1, [])
+    assert (summary.skipped, summary.completed, summary.failed) == (2, 1, [])
     (fixed,) = runs_by_cell(cfg)["missing|digits|linear|0"]
     assert fixed.data.tags["status"] == "ok" and fixed.info.run_id != failed.info.run_id
 

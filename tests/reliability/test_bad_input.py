@@ -251,6 +251,7 @@ def test_a_read_only_store_is_an_error_naming_the_path(ray_cluster, tmp_path, fa
         store.chmod(0o755)
 
 
+@pytest.mark.soak
 def test_a_driver_that_may_not_grow_files_fails_cleanly_and_a_rerun_completes(ray_cluster, make_fake_task, tmp_path):
     """An injected write error on real local disk: the driver runs under RLIMIT_FSIZE, so writing a shard
     fails with EFBIG mid-file (as on a full disk); the shard's temporary is removed, nothing is complete."""

@@ -1,6 +1,7 @@
 """Concurrency: two extractions on one store (file locks), and an MLflow SQLite store that is busy.
 
-The 200-cell memory check is in test_soak.py (marked `soak`).
+The two-process extraction and the 24 s lock are `soak` tests (pytest --soak); so is the 200-cell memory
+check in test_soak.py. test_store.py also runs two writer processes on one unit in the default run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from orchestrator.store import FeatureStore
 from orchestrator.tracking import CellOutcome, SweepTracker
 
 
+@pytest.mark.soak
 def test_two_extract_processes_on_one_store_finish_with_correct_uncorrupted_output(
         ray_cluster, make_fake_task, tmp_path):
     import ray

@@ -1,6 +1,8 @@
-"""Faults cost time, never results: a killed actor, a SIGKILLed driver, a trial that raises.
+"""Faults cost time, never results: an extraction actor killed mid-shard, a SIGKILLed extraction.
 
-The strongest form — `seabench run` SIGKILLed at 10 random moments — is in test_soak.py (marked `soak`).
+Both are `soak` tests (real processes, ~20 s each), like the strongest form in test_soak.py: `seabench run`
+SIGKILLed at 10 random moments. In the default run: test_run_e2e.py SIGKILLs `seabench run` mid-sweep,
+test_extract.py kills an actor mid-job, test_sweep.py retries a raising trial.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 import pytest
 from fakedata import make_fake_imagefolder
 from faultkit import SHARD, extract, seabench_background, shard_digests, shard_files, store_digests
-from synthstore import write_task
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract import ActorSettings, extract_features
@@ -38,6 +39,7 @@ def _kill_first_extraction_actor_mid_shard(store: Path, killed: list[str]) -> No
     killed.append(name)
 
 
+@pytest.mark.soak
 def test_an_extraction_actor_killed_mid_shard_is_restarted_and_its_shard_redone_identically(
         ray_cluster, tmp_path):
     make_fake_imagefolder(tmp_path / "task", classes=2, n_train=12, n_test=2, size=16)
@@ -61,6 +63,7 @@ def test_an_extraction_actor_killed_mid_shard_is_restarted_and_its_shard_redone_
                                                                                      SLOW_BACKBONE)
 
 
+@pytest.mark.soak
 def test_a_sigkilled_extraction_leaves_nothing_readable_as_complete_and_a_rerun_finishes_it(
         ray_cluster, make_fake_task, tmp_path):
     import ray
@@ -92,57 +95,3 @@ def test_a_sigkilled_extraction_leaves_nothing_readable_as_complete_and_a_rerun_
     assert summary.shards_skipped == len(recorded) and summary.shards_extracted == len(store_digests(clean)) - len(recorded)
     for split in ("train", "test"):
         assert shard_digests(killed, task.name, split) == shard_digests(clean, task.name, split)
-
-
-# ---------------------------------------------------------------- a trial that raises
-
-
-def _corrupt(store: Path, backbone: str) -> tuple[Path, bytes]:
-    shard = next((store / backbone / "digits" / "train").glob("*/shard-00000.parquet"))
-    good = shard.read_bytes()
-    shard.write_bytes(good[: len(good) // 2])
-    return shard, good
-
-
-def test_a_raising_trial_is_retried_and_one_that_keeps_failing_is_reported_failed(ray_cluster, tmp_path):
-    from ray import tune
-
-    from orchestrator.config import load_config
-    from orchestrator.report import build_report
-    from orchestrator.sweep import run_sweep
-    from orchestrator.tracking import SweepTracker
-
-    store = tmp_path / "store"
-    for seed, backbone in enumerate(("flaky", "broken")):
-        write_task(store, backbone, "digits", {"train": 120, "test": 60}, 10, dim=8, seed=seed)
-    flaky_shard, flaky_bytes = _corrupt(store, "flaky")
-    broken_shard, _ = _corrupt(store, "broken")
-
-    class RepairAfterFirstFailure(tune.Callback):
-        """The flaky cell's first attempt fails; the fault is gone before Tune retries it."""
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            if trial.config["cell"]["backbone"] == "flaky":
-                flaky_shard.write_bytes(flaky_bytes)
-
-    cfg = load_config(data={
-        "name": "retry", "backbones": ["flaky", "broken"], "tasks": ["digits"], "methods": ["linear"], "seeds": [0],
-        "store": str(store), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "max_failures": 1,
-        "trainer": {"epochs": 2, "batch_size": 32}, "grid": {"lr": [0.8], "weight_decay": [1e-6], "lamda": [0.1]},
-        "resources": {"cpu": 1}, "search": {"max_concurrent": 1}, "tune_dir": str(tmp_path / "tune")})
-    summary = run_sweep(cfg, cfg.all_tasks, progress=False, extra_callbacks=[RepairAfterFirstFailure()])
-    assert summary.completed == 1 and summary.failed == ["broken|digits|linear|0"]
-
-    tracker = SweepTracker(cfg.tracking_uri, cfg.name)
-    tracker.start()
-    runs = {r.data.tags["cell_id"]: r for r in tracker.cell_runs()}
-    flaky, broken = runs["flaky|digits|linear|0"], runs["broken|digits|linear|0"]
-    assert flaky.info.status == "FINISHED" and flaky.data.tags["attempts"] == "2"
-    assert broken.info.status == "FAILED" and broken.data.tags["attempts"] == "2"
-    assert broken_shard.name in broken.data.tags["error"] and "checksum mismatch" in broken.data.tags["error"]
-
-    report = build_report(cfg.name, tmp_path / "report", cfg.tracking_uri)
-    assert report.n_failed == 1
-    md = (tmp_path / "report" / "leaderboard.md").read_text()
-    failed_section = md[md.index("Failed cells"):]
-    assert "broken" in failed_section and "checksum mismatch" in failed_section and "| 2 |" in failed_section
