@@ -235,8 +235,9 @@ def test_seabench_opens_no_server_and_ray_starts_no_dashboard_or_client_server(l
 
 
 @pytest.mark.xfail(strict=True, reason="Ray 2.60's GCS, raylet and core-worker gRPC servers bind all interfaces "
-                   "even for a local cluster, whatever ray.init is told (upstream work to bind the node IP: "
-                   "ray-project/ray#59852): firewall them on a shared host. When this passes, drop the caveat "
+                   "even for a local cluster, and ray.init replaces a loopback _node_ip_address with the machine's "
+                   "address (services.resolve_ip_for_localhost); upstream work to bind the node IP: "
+                   "ray-project/ray#59852. Firewall those ports on a shared host. When this passes, drop the caveat "
                    "from README.")
 def test_every_listening_socket_of_a_local_run_is_on_loopback(local_cluster_sockets):
     _, rows = local_cluster_sockets
