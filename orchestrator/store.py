@@ -73,8 +73,12 @@ class StoredUnit:
     features: np.ndarray        # n×d float32, row i = sample i of the stored split
     labels: np.ndarray          # n int64
     key: str
-    skipped_rows: np.ndarray    # sorted int64 row indices
     skipped: dict[int, str]     # row -> what failed
+
+    @property
+    def skipped_rows(self) -> np.ndarray:
+        """Sorted int64 indices of the skipped rows."""
+        return np.array(sorted(self.skipped), dtype=np.int64)
 
 
 class FeatureStore:
@@ -230,6 +234,10 @@ class FeatureStore:
                 f"shard {shard} of {fkey.unit_path()}: got {features.shape} rows for indices "
                 f"[{start}, {stop}) of dim {manifest.dim}; extraction returned the wrong rows"
             )
+        bad = [row for row, _ in skipped if not start <= row < stop]
+        if bad:
+            raise OrchestratorError(f"shard {shard} of {fkey.unit_path()}: skipped rows {bad[:5]} lie outside "
+                                    f"[{start}, {stop})")
         buffer = pa.BufferOutputStream()
         meta = {"key": fkey.key, **fkey.metadata()}
         table = shard_table(index, labels, features.astype(fkey.dtype, copy=False), meta)
@@ -238,10 +246,6 @@ class FeatureStore:
         pq.write_table(table, buffer, compression="zstd", use_dictionary=False,
                        use_byte_stream_split=[FEATURE_LEAF])
         data = buffer.getvalue().to_pybytes()
-        bad = [row for row, _ in skipped if not start <= row < stop]
-        if bad:
-            raise OrchestratorError(f"shard {shard} of {fkey.unit_path()}: skipped rows {bad[:5]} lie outside "
-                                    f"[{start}, {stop})")
         record = ShardRecord(f"shard-{shard:05d}.parquet", start, stop, stop - start,
                              hashlib.sha256(data).hexdigest(), len(data), zlib.crc32(data), tuple(skipped))
         with self.lock(fkey):
@@ -339,8 +343,7 @@ class FeatureStore:
         # Shards decode in parallel: pyarrow and hashlib release the GIL.
         with ThreadPoolExecutor(max(1, min(len(records), os.cpu_count() or 1))) as pool:
             list(pool.map(read, records))
-        skipped = manifest.skipped()
-        return StoredUnit(features, labels, manifest.key, np.array(sorted(skipped), dtype=np.int64), skipped)
+        return StoredUnit(features, labels, manifest.key, manifest.skipped())
 
     def _read_shard(
         self, unit_path: str, manifest: Manifest, record: ShardRecord, features: np.ndarray, labels: np.ndarray
