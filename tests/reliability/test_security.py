@@ -106,7 +106,8 @@ def test_every_string_from_mlflow_is_escaped_in_the_report(tmp_path):
             tracker.log_cell(Cell(hostile_backbone, hostile_task, method, seed), outcome)
     tracker.log_failed(Cell(hostile_backbone, hostile_task, "fgsm", 0), "ValueError: <svg onload=alert(3)> & co")
     tracker.finish()
-    build_report("hostile", tmp_path / "report", tracker.tracking_uri)
+    paths = build_report("hostile", tmp_path / "report", tracker.tracking_uri)
+    assert (paths.n_failed, paths.skipped_images) == (1, 3)
     html = (tmp_path / "report" / "leaderboard.html").read_text()
     md = (tmp_path / "report" / "leaderboard.md").read_text()
     for text in (html, md):
