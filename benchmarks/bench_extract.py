@@ -24,9 +24,7 @@ import ray
 import torch
 
 import tasks
-from orchestrator.extract import ActorSettings, extract_features
-from orchestrator.manifest import FeatureKey
-from orchestrator.store import FeatureStore
+from orchestrator.extract import ActorSettings, FeatureKey, FeatureStore, extract_features
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg-small"
 

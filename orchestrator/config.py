@@ -3,13 +3,12 @@
 Every error names the offending key and what it expects; unknown keys are rejected with the
 closest valid name. `--set a.b=value` overrides are applied to the raw mapping before validation
 (values are YAML-parsed, so `--set seeds=[0,1]` and `--set trainer.epochs=5` both work).
-Round trip: `RunConfig.from_dict(cfg.to_dict()) == cfg`.
+Round trip: `SweepConfig.from_dict(cfg.to_dict()) == cfg`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +16,16 @@ from typing import Any
 
 import yaml
 
-from orchestrator.cells import AXIS_DEFAULTS, METHOD_AXES
 from orchestrator.errors import OrchestratorError
+from orchestrator.extract import DTYPES
+from orchestrator.names import check_safe_name
+from orchestrator.runs import DEFAULT_TRACKING_URI
 from orchestrator.schema import CUSTOM_BUILDERS, build, check_meta, coerce, unknown_key, where_of
+from orchestrator.sweep import AXIS_DEFAULTS, METHOD_AXES
 
 MODES = ("select", "reference")
 ALGORITHMS = ("grid", "random", "optuna")
 SCHEDULES = ("constant", "cosine")
-DTYPES = ("float16", "float32")
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _choices(*values: str, help: str = "") -> dict:
@@ -79,7 +79,7 @@ Axes = tuple[tuple[str, tuple[float, ...]], ...]
 @dataclass(frozen=True)
 class GridConfig:
     """Overrides of the protocol grid: `common` axes apply to every method searching that axis,
-    `per_method` axes to one method only. Unset axes keep the protocol defaults (orchestrator.cells)."""
+    `per_method` axes to one method only. Unset axes keep the protocol defaults (orchestrator.sweep.cells)."""
 
     common: Axes = ()
     per_method: tuple[tuple[str, Axes], ...] = ()
@@ -94,7 +94,7 @@ class GridConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class SweepConfig:
     name: str
     backbones: tuple[str, ...]
     tasks: tuple[str, ...] = ()
@@ -103,7 +103,7 @@ class RunConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     data_root: str = "data"
     store: str = "features"
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = DEFAULT_TRACKING_URI
     address: str | None = None             # None: start a local Ray cluster
     num_cpus: int | None = field(default=None, metadata={"min": 1})   # local cluster size
     mode: str = field(default="select", metadata=_choices(*MODES))
@@ -128,7 +128,7 @@ class RunConfig:
         return _to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> SweepConfig:
         cfg = build(cls, data, "")
         _check_cross_fields(cfg)
         return cfg
@@ -166,11 +166,9 @@ def _build_grid(data: object, path: str) -> GridConfig:
 CUSTOM_BUILDERS[GridConfig] = _build_grid
 
 
-def _check_cross_fields(cfg: RunConfig) -> None:
-    if not SAFE_NAME.fullmatch(cfg.name) or ".." in cfg.name:
-        # the name is the MLflow experiment and the default report folder reports/<name>
-        raise OrchestratorError(f"config: 'name' {cfg.name!r} must be letters, digits, '.', '_' or '-' "
-                                "(it names the report folder: no '/', '..' or spaces)")
+def _check_cross_fields(cfg: SweepConfig) -> None:
+    # the name is the MLflow experiment and the default report folder reports/<name>
+    check_safe_name(cfg.name, "config: 'name'", "it names the report folder")
     if not cfg.backbones:
         raise OrchestratorError("config: 'backbones' needs at least one backbone")
     if not cfg.all_tasks:
@@ -250,7 +248,7 @@ def load_config(
     tracking_uri: str | None = None,
     address: str | None = None,
     out: str | None = None,
-) -> RunConfig:
+) -> SweepConfig:
     """Read `path` (or take `data`), apply `--set` overrides then the common flags, and validate."""
     raw = read_yaml(path) if path is not None else dict(data or {})
     for assignment in overrides:
@@ -260,7 +258,7 @@ def load_config(
         if value is not None:
             set_path(raw, key, value)
     try:
-        return RunConfig.from_dict(raw)
+        return SweepConfig.from_dict(raw)
     except OrchestratorError as exc:
         where = f"{path}: " if path is not None else ""
         raise OrchestratorError(f"{where}{exc}") from exc

@@ -46,9 +46,6 @@ class ExtractSummary:
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
-    def key(self, backbone: str, task: str, split: str) -> str:
-        return self.keys[f"{backbone}|{task}|{split}"]
-
     def table(self) -> str:
         lines = [f"{'backbone':<28} {'images':>9} {'seconds':>9} {'start-up':>9} {'images/s':>9}"]
         for name, s in self.per_backbone.items():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.manifest import FeatureKey
-from orchestrator.store import FeatureStore
+from orchestrator.extract.manifest import FeatureKey
+from orchestrator.extract.store import FeatureStore
 
 
 def write_arrays(store: FeatureStore, backbone: str, task: str, split: str, x: np.ndarray, y: np.ndarray,

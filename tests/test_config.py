@@ -1,4 +1,4 @@
-"""orchestrator.config: YAML → frozen, validated RunConfig; overrides; round trip; presets."""
+"""orchestrator.config: YAML → frozen, validated SweepConfig; overrides; round trip; presets."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cells import AXIS_DEFAULTS, METHOD_AXES, axis_values, candidate_configs
-from orchestrator.config import RunConfig, apply_override, load_config
+from orchestrator.config import SweepConfig, apply_override, load_config
 from orchestrator.errors import OrchestratorError
+from orchestrator.sweep.cells import AXIS_DEFAULTS, METHOD_AXES, axis_values, candidate_configs
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {"name": "t", "backbones": ["random:resnet10t@32"], "tasks": ["digits"]}
@@ -33,7 +33,7 @@ def test_config_is_frozen_and_hashable() -> None:
 @pytest.mark.parametrize("preset", ["paper.yaml", "demo.yaml"])
 def test_presets_load_and_round_trip(preset: str) -> None:
     cfg = load_config(REPO / "configs" / preset)
-    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_round_trip_with_every_section_set() -> None:
@@ -44,7 +44,7 @@ def test_round_trip_with_every_section_set() -> None:
             "trainer": {"epochs": 3, "schedule": "cosine"}, "extraction": {"dtype": "float32"},
             "resources": {"cpu": 0.5, "gpu": 0.25}, "report": {"out": "r", "reference_csv": "ref.csv"}}
     cfg = load_config(data=data)
-    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.to_dict()["grid"] == {"lr": [0.8], "mixup": {"eta": [1.0]}, "sea": {"eta": [0.2, 0.4]}}
 
 

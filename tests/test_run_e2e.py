@@ -17,7 +17,7 @@ import yaml
 from fakedata import make_fake_imagefolder, write_corrupt_image
 
 from orchestrator.cli import main
-from orchestrator.tracking import SweepTracker
+from orchestrator.sweep.tracking import SweepTracker
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = ["random:resnet10t@32", "random:resnet10t@16"]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.extract import DEFAULT_DATA_ROOT, DEFAULT_STORE, ActorSettings, extract_features
-from orchestrator.manifest import DTYPES
+from orchestrator.extract import DEFAULT_DATA_ROOT, DEFAULT_STORE, DTYPES, ActorSettings, extract_features
 
 HELP = "extract backbone features of tasks' stored splits into the Parquet feature store (Ray, resumable)"
 

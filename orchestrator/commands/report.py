@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from orchestrator.report_data import DEFAULT_TRACKING_URI
+from orchestrator.runs import DEFAULT_TRACKING_URI
 
 HELP = "Write the leaderboard of a sweep (results.csv, leaderboard.md/.html, plots) from MLflow."
 

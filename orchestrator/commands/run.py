@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.config import RunConfig, load_config
+from orchestrator.config import SweepConfig, load_config
 from orchestrator.errors import OrchestratorError
 
 HELP = "Extract features, sweep every (backbone, task, method, seed) cell on Ray Tune, and write the report."
@@ -28,10 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def check_names(cfg: RunConfig, where: str) -> tuple[str, ...]:
+def check_names(cfg: SweepConfig, where: str) -> tuple[str, ...]:
     """The config's stored backbones, once every backbone and task name is known to exist: a typo is an
     error naming the config and the key before anything starts."""
-    from orchestrator.cells import backbone_parts, expand_backbones
+    from orchestrator.extract import backbone_parts
+    from orchestrator.sweep import expand_backbones
     from tasks import TaskError, get_backbone, get_task
 
     backbones = expand_backbones(cfg.backbones)
@@ -45,7 +46,7 @@ def check_names(cfg: RunConfig, where: str) -> tuple[str, ...]:
     return backbones
 
 
-def available_tasks(cfg: RunConfig) -> list[str]:
+def available_tasks(cfg: SweepConfig) -> list[str]:
     """The required tasks, plus each optional task whose data is present (else a printed note)."""
     from tasks import TaskError, build_task, get_task
 
@@ -63,9 +64,8 @@ def available_tasks(cfg: RunConfig) -> list[str]:
     return present
 
 
-def _extract(cfg: RunConfig, tasks: list[str], backbones: tuple[str, ...], progress: bool) -> None:
-    from orchestrator.cells import backbone_parts
-    from orchestrator.extract import ActorSettings, extract_features
+def _extract(cfg: SweepConfig, tasks: list[str], backbones: tuple[str, ...], progress: bool) -> None:
+    from orchestrator.extract import ActorSettings, backbone_parts, extract_features
 
     stored = list(dict.fromkeys(p for b in backbones for p in backbone_parts(b)))
     ex = cfg.extraction

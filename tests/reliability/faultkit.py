@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.extract import ActorSettings, extract_features
+from orchestrator.extract.extraction import ActorSettings, extract_features
+from orchestrator.extract.store import FeatureStore
 from orchestrator.progress import ExtractSummary
-from orchestrator.store import FeatureStore
 
 BACKBONE = "random:resnet10t@32"
 SHARD = 4

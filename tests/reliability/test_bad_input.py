@@ -25,8 +25,9 @@ from synthstore import write_arrays
 
 from orchestrator.cli import main
 from orchestrator.errors import OrchestratorError
-from orchestrator.manifest import MANIFEST
-from orchestrator.store import FeatureStore, shard_table
+from orchestrator.extract.manifest import MANIFEST
+from orchestrator.extract.shards import shard_table
+from orchestrator.extract.store import FeatureStore
 from sea.errors import SeaError
 
 # ---------------------------------------------------------------- corrupt images
@@ -120,10 +121,10 @@ def test_non_finite_stored_features_are_refused_naming_file_and_rows(tmp_path):
 
 
 def test_stored_labels_out_of_the_tasks_range_stop_the_cell_naming_the_row(tmp_path):
-    from orchestrator.cells import Cell
     from orchestrator.config import load_config
-    from orchestrator.sweep import trial_context
-    from orchestrator.trial import run_cell
+    from orchestrator.sweep.cells import Cell
+    from orchestrator.sweep.driver import trial_context
+    from orchestrator.sweep.trial import run_cell
 
     store = FeatureStore(tmp_path / "store")
     rng = np.random.default_rng(0)

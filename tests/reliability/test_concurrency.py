@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 from faultkit import BACKBONE, SHARD, extract, seabench_background, shard_digests, store_digests, unit_folder
 
-from orchestrator import tracking
-from orchestrator.cells import Cell
 from orchestrator.errors import OrchestratorError
-from orchestrator.store import FeatureStore
-from orchestrator.tracking import CellOutcome, SweepTracker
+from orchestrator.extract.store import FeatureStore
+from orchestrator.sweep import tracking
+from orchestrator.sweep.cells import Cell
+from orchestrator.sweep.tracking import SweepTracker
+from orchestrator.sweep.trial import CellOutcome
 
 
 @pytest.mark.soak
@@ -82,7 +83,7 @@ def _log_while_locked(tmp_path: Path, seconds: float, caplog: pytest.LogCaptureF
     holder.start()
     locked.wait(10)
     started = time.monotonic()
-    with caplog.at_level("INFO", logger="orchestrator.tracking"):
+    with caplog.at_level("INFO", logger="orchestrator.sweep.tracking"):
         run_id = tracker.log_cell(Cell("bb", "digits", "linear", 0), OUTCOME)
     waited = time.monotonic() - started
     holder.join()

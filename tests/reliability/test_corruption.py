@@ -15,8 +15,8 @@ import pytest
 from faultkit import BACKBONE, extract, shard_digests, unit_folder
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.manifest import MANIFEST
-from orchestrator.store import FeatureStore
+from orchestrator.extract.manifest import MANIFEST
+from orchestrator.extract.store import FeatureStore
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from fakedata import make_fake_imagefolder
 from faultkit import SHARD, extract, seabench_background, shard_digests, shard_files, store_digests
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.extract import ActorSettings, extract_features
-from orchestrator.store import FeatureStore
+from orchestrator.extract.extraction import ActorSettings, extract_features
+from orchestrator.extract.store import FeatureStore
 
 SLOW_BACKBONE = "random:resnet50@64"   # ≈ 0.3 s per shard of 8 on one core: long enough to die inside one
 

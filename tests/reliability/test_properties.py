@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.config import RunConfig
+from orchestrator.config import SweepConfig
 from sea import HeadConfig, SeaError, TrainSettings, semantic_direction, train_heads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -85,6 +85,6 @@ def test_config_round_trips_through_a_plain_dict(epochs, batch, seeds, mode, lr)
     data = {"name": "prop", "backbones": ["random:resnet10t@32"], "tasks": ["digits"],
             "methods": ["linear", "sea"], "seeds": seeds, "mode": mode,
             "trainer": {"epochs": epochs, "batch_size": batch}, "grid": {"lr": lr}}
-    cfg = RunConfig.from_dict(data)
-    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = SweepConfig.from_dict(data)
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.trainer.epochs == epochs and list(cfg.seeds) == seeds

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.cells import Cell
 from orchestrator.cli import main
 from orchestrator.errors import OrchestratorError
-from orchestrator.manifest import FeatureKey
-from orchestrator.report import build_report
-from orchestrator.store import FeatureStore
-from orchestrator.tracking import CellOutcome, SweepTracker
+from orchestrator.extract.manifest import FeatureKey
+from orchestrator.extract.store import FeatureStore
+from orchestrator.report.build import build_report
+from orchestrator.sweep.cells import Cell
+from orchestrator.sweep.tracking import SweepTracker
+from orchestrator.sweep.trial import CellOutcome
 from tasks import BackboneSpec, TaskError, build_backbone
 
 

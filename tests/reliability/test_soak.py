@@ -20,7 +20,7 @@ from fakedata import make_fake_imagefolder
 from faultkit import REPO, finished_cells, seabench, shard_files, store_digests
 from synthstore import write_task
 
-from orchestrator.tracking import SweepTracker
+from orchestrator.sweep.tracking import SweepTracker
 
 pytestmark = pytest.mark.soak
 BACKBONE = "random:resnet10t@32"
@@ -148,7 +148,7 @@ from pathlib import Path
 from ray import tune
 from orchestrator.config import load_config
 from orchestrator.raycluster import init_ray
-from orchestrator.sweep import run_sweep
+from orchestrator.sweep.driver import run_sweep
 
 root, address = Path(sys.argv[1]), sys.argv[2]
 

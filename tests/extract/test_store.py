@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.manifest import MANIFEST, METADATA_KEY, FeatureKey, safe_name
-from orchestrator.store import FeatureStore
+from orchestrator.extract.manifest import MANIFEST, METADATA_KEY, FeatureKey
+from orchestrator.extract.store import FeatureStore
+from orchestrator.names import path_component
 
 BACKBONE, TASK, SPLIT = "random:resnet10t@32", "imagefolder:/data/my folder", "train"
 
@@ -176,13 +177,13 @@ def test_key_changes_with_every_input_and_not_with_dict_order():
 
 
 def test_safe_names_refuse_paths_and_slug_scheme_names():
-    assert safe_name("efficientnet-lite0") == "efficientnet-lite0"
-    slug = safe_name("imagefolder:/data/../x y")
+    assert path_component("efficientnet-lite0") == "efficientnet-lite0"
+    slug = path_component("imagefolder:/data/../x y")
     assert "/" not in slug and ".." not in slug and slug.startswith("imagefolder_data_x_y-")
-    assert safe_name("imagefolder:/a") != safe_name("imagefolder:/a/")  # the hash keeps distinct names apart
+    assert path_component("imagefolder:/a") != path_component("imagefolder:/a/")  # the hash keeps distinct names apart
     for bad in ("../x", "/abs", "a/b", "", "..", "a\\b"):
         with pytest.raises(OrchestratorError, match="cannot name a store folder"):
-            safe_name(bad)
+            path_component(bad)
 
 
 def test_bad_store_paths_are_refused(tmp_path):

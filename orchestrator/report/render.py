@@ -10,9 +10,9 @@ import base64
 import html
 from collections.abc import Sequence
 
-from orchestrator.report_plots import Plot
-from orchestrator.report_sections import Cell, Document, Figure, Heading, Para, Table, document
-from orchestrator.report_stats import Leaderboard
+from orchestrator.report.plots import Plot
+from orchestrator.report.sections import Document, Figure, Heading, Para, Table, TableCell, document
+from orchestrator.report.stats import Leaderboard
 
 
 def _md(text: str) -> str:
@@ -23,7 +23,7 @@ def _md(text: str) -> str:
     return escaped
 
 
-def _md_cell(cell: Cell) -> str:
+def _md_cell(cell: TableCell) -> str:
     return f"**{_md(cell.text)}**" if cell.best and cell.text else _md(cell.text)
 
 
@@ -54,7 +54,7 @@ def _html(text: str) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _html_cell(cell: Cell) -> str:
+def _html_cell(cell: TableCell) -> str:
     return f'<td class="best">{_html(cell.text)}</td>' if cell.best else f"<td>{_html(cell.text)}</td>"
 
 

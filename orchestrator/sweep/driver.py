@@ -2,7 +2,7 @@
 
 Grid mode (default) and reference mode: one Tuner over all pending cells, one trial per cell; the
 trial trains the cell's whole grid in one batched pass, selects on validation, refits on
-train+validation and tests once (orchestrator.trial.run_cell). Search mode (random / Optuna, optional
+train+validation and tests once (orchestrator.sweep.trial.run_cell). Search mode (random / Optuna, optional
 ASHA): one Tuner per cell whose trials each train one sampled configuration and report validation
 every epoch; the best trial's configuration is then refit and tested once in a Ray task. logreg
 always runs its C path as a grid (its warm-started sweep is already one cheap trial).
@@ -30,12 +30,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cells import Cell, candidate_configs, plan_cells
-from orchestrator.config import RunConfig
+from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.search import search_cell
-from orchestrator.tracking import CellOutcome, SweepTracker
-from orchestrator.trial import TrialContext, prepare_worker, run_cell
+from orchestrator.sweep.cells import Cell, candidate_configs, plan_cells
+from orchestrator.sweep.search import search_cell
+from orchestrator.sweep.tracking import SweepTracker
+from orchestrator.sweep.trial import CellOutcome, TrialContext, prepare_worker, run_cell
 
 
 @dataclass
@@ -49,7 +49,7 @@ class SweepSummary:
     not_run: int = 0                # pending cells neither finished nor failed (the sweep was stopped)
 
 
-def trial_context(cfg: RunConfig) -> TrialContext:
+def trial_context(cfg: SweepConfig) -> TrialContext:
     trainer = {k: v for k, v in cfg.trainer.__dict__.items()}
     # Tune runs each trial in its own working directory: a relative local store path must be made absolute
     store = cfg.store if "://" in cfg.store else str(Path(cfg.store).expanduser().resolve())
@@ -132,7 +132,7 @@ def _as_tune_callback(logger: CellLogger) -> Any:
 
 
 @contextlib.contextmanager
-def _tune_storage(cfg: RunConfig) -> Iterator[str]:
+def _tune_storage(cfg: SweepConfig) -> Iterator[str]:
     """Tune's own trial folders: cfg.tune_dir, or a temporary folder removed afterwards (MLflow is the record)."""
     if cfg.tune_dir:
         yield cfg.tune_dir
@@ -144,21 +144,19 @@ def _tune_storage(cfg: RunConfig) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run_config(cfg: RunConfig, storage: str, label: str, callbacks: Sequence[Any]) -> Any:
-    from ray.tune import CheckpointConfig, FailureConfig
-    from ray.tune import RunConfig as TuneRunConfig
+def _run_config(cfg: SweepConfig, storage: str, label: str, callbacks: Sequence[Any]) -> Any:
+    from ray.tune import FailureConfig, RunConfig
 
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return TuneRunConfig(name=name, storage_path=storage, verbose=0, callbacks=list(callbacks),
-                         failure_config=FailureConfig(max_failures=cfg.max_failures),
-                         checkpoint_config=CheckpointConfig(num_to_keep=1))
+    return RunConfig(name=name, storage_path=storage, verbose=0, callbacks=list(callbacks),
+                     failure_config=FailureConfig(max_failures=cfg.max_failures))
 
 
-def _resources(cfg: RunConfig) -> dict[str, float]:
+def _resources(cfg: SweepConfig) -> dict[str, float]:
     return {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
 
 
-def _run_grid(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: CellLogger, storage: str,
+def _run_grid(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: CellLogger, storage: str,
               extra_callbacks: Sequence[Any]) -> None:
     from ray import tune
 
@@ -173,7 +171,7 @@ def _run_grid(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: Cell
     tuner.fit()
 
 
-def _run_search(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: CellLogger, storage: str,
+def _run_search(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: CellLogger, storage: str,
                 extra_callbacks: Sequence[Any]) -> None:
     grid_cells = [c for c in cells if c.method == "logreg"]
     if grid_cells:
@@ -187,14 +185,14 @@ def _run_search(cfg: RunConfig, cells: list[Cell], ctx: TrialContext, logger: Ce
         logger.log_outcome(cell, outcome)
 
 
-def run_sweep(cfg: RunConfig, tasks: Sequence[str], tracker: SweepTracker | None = None, *,
+def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | None = None, *,
               progress: bool = True, extra_callbacks: Sequence[Any] = ()) -> SweepSummary:
     """Run every cell of `cfg` over `tasks` not yet complete in MLflow; returns what happened.
 
     `extra_callbacks` are further Tune callbacks on the driver (called after the MLflow logger).
     """
-    from orchestrator.cells import expand_backbones
     from orchestrator.raycluster import init_ray
+    from orchestrator.sweep.cells import expand_backbones
 
     cfg = replace(cfg, backbones=expand_backbones(cfg.backbones))
     tracker = tracker or SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
@@ -231,7 +229,7 @@ def run_sweep(cfg: RunConfig, tasks: Sequence[str], tracker: SweepTracker | None
     return summary
 
 
-def _check_resources(cfg: RunConfig) -> None:
+def _check_resources(cfg: SweepConfig) -> None:
     """Fail fast where Tune would wait forever for resources the cluster does not have."""
     from orchestrator.raycluster import cluster_gpus
 

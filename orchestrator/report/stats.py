@@ -1,6 +1,6 @@
 """Statistics of a leaderboard: mean ± std over seeds, paired SeA − linear differences with t-intervals.
 
-All functions are pure: they take the long-format results table of `orchestrator.report_data`
+All functions are pure: they take the long-format results table of `orchestrator.report.data`
 (columns backbone, task, method, seed, metric, split, value, primary) and return DataFrames.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from orchestrator.report_reference import FinetuneComparison
+from orchestrator.report.reference import FinetuneComparison
 
 CONFIDENCE = 0.95
 PAPER_GAIN = 2.0  # points; the paper's mean SeA − linear over all (backbone, task) cells

@@ -1,4 +1,4 @@
-"""What the leaderboard says, as a list of format-neutral blocks (rendered by `orchestrator.report_html`)."""
+"""What the leaderboard says, as a list of format-neutral blocks (rendered by `orchestrator.report.render`)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from orchestrator.report_plots import Plot
-from orchestrator.report_stats import CONFIDENCE, Leaderboard, ordered_methods
+from orchestrator.report.plots import Plot
+from orchestrator.report.stats import CONFIDENCE, Leaderboard, ordered_methods
 
 NA = "n/a"
 MAX_ERROR_CHARS = 300
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
     text: str
     best: bool = False  # highlighted: bold in Markdown, class "best" in HTML
 
@@ -36,7 +36,7 @@ class Para:
 @dataclass(frozen=True)
 class Table:
     header: tuple[str, ...]
-    rows: tuple[tuple[Cell, ...], ...]
+    rows: tuple[tuple[TableCell, ...], ...]
     caption: str = ""
     css: str = "board"
 
@@ -71,12 +71,12 @@ def _task_label(board: Leaderboard, task: str) -> str:
 
 
 def _grid(board: Leaderboard, frame: pd.DataFrame, cell) -> Table:
-    """A task × backbone table; `cell(row_or_None)` turns one frame row into a Cell."""
+    """A task × backbone table; `cell(row_or_None)` turns one frame row into a TableCell."""
     tasks = sorted(board.summary["task"].unique())
     backbones = sorted(board.summary["backbone"].unique())
     index = {(r.task, r.backbone): r for r in frame.itertuples(index=False)}
     rows = tuple(
-        (Cell(_task_label(board, t)), *(cell(index.get((t, b))) for b in backbones)) for t in tasks
+        (TableCell(_task_label(board, t)), *(cell(index.get((t, b))) for b in backbones)) for t in tasks
     )
     return Table(("task (metric)", *backbones), rows)
 
@@ -87,9 +87,9 @@ def _method_tables(board: Leaderboard) -> list:
         "method for that task and backbone (ties all highlighted).")]
     for method in ordered_methods(board.summary["method"].unique()):
         rows = board.summary[board.summary["method"] == method]
-        table = _grid(board, rows, lambda r: Cell("–") if r is None else Cell(_mean_std(r.mean, r.std), bool(r.best)))
+        table = _grid(board, rows, lambda r: TableCell("–") if r is None else TableCell(_mean_std(r.mean, r.std), bool(r.best)))
         blocks += [Heading(f"method: {method}", 3), table]
-    best = _grid(board, board.best, lambda r: Cell("–") if r is None else Cell(r.method))
+    best = _grid(board, board.best, lambda r: TableCell("–") if r is None else TableCell(r.method))
     blocks += [Heading("Best method per task and backbone", 3), best]
     return blocks
 
@@ -102,7 +102,7 @@ def _difference_section(board: Leaderboard, plots: Sequence[Plot]) -> list:
     blocks.append(Para(
         f"Per cell: mean of the per-seed differences SeA − linear (points) and its {pct} t-interval "
         f"(mean ± t·sd/√n over seeds; {NA} when only one seed is paired)."))
-    table = _grid(board, board.differences, lambda r: Cell("–") if r is None else Cell(
+    table = _grid(board, board.differences, lambda r: TableCell("–") if r is None else TableCell(
         f"{_num(r.mean, True)} {_interval(r.ci_low, r.ci_high)} (n={r.n})"))
     blocks.append(table)
     blocks += [Figure(p) for p in plots if p.filename == "sea_minus_linear.png"]
@@ -118,8 +118,8 @@ def _finetune_blocks(board: Leaderboard) -> list:
     text = (f"Fine-tuning: SeA is within 1 point of (or above) fine-tuning on {comparison.within} of "
             f"{comparison.compared} tasks compared (paper: {got} of {of}).")
     rows = tuple(
-        (Cell(r.task), Cell(r.backbone), Cell(r.metric), Cell(_num(r.sea)), Cell(_num(r.finetune)),
-         Cell(_num(r.gap, True)), Cell(NA if r.within is None else ("yes" if r.within else "no"), bool(r.within)))
+        (TableCell(r.task), TableCell(r.backbone), TableCell(r.metric), TableCell(_num(r.sea)), TableCell(_num(r.finetune)),
+         TableCell(_num(r.gap, True)), TableCell(NA if r.within is None else ("yes" if r.within else "no"), bool(r.within)))
         for r in comparison.table.itertuples(index=False)
     )
     header = ("task", "backbone", "compared on", "SeA", "fine-tuning", "SeA − FT", "within 1 point")
@@ -144,7 +144,7 @@ def _failed(board: Leaderboard) -> list:
     if board.failed.empty:
         return []
     rows = tuple(
-        tuple(Cell(str(v)) for v in (r.backbone, r.task, r.method, r.seed, getattr(r, "attempts", 1),
+        tuple(TableCell(str(v)) for v in (r.backbone, r.task, r.method, r.seed, getattr(r, "attempts", 1),
                                       _error_tail(r.error), r.run_id))
         for r in board.failed.itertuples(index=False)
     )
@@ -157,7 +157,7 @@ def _failed(board: Leaderboard) -> list:
 def _skipped(board: Leaderboard) -> list:
     if board.skipped is None or board.skipped.empty:
         return []
-    rows = tuple(tuple(Cell(str(v)) for v in (r.backbone, r.task, r.skipped_images))
+    rows = tuple(tuple(TableCell(str(v)) for v in (r.backbone, r.task, r.skipped_images))
                  for r in board.skipped.itertuples(index=False))
     return [Heading("Skipped images"),
             Para("These features were extracted with --skip-bad-images: images that could not be decoded "

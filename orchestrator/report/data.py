@@ -1,6 +1,6 @@
 """Read a sweep's MLflow experiment into long-format tables (one row per cell and metric).
 
-The schema read here is the one `orchestrator.sweep` writes (see the contract): a parent run tagged
+The schema read here is the one `orchestrator.sweep.driver` writes (see the contract): a parent run tagged
 `seabench.role=sweep` and one child run per cell tagged `seabench.role=cell`. A cell is a result iff
 its run is FINISHED with tag `status=ok`; cells whose every run failed are reported as failed.
 """
@@ -16,17 +16,25 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.runs import (
+    CELL_ROLE,
+    CELL_TAGS,
+    DEFAULT_TRACKING_URI,
+    SWEEP_ROLE,
+    is_complete,
+    is_failed,
+    role_filter,
+    search_runs,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PRIMARY_METRICS = ("top1", "mean_per_class")
 # final metrics only: curves (candidate_val_top1, val_best_top1) are not results
 RESULT_METRIC = re.compile(r"^(?P<split>val|test)_(?P<metric>top1|mean_per_class)$")
 RESULT_COLUMNS = ["backbone", "task", "method", "seed", "metric", "split", "value", "run_id", "primary"]
 FAILED_COLUMNS = ["backbone", "task", "method", "seed", "error", "run_id", "attempts"]
 SKIPPED_COLUMNS = ["backbone", "task", "skipped_images"]
-CELL_TAGS = ("backbone", "task", "method", "seed")
 
 
 @dataclass(frozen=True)
@@ -88,21 +96,6 @@ def _experiment_id(client, experiment: str) -> str:
     return found.experiment_id
 
 
-def _search(client, experiment_id: str, role: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`seabench.role` = '{role}'",
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _cell_fields(run) -> dict:
     tags = run.data.tags
     missing = [t for t in CELL_TAGS if t not in tags]
@@ -118,14 +111,6 @@ def _cell_fields(run) -> dict:
     except ValueError:
         raise OrchestratorError(f"cell run {run.info.run_id} has a non-integer seed tag {tags['seed']!r}") from None
     return {"backbone": tags["backbone"], "task": tags["task"], "method": tags["method"], "seed": seed}
-
-
-def _is_ok(run) -> bool:
-    return run.info.status == "FINISHED" and run.data.tags.get("status") == "ok"
-
-
-def _is_failed(run) -> bool:
-    return run.info.status in ("FAILED", "KILLED") or run.data.tags.get("status") == "failed"
 
 
 def _cell_id(fields: dict) -> str:
@@ -165,9 +150,9 @@ def _latest_per_cell(runs: Iterable) -> dict[str, object]:
 
 
 def _tables(runs: list) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    ok = _latest_per_cell(r for r in runs if _is_ok(r))
-    failed = _latest_per_cell(r for r in runs if _is_failed(r))
-    duplicates = sum(1 for r in runs if _is_ok(r)) - len(ok)
+    ok = _latest_per_cell(r for r in runs if is_complete(r))
+    failed = _latest_per_cell(r for r in runs if is_failed(r))
+    duplicates = sum(1 for r in runs if is_complete(r)) - len(ok)
     if duplicates:
         logger.info("%d superseded re-runs of finished cells ignored (latest run per cell kept)", duplicates)
     rows = [row for run in ok.values() for row in result_rows(run, _cell_fields(run))]
@@ -213,7 +198,7 @@ def load_experiment(experiment: str, tracking_uri: str | None = None) -> Experim
     uri = tracking_uri or DEFAULT_TRACKING_URI
     client = _client(uri)
     experiment_id = _experiment_id(client, experiment)
-    runs = _search(client, experiment_id, "cell")
+    runs = search_runs(client, experiment_id, role_filter(CELL_ROLE))
     results, failed, mode = _tables(runs)
     if results.empty:
         raise OrchestratorError(
@@ -222,11 +207,11 @@ def load_experiment(experiment: str, tracking_uri: str | None = None) -> Experim
             f"`seabench run --config <sweep.yaml> --tracking-uri {uri}` (the config's `name` is the "
             "experiment name), then rerun `seabench report`"
         )
-    parents = _search(client, experiment_id, "sweep")
+    parents = search_runs(client, experiment_id, role_filter(SWEEP_ROLE))
     # the most recent parent is the sweep that wrote (or last resumed) these cells
     parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
     parent_id = parents[0].info.run_id if parents else None
-    return ExperimentData(experiment, results, failed, parent_id, mode, skipped_images(r for r in runs if _is_ok(r)))
+    return ExperimentData(experiment, results, failed, parent_id, mode, skipped_images(r for r in runs if is_complete(r)))
 
 
 def log_report(tracking_uri: str | None, parent_run_id: str, files: Iterable[Path]) -> None:

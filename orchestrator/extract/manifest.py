@@ -1,4 +1,4 @@
-"""Feature keys, path-safe names and the per-unit manifest of the Parquet feature store.
+"""Feature keys and the per-unit manifest of the Parquet feature store.
 
 A *unit* is the features of one (backbone, task, stored split). Its *key* hashes everything that
 determines those features, so a changed input can never reuse stale shards.
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.names import path_component
 
 # Bump when the meaning or layout of stored features changes: every key changes with it.
 FEATURE_FORMAT_VERSION = 1
@@ -20,27 +20,6 @@ DTYPES = ("float32", "float16")
 # The leading "_" makes pyarrow/pandas/Spark skip it, so `pandas.read_parquet(<unit folder>)` just works.
 MANIFEST = "_manifest.json"
 METADATA_KEY = b"seabench"  # Parquet schema-metadata entry holding the unit's key metadata (JSON)
-
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_SCHEME = re.compile(r"[a-z][a-z0-9_]*:")  # "imagefolder:/data/x", "random:resnet10t@32", "ensemble:a+b"
-
-
-def safe_name(name: str, what: str = "name") -> str:
-    """The path component for `name`: itself when already safe, else a slug plus a short hash.
-
-    Only names with a `scheme:` prefix are slugged; any other name that is not a plain file name
-    (separators, `..`, absolute paths, empty) is refused, since it can only be a typo or an attack.
-    """
-    if _SAFE.fullmatch(name) and ".." not in name:
-        return name
-    if _SCHEME.match(name):
-        slug = re.sub(r"[^A-Za-z0-9-]+", "_", name).strip("_-")[:48].strip("_-") or "x"
-        return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    raise OrchestratorError(
-        f"{what} {name!r} cannot name a store folder: use letters, digits, '.', '_' or '-' "
-        "(no '/', '..', or absolute paths), or a 'scheme:' name such as 'imagefolder:/path'"
-    )
-
 
 def _canonical(value: Any) -> Any:
     """JSON-ready copy with tuples as lists, so equal inputs always hash equally."""
@@ -85,7 +64,7 @@ class FeatureKey:
     def unit_path(self) -> str:
         """Folder of the unit relative to the store root: backbone/task/split/key."""
         return "/".join(
-            (safe_name(self.backbone, "backbone"), safe_name(self.task, "task"), safe_name(self.split, "split"), self.key)
+            (path_component(self.backbone, "backbone"), path_component(self.task, "task"), path_component(self.split, "split"), self.key)
         )
 
     def pointer_name(self) -> str:
@@ -94,7 +73,7 @@ class FeatureKey:
 
 def pointer_name(backbone: str, task: str, split: str) -> str:
     """File name (under `<store>/index/`) naming the current key of (backbone, task, split)."""
-    return f"{safe_name(backbone, 'backbone')}__{safe_name(task, 'task')}__{safe_name(split, 'split')}.json"
+    return f"{path_component(backbone, 'backbone')}__{path_component(task, 'task')}__{path_component(split, 'split')}.json"
 
 
 @dataclass(frozen=True)

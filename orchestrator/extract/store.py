@@ -5,9 +5,7 @@ Layout under the store root (a local path or an fsspec URI such as `s3://bucket/
     <backbone>/<task>/<split>/<key>/shard-00000.parquet, ..., _manifest.json
     index/<backbone>__<task>__<split>.json      -> names the current key of that unit
 
-Shard schema: `index` int64 (row in the stored split), `label` int32, `feature` fixed-size list of
-float32 or float16 (length d), zstd-compressed; the key's metadata is also stored as JSON under
-b"seabench" in the Parquet schema metadata, so pandas, DuckDB or Ray Data read the files as they are.
+The shard files' schema is in extract/shards.py; pandas, DuckDB or Ray Data read them as they are.
 """
 
 from __future__ import annotations
@@ -17,53 +15,18 @@ import hashlib
 import json
 import logging
 import os
-import uuid
-import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from filelock import FileLock, Timeout
-from fsspec.implementations.local import LocalFileSystem
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.manifest import MANIFEST, METADATA_KEY, FeatureKey, Manifest, ShardRecord, pointer_name
+from orchestrator.extract.files import StoreFiles
+from orchestrator.extract.manifest import MANIFEST, FeatureKey, Manifest, ShardRecord, pointer_name
+from orchestrator.extract.shards import FIX, decode_shard, encode_shard
 
 log = logging.getLogger(__name__)
-
-LOCK_TIMEOUT_S = 600.0
-FEATURE_LEAF = "feature.list.element"  # the Parquet column path of the feature values
-_FIX = "re-run `seabench extract` with the same arguments to re-extract it"
-
-
-def _checksum_ok(data: pa.Buffer, record: ShardRecord) -> bool:
-    view = memoryview(data)
-    if record.crc32 >= 0:
-        return zlib.crc32(view) == record.crc32
-    return hashlib.sha256(view).hexdigest() == record.sha256
-
-
-def shard_table(index: np.ndarray, labels: np.ndarray, features: np.ndarray, meta: dict) -> pa.Table:
-    """The Arrow table of one shard (features already in the storage dtype)."""
-    d = features.shape[1]
-    values = pa.array(np.ascontiguousarray(features).reshape(-1))
-    # Non-nullable fields: features are never null, and Parquet decodes a list of non-null values ~2x faster.
-    element = pa.field("element", values.type, nullable=False)
-    schema = pa.schema(
-        [pa.field("index", pa.int64(), nullable=False), pa.field("label", pa.int32(), nullable=False),
-         pa.field("feature", pa.list_(element, d), nullable=False)],
-        metadata={METADATA_KEY: json.dumps(meta, sort_keys=True).encode()},
-    )
-    columns = [
-        pa.array(np.asarray(index, dtype=np.int64)),
-        pa.array(np.asarray(labels, dtype=np.int32)),
-        pa.FixedSizeListArray.from_arrays(values, type=schema.field("feature").type),
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 @dataclass(frozen=True)
@@ -81,89 +44,22 @@ class StoredUnit:
         return np.array(sorted(self.skipped), dtype=np.int64)
 
 
-class FeatureStore:
+class FeatureStore(StoreFiles):
     """Read and write feature units under `uri` (local path or any fsspec URL)."""
-
-    def __init__(self, uri: str | os.PathLike) -> None:
-        self.uri = str(uri)
-        try:
-            self.fs, root = fsspec.core.url_to_fs(self.uri)
-        except (ValueError, ImportError) as exc:
-            raise OrchestratorError(f"feature store {self.uri!r}: unsupported location ({exc})") from exc
-        self.root = root.rstrip("/") or "/"
-        self.local = isinstance(self.fs, LocalFileSystem)
-        if self.fs.exists(self.root) and not self.fs.isdir(self.root):
-            raise OrchestratorError(f"feature store {self.uri!r} is a file, not a folder; pass a folder path")
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.uri!r})"
 
-    # ---- low-level file operations -------------------------------------------------------------
-    def path(self, relative: str) -> str:
-        return f"{self.root}/{relative}"
-
-    def _write_atomic(self, relative: str, data: bytes) -> None:
-        """Write to a temporary name and rename, so readers never see a half-written file."""
-        final = self.path(relative)
-        parent = final.rsplit("/", 1)[0]
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        try:
-            self.fs.makedirs(parent, exist_ok=True)
-            if self.local:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, final)
-            else:
-                self.fs.pipe_file(tmp, data)
-                self.fs.mv(tmp, final)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                self.fs.rm(tmp)
-            raise OrchestratorError(f"cannot write {final} in feature store {self.uri!r}: {exc}") from exc
-
-    def _read_bytes(self, relative: str) -> bytes | None:
-        try:
-            return self.fs.cat_file(self.path(relative))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise OrchestratorError(f"cannot read {self.path(relative)} in feature store {self.uri!r}: {exc}") from exc
-
-    def _read_buffer(self, relative: str) -> pa.Buffer | None:
-        """A shard's bytes as an Arrow buffer: memory-mapped on local disk (no copy through Python)."""
-        if not self.local:
-            data = self._read_bytes(relative)
-            return None if data is None else pa.py_buffer(data)
-        try:
-            with pa.memory_map(self.path(relative)) as mapped:
-                return mapped.read_buffer()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise OrchestratorError(f"cannot read {self.path(relative)} in feature store {self.uri!r}: {exc}") from exc
-
     @contextlib.contextmanager
     def lock(self, fkey: FeatureKey) -> Iterator[None]:
         """Exclusive access to one unit across processes (local filesystems; object stores: one writer)."""
-        if not self.local:
+        with self.lock_folder(fkey.unit_path()):
             yield
-            return
-        folder = self.path(fkey.unit_path())
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise OrchestratorError(f"cannot create {folder} in feature store {self.uri!r}: {exc}") from exc
-        try:
-            with FileLock(f"{folder}/.lock", timeout=LOCK_TIMEOUT_S):
-                yield
-        except Timeout as exc:
-            raise OrchestratorError(f"{folder}/.lock held for {LOCK_TIMEOUT_S:.0f} s by another extraction; "
-                                    "wait for it or delete the lock if that process is gone") from exc
 
     # ---- writing -------------------------------------------------------------------------------
     def read_manifest(self, fkey: FeatureKey) -> Manifest | None:
         relative = f"{fkey.unit_path()}/{MANIFEST}"
-        data = self._read_bytes(relative)
+        data = self.read_bytes(relative)
         return None if data is None else Manifest.from_json(data.decode(errors="replace"), self.path(relative))
 
     def _usable_manifest(self, fkey: FeatureKey) -> Manifest | None:
@@ -177,7 +73,7 @@ class FeatureStore:
 
     def shard_ok(self, fkey: FeatureKey, record: ShardRecord) -> bool:
         """The shard file exists with the recorded size and sha256."""
-        data = self._read_bytes(f"{fkey.unit_path()}/{record.file}")
+        data = self.read_bytes(f"{fkey.unit_path()}/{record.file}")
         return data is not None and len(data) == record.bytes and hashlib.sha256(data).hexdigest() == record.sha256
 
     def open_unit(self, fkey: FeatureKey, num_rows: int, dim: int, shard_size: int) -> tuple[Manifest, int]:
@@ -198,7 +94,7 @@ class FeatureStore:
         if dropped:
             # Rewrite at once: the manifest on storage is the truth every writer merges with.
             with self.lock(fkey):
-                self._write_atomic(f"{fkey.unit_path()}/{MANIFEST}", old.to_json().encode())
+                self.write_atomic(f"{fkey.unit_path()}/{MANIFEST}", old.to_json().encode())
         return old, dropped
 
     def _remove_stale_temporaries(self, fkey: FeatureKey) -> None:
@@ -238,16 +134,7 @@ class FeatureStore:
         if bad:
             raise OrchestratorError(f"shard {shard} of {fkey.unit_path()}: skipped rows {bad[:5]} lie outside "
                                     f"[{start}, {stop})")
-        buffer = pa.BufferOutputStream()
-        meta = {"key": fkey.key, **fkey.metadata()}
-        table = shard_table(index, labels, features.astype(fkey.dtype, copy=False), meta)
-        # Byte-stream-split puts the exponent bytes of the floats together: better zstd ratio and
-        # about 2x faster decoding than plain encoding for feature vectors.
-        pq.write_table(table, buffer, compression="zstd", use_dictionary=False,
-                       use_byte_stream_split=[FEATURE_LEAF])
-        data = buffer.getvalue().to_pybytes()
-        record = ShardRecord(f"shard-{shard:05d}.parquet", start, stop, stop - start,
-                             hashlib.sha256(data).hexdigest(), len(data), zlib.crc32(data), tuple(skipped))
+        data, record = encode_shard(fkey, shard, start, stop, index, labels, features, skipped)
         with self.lock(fkey):
             # Re-read under the lock: another process may have recorded shards of this unit meanwhile.
             current = self._usable_manifest(fkey)
@@ -255,10 +142,10 @@ class FeatureStore:
                 manifest.shards.update(current.shards)
             if shard in manifest.shards:
                 return manifest.shards[shard]  # written meanwhile by another process: keep its file
-            self._write_atomic(f"{fkey.unit_path()}/{record.file}", data)
+            self.write_atomic(f"{fkey.unit_path()}/{record.file}", data)
             manifest.shards[shard] = record
             manifest.complete = not manifest.missing()
-            self._write_atomic(f"{fkey.unit_path()}/{MANIFEST}", manifest.to_json().encode())
+            self.write_atomic(f"{fkey.unit_path()}/{MANIFEST}", manifest.to_json().encode())
             if manifest.complete:
                 self.set_current(fkey)
         return record
@@ -267,12 +154,12 @@ class FeatureStore:
         """Point `load(backbone, task, split)` at this key."""
         pointer = {"key": fkey.key, "path": fkey.unit_path(), "backbone": fkey.backbone, "task": fkey.task,
                    "split": fkey.split}
-        self._write_atomic(f"index/{fkey.pointer_name()}", json.dumps(pointer, indent=1).encode())
+        self.write_atomic(f"index/{fkey.pointer_name()}", json.dumps(pointer, indent=1).encode())
 
     # ---- reading -------------------------------------------------------------------------------
     def _pointer(self, backbone: str, task: str, split: str) -> dict:
         relative = f"index/{pointer_name(backbone, task, split)}"
-        data = self._read_bytes(relative)
+        data = self.read_bytes(relative)
         if data is None:
             raise OrchestratorError(
                 f"no features for backbone {backbone!r}, task {task!r}, split {split!r} in store {self.uri!r}; "
@@ -290,21 +177,19 @@ class FeatureStore:
 
     def _manifest_at(self, unit_path: str) -> Manifest:
         relative = f"{unit_path}/{MANIFEST}"
-        data = self._read_bytes(relative)
+        data = self.read_bytes(relative)
         if data is None:
-            raise OrchestratorError(f"{self.path(relative)} is missing; {_FIX}")
+            raise OrchestratorError(f"{self.path(relative)} is missing; {FIX}")
         manifest = Manifest.from_json(data.decode(errors="replace"), self.path(relative))
         if manifest.key != unit_path.rsplit("/", 1)[-1]:
             raise OrchestratorError(f"{self.path(relative)} is the manifest of feature key {manifest.key}, not of "
-                                    f"the folder it lies in; units of different keys never mix — {_FIX}")
+                                    f"the folder it lies in; units of different keys never mix — {FIX}")
         return manifest
 
     def unit_info(self, backbone: str, task: str, split: str) -> dict:
         """The current manifest of (backbone, task, split) as a dict, including the key metadata."""
         manifest = self._manifest_at(self._pointer(backbone, task, split)["path"])
         return json.loads(manifest.to_json())
-
-    manifest = unit_info  # the contract's spelling
 
     def feature_key(self, backbone: str, task: str, split: str) -> FeatureKey:
         """The FeatureKey of the features `load(backbone, task, split)` returns."""
@@ -332,52 +217,17 @@ class FeatureStore:
         manifest = self._manifest_at(unit_path)
         where = self.path(f"{unit_path}/{MANIFEST}")
         if not manifest.complete or manifest.missing():
-            raise OrchestratorError(f"{where}: unit is incomplete (shards {manifest.missing()} missing); {_FIX}")
+            raise OrchestratorError(f"{where}: unit is incomplete (shards {manifest.missing()} missing); {FIX}")
         features = np.empty((manifest.num_rows, manifest.dim), dtype=np.float32)
         labels = np.empty(manifest.num_rows, dtype=np.int64)
         records = [manifest.shards[i] for i in range(manifest.num_shards)]
 
         def read(record: ShardRecord) -> None:
-            self._read_shard(unit_path, manifest, record, features, labels)
+            name = self.path(f"{unit_path}/{record.file}")
+            decode_shard(name, self.read_buffer(f"{unit_path}/{record.file}"), manifest, record, features, labels)
 
         # Shards decode in parallel: pyarrow and hashlib release the GIL.
         with ThreadPoolExecutor(max(1, min(len(records), os.cpu_count() or 1))) as pool:
             list(pool.map(read, records))
         return StoredUnit(features, labels, manifest.key, manifest.skipped())
 
-    def _read_shard(
-        self, unit_path: str, manifest: Manifest, record: ShardRecord, features: np.ndarray, labels: np.ndarray
-    ) -> None:
-        """Verify one shard and copy it into rows [start, stop) of the output arrays."""
-        name = self.path(f"{unit_path}/{record.file}")
-        data = self._read_buffer(f"{unit_path}/{record.file}")
-        if data is None:
-            raise OrchestratorError(f"{name} is missing; {_FIX}")
-        if data.size != record.bytes or not _checksum_ok(data, record):
-            raise OrchestratorError(f"{name}: checksum mismatch with the manifest (corrupt or replaced); {_FIX}")
-        table = pq.read_table(pa.BufferReader(data))
-        meta = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
-        if meta.get("key") != manifest.key:
-            raise OrchestratorError(
-                f"{name} belongs to feature key {meta.get('key')!r}, not {manifest.key}; "
-                f"shards of different keys never mix — delete it and {_FIX}"
-            )
-        column = table.column("feature")
-        dim = getattr(column.type, "list_size", None)
-        if dim != manifest.dim or table.num_rows != record.rows:
-            raise OrchestratorError(f"{name}: {table.num_rows} rows of dim {dim}, manifest says "
-                                    f"{record.rows} of dim {manifest.dim}; delete it and {_FIX}")
-        index = table.column("index").to_numpy()
-        if not np.array_equal(index, np.arange(record.start, record.stop)):
-            raise OrchestratorError(f"{name}: indices are not rows [{record.start}, {record.stop}); {_FIX}")
-        row = record.start
-        for chunk in column.chunks:
-            flat = chunk.flatten().to_numpy(zero_copy_only=False)
-            features[row: row + len(chunk)] = flat.reshape(len(chunk), manifest.dim)
-            row += len(chunk)
-        labels[record.start: record.stop] = table.column("label").to_numpy()
-        block = features[record.start: record.stop]
-        if not np.isfinite(block).all():
-            rows = (record.start + np.flatnonzero(~np.isfinite(block).all(axis=1))[:5]).tolist()
-            raise OrchestratorError(f"{name}: features contain NaN/Inf (rows {rows}...); the backbone "
-                                    "diverged — check its weights, then delete this folder and re-extract")

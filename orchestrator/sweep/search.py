@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from orchestrator.cells import METHOD_AXES, Cell, search_space
-from orchestrator.config import RunConfig
+from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.tracking import CellOutcome
-from orchestrator.trial import TrialContext, prepare_worker, run_cell, train_on_validation
+from orchestrator.sweep.cells import METHOD_AXES, Cell, search_space
+from orchestrator.sweep.trial import CellOutcome, TrialContext, prepare_worker, run_cell, train_on_validation
 
 SCORE = "val_score"   # the trial's validation score on the task's primary metric
 
@@ -36,7 +35,7 @@ def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     train_on_validation(cell, ctx, hyper, on_epoch=report)
 
 
-def searcher(cfg: RunConfig, seed: int) -> Any:
+def searcher(cfg: SweepConfig, seed: int) -> Any:
     if cfg.search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -46,7 +45,7 @@ def searcher(cfg: RunConfig, seed: int) -> Any:
     return BasicVariantGenerator(random_state=seed)
 
 
-def scheduler(cfg: RunConfig) -> Any:
+def scheduler(cfg: SweepConfig) -> Any:
     if not cfg.search.asha:
         return None
     from ray.tune.schedulers import ASHAScheduler
@@ -56,7 +55,7 @@ def scheduler(cfg: RunConfig) -> Any:
                          reduction_factor=cfg.search.reduction_factor)
 
 
-def search_cell(cfg: RunConfig, cell: Cell, ctx: TrialContext, run_config: Any) -> CellOutcome:
+def search_cell(cfg: SweepConfig, cell: Cell, ctx: TrialContext, run_config: Any) -> CellOutcome:
     """Search one cell's space with Tune, then refit the best configuration and test it once."""
     import ray
     from ray import tune

@@ -17,9 +17,9 @@ import torch
 import tasks
 from orchestrator.cli import main as cli_main
 from orchestrator.errors import OrchestratorError
-from orchestrator.extract import ActorSettings, extract_features
-from orchestrator.shardpool import run_jobs
-from orchestrator.store import FeatureStore
+from orchestrator.extract.extraction import ActorSettings, extract_features
+from orchestrator.extract.pool import run_jobs
+from orchestrator.extract.store import FeatureStore
 
 BACKBONE = "random:resnet10t@32"
 SHARD = 4
@@ -61,7 +61,7 @@ def test_shard_files_read_with_pandas(extracted, fake_task):
     features, labels = FeatureStore(store).load(BACKBONE, fake_task.name, "train")
     np.testing.assert_array_equal(frame["label"].to_numpy(), labels)
     np.testing.assert_array_equal(np.stack(frame["feature"].to_numpy()), features)
-    assert summary.key(BACKBONE, fake_task.name, "train") == folder.name
+    assert summary.keys[f"{BACKBONE}|{fake_task.name}|train"] == folder.name
 
 
 def test_second_run_does_no_work(extracted, fake_task):
@@ -118,7 +118,7 @@ def test_changed_preprocessing_gives_a_new_key_and_keeps_the_old_unit(ray_cluste
                                   shard_size=SHARD, progress=False, settings=ONE_ACTOR)
     finally:
         tasks.BACKBONES.pop("tiny-test-net", None)
-    old, new = first.key("tiny-test-net", fake_task.name, "test"), second.key("tiny-test-net", fake_task.name, "test")
+    old, new = first.keys[f"tiny-test-net|{fake_task.name}|test"], second.keys[f"tiny-test-net|{fake_task.name}|test"]
     assert old != new and second.shards_extracted == 2
     store = FeatureStore(tmp_path)
     assert store.key_for("tiny-test-net", fake_task.name, "test") == new

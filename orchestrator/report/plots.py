@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from orchestrator.report_stats import ordered_methods
+from orchestrator.report.stats import ordered_methods
 
 
 @dataclass(frozen=True)

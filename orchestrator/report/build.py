@@ -12,22 +12,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.report_data import DEFAULT_TRACKING_URI, ExperimentData, load_experiment, log_report
-from orchestrator.report_html import render_html, render_markdown
-from orchestrator.report_plots import difference_heatmap, task_bars
-from orchestrator.report_reference import compare_to_finetuning, load_reference
-from orchestrator.report_stats import Leaderboard, compute_leaderboard, paired_differences, summarise
-
-__all__ = [
-    "ReportPaths",
-    "build_report",
-    "compute_leaderboard",
-    "paired_differences",
-    "render_html",
-    "render_markdown",
-    "summarise",
-    "write_atomic",
-]
+from orchestrator.report.data import ExperimentData, load_experiment, log_report
+from orchestrator.report.plots import difference_heatmap, task_bars
+from orchestrator.report.reference import compare_to_finetuning, load_reference
+from orchestrator.report.render import render_html, render_markdown
+from orchestrator.report.stats import Leaderboard, compute_leaderboard
+from orchestrator.runs import DEFAULT_TRACKING_URI
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """One cell's computation, free of Ray: load features, select on validation, refit, test once.
 
-`run_cell` is what a Tune trial executes (orchestrator.sweep wraps it); it is also callable in-process,
+`run_cell` is what a Tune trial executes (orchestrator.sweep.driver wraps it); it is also callable in-process,
 which is how the test-isolation tests poison the test split. Test features are read through a
 loader that `sea.select_and_refit` calls only after the configuration has been chosen.
 
@@ -12,6 +12,7 @@ the trainer L2-normalises the concatenation again.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -21,9 +22,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from orchestrator.cells import METHOD_AXES, Cell, backbone_parts, reference_config
 from orchestrator.errors import OrchestratorError
-from orchestrator.tracking import CellOutcome
+from orchestrator.extract import backbone_parts
+from orchestrator.sweep.cells import METHOD_AXES, Cell, reference_config
 
 
 class LoadedSplit(NamedTuple):
@@ -39,6 +40,26 @@ class LoadedSplit(NamedTuple):
 # (backbone, task, stored split) -> LoadedSplit
 SplitLoader = Callable[[str, str, str], LoadedSplit]
 EpochReport = Callable[[int, list[dict]], Any]
+
+
+@dataclass
+class CellOutcome:
+    """What one finished cell logs: produced inside the trial, shipped to the driver as JSON."""
+
+    cell_id: str
+    params: dict[str, Any]                      # the selected configuration + epochs, batch_size, n_candidates
+    metrics: dict[str, float]                   # val_/test_ top1 and mean_per_class (percent)
+    tags: dict[str, str] = field(default_factory=dict)   # feature_key, primary_metric, mode, split hash, …
+    candidate_val_top1: list[float] = field(default_factory=list)   # the selection curve
+    val_best_top1: list[float] = field(default_factory=list)        # per-epoch best over the block
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> CellOutcome:
+        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -74,7 +95,7 @@ def prepare_worker(ctx: TrialContext) -> None:
 
 
 def store_loader(store_uri: str) -> SplitLoader:
-    from orchestrator.store import FeatureStore
+    from orchestrator.extract import FeatureStore
 
     store = FeatureStore(store_uri)
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from report_fixture import TASK_XSS, make_sweep
 
-from orchestrator.report import build_report
+from orchestrator.report.build import build_report
 
 CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 # isolated, offline, no background traffic: the page must render from its own bytes alone

@@ -16,40 +16,27 @@ import math
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.cells import Cell
 from orchestrator.errors import OrchestratorError
+from orchestrator.runs import (
+    CELL_ROLE,
+    PARENT_TAG,
+    ROLE_TAG,
+    SWEEP_ROLE,
+    is_complete,
+    role_filter,
+    search_runs,
+)
+from orchestrator.sweep.cells import Cell
+from orchestrator.sweep.trial import CellOutcome
 
 logger = logging.getLogger(__name__)
 
-ROLE_TAG = "seabench.role"
-PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH_METRICS = 1000   # MLflow's log_batch limit
 RETRY_SECONDS = 60.0
 T = TypeVar("T")
-
-
-@dataclass
-class CellOutcome:
-    """What one finished cell logs: produced inside the trial, shipped to the driver as JSON."""
-
-    cell_id: str
-    params: dict[str, Any]                      # the selected configuration + epochs, batch_size, n_candidates
-    metrics: dict[str, float]                   # val_/test_ top1 and mean_per_class (percent)
-    tags: dict[str, str] = field(default_factory=dict)   # feature_key, primary_metric, mode, split hash, …
-    candidate_val_top1: list[float] = field(default_factory=list)   # the selection curve
-    val_best_top1: list[float] = field(default_factory=list)        # per-epoch best over the block
-    seconds: float = 0.0
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
-
-    @classmethod
-    def from_json(cls, text: str) -> CellOutcome:
-        return cls(**json.loads(text))
 
 
 def code_version() -> str:
@@ -124,35 +111,24 @@ class SweepTracker:
             raise OrchestratorError(f"MLflow experiment {self.experiment!r} is deleted; restore it "
                                     "(mlflow experiments restore) or choose another sweep name")
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
-        parents = self._search(f"tags.`{ROLE_TAG}` = 'sweep'")
+        parents = search_runs(self.client, self.experiment_id, role_filter(SWEEP_ROLE))
         if parents:
             self.parent_id = parents[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
-            run = self.client.create_run(self.experiment_id, run_name="sweep", tags={ROLE_TAG: "sweep"})
+            run = self.client.create_run(self.experiment_id, run_name="sweep", tags={ROLE_TAG: SWEEP_ROLE})
             self.parent_id = run.info.run_id
         # the config is a tag, not params: params are immutable and a resumed sweep may change e.g. resources
         self.client.set_tag(self.parent_id, "seabench.config", json.dumps(self.config, sort_keys=True)[:8000])
         self.client.set_tag(self.parent_id, "code_version", self.code_version)
 
-    def _search(self, filter_string: str) -> list:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=filter_string,
-                                           max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
-
     @_retry
     def cell_runs(self) -> list:
-        return self._search(f"tags.`{ROLE_TAG}` = 'cell'")
+        return search_runs(self.client, self.experiment_id, role_filter(CELL_ROLE))
 
     def completed(self) -> set[str]:
         """cell_ids with a FINISHED child run tagged status=ok."""
-        return {r.data.tags.get("cell_id", "") for r in self.cell_runs()
-                if r.info.status == "FINISHED" and r.data.tags.get("status") == "ok"}
+        return {r.data.tags.get("cell_id", "") for r in self.cell_runs() if is_complete(r)}
 
     @_retry
     def discard_unfinished(self, cell_ids: Iterable[str]) -> int:
@@ -167,7 +143,7 @@ class SweepTracker:
         return count
 
     def _cell_tags(self, cell: Cell, extra: dict[str, str]) -> dict[str, str]:
-        return {ROLE_TAG: "cell", PARENT_TAG: self.parent_id, "cell_id": cell.cell_id,
+        return {ROLE_TAG: CELL_ROLE, PARENT_TAG: self.parent_id, "cell_id": cell.cell_id,
                 "backbone": cell.backbone, "task": cell.task, "method": cell.method, "seed": str(cell.seed),
                 "code_version": self.code_version, **{k: str(v) for k, v in extra.items()}}
 

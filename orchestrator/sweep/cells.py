@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from orchestrator.config import RunConfig
+    from orchestrator.config import SweepConfig
 
 OPTIMISATION_AXES = ("lr", "weight_decay", "lamda")
 METHOD_AXES: dict[str, tuple[str, ...]] = {
@@ -37,7 +37,6 @@ AXIS_DEFAULTS: dict[str, tuple[float, ...]] = {
 METHOD_DEFAULTS: dict[str, dict[str, tuple[float, ...]]] = {"mixup": {"eta": (0.2, 0.5, 1.0, 2.0)}}
 # reference mode: the authors' fixed defaults (sea-method.md) = HeadConfig's defaults; logreg's fixed C
 REFERENCE_LOGREG_C = 1.0
-ENSEMBLE_PREFIX = "ensemble:"
 
 
 @dataclass(frozen=True)
@@ -60,14 +59,7 @@ class Cell:
         return cls(backbone, task, method, int(seed))
 
 
-def backbone_parts(backbone: str) -> tuple[str, ...]:
-    """The stored backbones a (possibly virtual `ensemble:A+B`) backbone trains on."""
-    if backbone.startswith(ENSEMBLE_PREFIX):
-        return tuple(p for p in backbone[len(ENSEMBLE_PREFIX):].split("+") if p)
-    return (backbone,)
-
-
-def axis_values(cfg: RunConfig, method: str, axis: str) -> tuple[float, ...]:
+def axis_values(cfg: SweepConfig, method: str, axis: str) -> tuple[float, ...]:
     """Per-method override > method-specific default > shared override > protocol default.
 
     A shared override (e.g. `grid.eta`) never reaches an axis whose meaning is method-specific
@@ -82,7 +74,7 @@ def axis_values(cfg: RunConfig, method: str, axis: str) -> tuple[float, ...]:
     return shared if shared is not None else AXIS_DEFAULTS[axis]
 
 
-def candidate_configs(cfg: RunConfig, method: str) -> list[dict[str, Any]]:
+def candidate_configs(cfg: SweepConfig, method: str) -> list[dict[str, Any]]:
     """The grid of one method as plain dicts (HeadConfig fields, or {"c": …} for logreg), in a fixed order."""
     axes = METHOD_AXES[method]
     grids = [axis_values(cfg, method, axis) for axis in axes]
@@ -94,7 +86,7 @@ def reference_config(method: str) -> dict[str, Any]:
     return {"c": REFERENCE_LOGREG_C} if method == "logreg" else {}
 
 
-def search_space(cfg: RunConfig, method: str) -> dict[str, Any]:
+def search_space(cfg: SweepConfig, method: str) -> dict[str, Any]:
     """Tune search space for random/Optuna search: log-uniform over each axis' [min, max] of the grid.
 
     Every axis is a positive scale parameter, hence log-uniform; a single-valued axis stays fixed.
@@ -109,7 +101,7 @@ def search_space(cfg: RunConfig, method: str) -> dict[str, Any]:
     return space
 
 
-def plan_cells(cfg: RunConfig, tasks: Iterable[str]) -> list[Cell]:
+def plan_cells(cfg: SweepConfig, tasks: Iterable[str]) -> list[Cell]:
     """All cells of the sweep, task-major so trials of one task's features run close together."""
     return [Cell(b, t, m, s) for t in tasks for b in cfg.backbones for m in cfg.methods for s in cfg.seeds]
 

@@ -35,7 +35,7 @@ from orchestrator.report import (
     render_markdown,
     summarise,
 )
-from orchestrator.report_stats import OverallDifference
+from orchestrator.report.stats import OverallDifference
 
 
 @pytest.fixture(scope="module")

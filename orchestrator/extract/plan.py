@@ -1,0 +1,102 @@
+"""Planning an extraction: which (backbone, task, stored split) units exist, their keys, what is missing.
+
+A unit's FeatureKey hashes everything that determines its features (extract/manifest.py); planning
+opens each unit's manifest in the store, keeping only verified shards, so that extraction runs only
+what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+
+import tasks
+from orchestrator.errors import OrchestratorError
+from orchestrator.extract.manifest import FeatureKey, Manifest
+from orchestrator.extract.store import FeatureStore
+from orchestrator.progress import ExtractSummary
+
+ENSEMBLE_PREFIX = "ensemble:"
+
+
+def backbone_parts(backbone: str) -> tuple[str, ...]:
+    """The stored backbones a (possibly virtual `ensemble:A+B`) backbone trains on."""
+    if backbone.startswith(ENSEMBLE_PREFIX):
+        return tuple(p for p in backbone[len(ENSEMBLE_PREFIX):].split("+") if p)
+    return (backbone,)
+
+
+@dataclass(frozen=True)
+class Unit:
+    backbone: str
+    task: str
+    split: str
+    key: FeatureKey
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}|{self.task}|{self.split}"
+
+
+def stored_split_identity(task: str, split: str, labels: np.ndarray) -> str:
+    """Hash of a whole stored split: its size and order (tasks.stored_split_hash) plus its labels."""
+    digest = hashlib.sha256(tasks.stored_split_hash(task, split, len(labels)).encode())
+    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def feature_key(backbone: tasks.Backbone, task: str, split: str, labels: np.ndarray, dtype: str) -> FeatureKey:
+    """The key of the features `backbone` gives on `task`/`split` (whose labels, in order, are `labels`)."""
+    return FeatureKey(
+        backbone=backbone.spec.name, weights_sha256=backbone.weights_sha256, timm_version=timm.__version__,
+        preprocessing=backbone.preprocessing, feature=backbone.spec.feature, task=task, split=split,
+        split_hash=stored_split_identity(task, split, labels), dtype=dtype,
+    )
+
+
+def _splits_of(task: str, splits: Sequence[str] | None) -> tuple[str, ...]:
+    stored = tasks.get_task(task).stored_splits
+    if splits is None:
+        return stored
+    for split in splits:
+        if split not in stored:
+            raise OrchestratorError(
+                f"task {task} stores splits {', '.join(stored)}, not {split!r}; a carved validation split is a "
+                "set of train rows chosen at training time, so extract 'train' instead"
+            )
+    return tuple(s for s in stored if s in splits)
+
+
+def data_name(task: str) -> str:
+    """The task name actors open: `imagefolder:` paths made absolute, since actors run in other folders."""
+    if task.startswith(tasks.IMAGEFOLDER_PREFIX):
+        return tasks.IMAGEFOLDER_PREFIX + str(Path(task[len(tasks.IMAGEFOLDER_PREFIX):]).expanduser().resolve())
+    return task
+
+
+def plan_units(store: FeatureStore, backbone: tasks.Backbone, task_names: Sequence[str],
+               splits: Sequence[str] | None, data_root: str | None, dtype: str, shard_size: int,
+               download: bool, summary: ExtractSummary) -> list[Unit]:
+    """The units of one backbone, each with a manifest holding only its verified shards."""
+    units = []
+    for task in task_names:
+        for split in _splits_of(task, splits):
+            labels = np.asarray(tasks.build_task(task, data_root, split, download=download).targets)
+            fkey = feature_key(backbone, task, split, labels, dtype)
+            manifest, dropped = store.open_unit(fkey, len(labels), backbone.feature_dim, shard_size)
+            summary.shards_repaired += dropped
+            summary.shards_skipped += len(manifest.shards)
+            summary.images_skipped_before += len(manifest.skipped())
+            summary.keys[f"{backbone.spec.name}|{task}|{split}"] = fkey.key
+            if manifest.complete:
+                summary.units_skipped += 1
+                store.set_current(fkey)
+            units.append(Unit(backbone.spec.name, task, split, fkey, manifest))
+    summary.units += len(units)
+    return units

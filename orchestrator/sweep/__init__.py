@@ -1,0 +1,14 @@
+"""The sweep: cells (backbone, task, method, seed) planned, trained as Ray Tune trials (grid or search),
+and logged to MLflow from the driver. The names below are what the rest of seabench may use."""
+
+from orchestrator import lazy_exports
+
+_EXPORTS = {
+    "AXIS_DEFAULTS": "cells", "METHOD_AXES": "cells", "Cell": "cells", "candidate_configs": "cells",
+    "expand_backbones": "cells", "plan_cells": "cells",
+    "CellOutcome": "trial", "TrialContext": "trial", "run_cell": "trial",
+    "SweepSummary": "driver", "run_sweep": "driver", "trial_context": "driver",
+    "SweepTracker": "tracking", "code_version": "tracking",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
