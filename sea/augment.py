@@ -2,8 +2,18 @@
 
 Each augmenter sees one batch and a contiguous slice of heads that share its method, and returns
 the features the SGD step is taken at (see `Augmented`) plus soft targets or None for one-hot.
-Per-head randomness comes from `HeadRandom`, seeded from (settings seed, method) only, so a head
-draws the same numbers whether it is trained alone or inside a K-batch.
+
+The random numbers are a documented stream, so that an outside implementation can draw the same
+ones. Per head, with `seq = numpy.random.SeedSequence([seed, METHODS.index(method)])` (noise 3,
+mixup 4) and `seed` = `TrainSettings.seed`:
+
+* noise: `torch.Generator(device).manual_seed(int(seq.generate_state(1, numpy.uint64)[0]))`, and
+  per step one `torch.randn(B, d, generator=..., dtype=<training dtype>)`; x̃ = normalise(x + η·normalise(n));
+* mixup: `numpy.random.default_rng(seq)`, and per step `m = rng.beta(η, η)`, then
+  `perm = rng.permutation(B)`; x̃ = m·x + (1 − m)·x[perm], soft targets t = m·e_y + (1 − m)·e_y[perm],
+  loss λ·CE((W x̃ − δt)/λ, t).
+
+The stream depends on (seed, method) only: a head draws the same numbers alone or in a K-batch.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import numpy as np
 import torch
 
 from sea.config import METHODS
-from sea.direction import EPS, direction_residual, normalise, projection_weights, unit
+from sea.direction import EPS, fgsm_directions, normalise, projection_weights
 
 
 @dataclass
@@ -36,8 +46,9 @@ class Workspace:
     """Buffers reused across steps: on the CPU a fresh multi-megabyte tensor per step costs more in
     page faults than the arithmetic that fills it."""
 
-    def __init__(self) -> None:
+    def __init__(self, bf16: bool = False) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self.bf16 = bf16          # the B×d GEMMs (weight gradients, P·X, X·Xᵀ) in bfloat16
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         buf = self._buffers.get(name)
@@ -46,11 +57,18 @@ class Workspace:
         return buf
 
 
-def matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """a @ b written into `out`, except under autocast, whose reduced-precision GEMMs have no out=."""
-    if torch.is_autocast_enabled(a.device.type):
-        return a @ b
+def matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """a @ b written into `out`; with bf16 the product runs in bfloat16 and is stored in out's dtype."""
+    if bf16:
+        return out.copy_(torch.mm(a.to(torch.bfloat16), b.to(torch.bfloat16)))
     return torch.mm(a, b, out=out)
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """a @ b for batches of matrices; with bf16 in bfloat16, returned in a's dtype."""
+    if bf16:
+        return torch.bmm(a.to(torch.bfloat16), b.to(torch.bfloat16)).to(a.dtype)
+    return torch.bmm(a, b)
 
 
 @dataclass
@@ -61,7 +79,7 @@ class StepContext:
     onehot: torch.Tensor      # B×C
     z: torch.Tensor           # K×B×C clean logits at the current W
     weight: torch.Tensor      # K×C×d
-    eta: torch.Tensor         # K×1×1, likewise alpha, lamda, delta
+    eta: torch.Tensor         # K×1×1, likewise alpha, lamda (loss temperature λ), delta
     alpha: torch.Tensor
     lamda: torch.Tensor
     delta: torch.Tensor
@@ -88,25 +106,25 @@ def _sea(ctx: StepContext, heads: slice) -> Augmented:
     b, d = x.shape
     if b < 2:                                     # a batch of one has no other example to move toward
         return Augmented(mix=torch.ones(heads.stop - heads.start, 1, 1, dtype=x.dtype, device=x.device))
-    p, ok = projection_weights(ctx.z[heads], ctx.weight[heads], ctx.onehot, ctx.alpha[heads],
-                               ctx.lamda[heads], ctx.delta[heads])
-    k = p.shape[0]
+    proj, ok = projection_weights(ctx.z[heads], ctx.weight[heads], ctx.onehot, ctx.alpha[heads],
+                                  ctx.lamda[heads], ctx.delta[heads])
+    k, ws = proj.shape[0], ctx.workspace
     if gram_is_cheaper(k, b, d):
         # only ‖Σ_j P_ij x_j‖ and x_i·Σ_j P_ij x_j are needed: from the batch's Gram matrix G = X Xᵀ, shared
         # by all k heads, they cost k·B³ (‖P x‖² = pᵀ G p) instead of k·B²·d
-        gram = x @ x.T
-        pg = matmul_into(p.reshape(k * b, b), gram, ctx.workspace.get("sea", (k * b, b), x)).view(k, b, b)
-        m_norm = torch.linalg.vecdot(pg, p).clamp_min_(0).sqrt_()
-        x_dot_m = torch.linalg.vecdot(p, gram)
+        gram = matmul_into(x, x.T, ws.get("gram", (b, b), x), ws.bf16)
+        pg = matmul_into(proj.reshape(k * b, b), gram, ws.get("sea", (k * b, b), x), ws.bf16).view(k, b, b)
+        m_norm = torch.linalg.vecdot(pg, proj).clamp_min_(0).sqrt_()
+        x_dot_m = torch.linalg.vecdot(proj, gram)
     else:
-        mixed = matmul_into(p.reshape(k * b, b), x, ctx.workspace.get("sea", (k * b, d), x)).view(k, b, d)
+        mixed = matmul_into(proj.reshape(k * b, b), x, ws.get("sea", (k * b, d), x), ws.bf16).view(k, b, d)
         m_norm = torch.linalg.vector_norm(mixed, dim=-1)                                # ‖Σ_j P_ij x_j‖
         x_dot_m = mixed.mul_(x).sum(-1)                                                  # x_i·Σ_j P_ij x_j
     x_sq = torch.linalg.vector_norm(x, dim=-1).square()  # no B×d temporary (page faults cost more than math)
     # x̃ = (x + η d)/‖x + η d‖ with d = mixed/‖mixed‖, written as a re-weighting of the batch
     step = ctx.eta[heads].view(k, 1) * ok / m_norm.clamp_min(EPS)
     inv = (x_sq + step * (2 * x_dot_m + step * m_norm.square())).clamp_min(0).sqrt().clamp_min(EPS).reciprocal()
-    mix = (step * inv).unsqueeze(-1) * p
+    mix = (step * inv).unsqueeze(-1) * proj
     mix.diagonal(dim1=1, dim2=2).add_(inv)
     return Augmented(mix=mix)
 
@@ -117,10 +135,8 @@ def gram_is_cheaper(k: int, b: int, d: int) -> bool:
 
 
 def _fgsm(ctx: StepContext, heads: slice) -> Augmented:
-    # raw normalised input gradient; the 1/B factor vanishes in the normalisation
-    residual = direction_residual(ctx.z[heads], ctx.onehot, ctx.lamda[heads], ctx.delta[heads])
-    g = torch.bmm(residual, ctx.weight[heads])
-    return Augmented(features=normalise(ctx.x + ctx.eta[heads] * unit(g)))
+    g_hat = fgsm_directions(ctx.z[heads], ctx.weight[heads], ctx.onehot, ctx.lamda[heads], ctx.delta[heads])
+    return Augmented(features=normalise(ctx.x + ctx.eta[heads] * g_hat))
 
 
 def _noise(ctx: StepContext, heads: slice) -> Augmented:
@@ -135,14 +151,14 @@ def _noise(ctx: StepContext, heads: slice) -> Augmented:
 
 
 def _mixup(ctx: StepContext, heads: slice) -> Augmented:
-    # one mixing coefficient per head and step (Zhang et al.), partner = a permutation of the batch
+    # one mixing coefficient m per head and step (Zhang et al.), partner = a permutation of the batch
     b = ctx.x.shape[0]
     etas = ctx.eta[heads].flatten().tolist()
     draws = [(r.mix.beta(eta, eta), r.mix.permutation(b)) for r, eta in zip(ctx.random[heads], etas)]
-    lam = torch.tensor([m for m, _ in draws], dtype=ctx.x.dtype, device=ctx.x.device).view(-1, 1, 1)
-    partner = torch.as_tensor(np.stack([p for _, p in draws]), device=ctx.x.device)   # k×B
-    mix = (1 - lam) * torch.nn.functional.one_hot(partner, b).to(ctx.x.dtype)
-    mix.diagonal(dim1=1, dim2=2).add_(lam.view(-1, 1))
+    coef = torch.tensor([m for m, _ in draws], dtype=ctx.x.dtype, device=ctx.x.device).view(-1, 1, 1)
+    partner = torch.as_tensor(np.stack([perm for _, perm in draws]), device=ctx.x.device)   # k×B
+    mix = (1 - coef) * torch.nn.functional.one_hot(partner, b).to(ctx.x.dtype)
+    mix.diagonal(dim1=1, dim2=2).add_(coef.view(-1, 1))
     return Augmented(mix=mix, targets=torch.matmul(mix, ctx.onehot))
 
 

@@ -37,7 +37,7 @@ class HeadConfig:
     weight_decay: float = 1e-6
     eta: float = 0.8            # step (sea/fgsm/noise); for mixup: Beta(eta, eta) concentration
     alpha: float = 0.01         # projection temperature (sea)
-    lamda: float = 0.1          # loss temperature
+    lamda: float = 0.1          # loss temperature λ ("lambda" is a Python keyword); mixup's coefficient is m
     delta: float = 0.0          # margin
 
     def __post_init__(self) -> None:
@@ -77,7 +77,7 @@ class TrainSettings:
     schedule: str = "constant"
     seed: int = 0
     device: str = "cpu"
-    bf16: bool = False          # autocast on CUDA only; ignored on CPU
+    bf16: bool = False          # CUDA only (ignored on CPU): bfloat16 GEMMs, float32 residuals (see trainer)
     # float64 exists for fidelity checks: SeA's dynamics amplify float32 rounding (see trainer)
     dtype: str = "float32"
 
@@ -116,7 +116,7 @@ DEFAULT_SETTINGS = TrainSettings()
 
 @dataclass
 class TrainResult:
-    weights: torch.Tensor                       # K x C x d float32 (settings.dtype), on CPU
+    weights: torch.Tensor                       # K x C x d in settings.dtype (float32 by default), on CPU
     configs: tuple[HeadConfig, ...]
     val_history: list[list[dict]] = field(default_factory=list)  # per epoch, per config
     seconds: float = 0.0

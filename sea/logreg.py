@@ -17,6 +17,7 @@ import torch
 
 from sea.errors import SeaError
 from sea.metrics import mean_per_class_accuracy, top1_accuracy
+from sea.progress import progress_bar
 from sea.validation import as_features, check_val_classes, infer_num_classes, validate_features
 
 DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 4, 9))
@@ -70,8 +71,11 @@ def _device(device: str | None, x: Any) -> torch.device:
 
 def fit_logreg(x_train: Any, y_train: Any, x_val: Any, y_val: Any, num_classes: int | None = None,
                cs: Sequence[float] | None = None, max_iter: int = 200,
-               device: str | None = None) -> LogRegResult:
-    """Sweeps C over `cs` (default 10**linspace(-4, 4, 9)), keeps the best on validation top-1."""
+               device: str | None = None, progress: bool = False) -> LogRegResult:
+    """Sweeps C over `cs` (default 10**linspace(-4, 4, 9)), keeps the best on validation top-1.
+
+    `progress` shows a tqdm bar over the Cs when stderr is a terminal.
+    """
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise SeaError(f"max_iter={max_iter!r} is invalid: use a positive int such as 200")
     grid = _check_cs(cs)
@@ -83,20 +87,19 @@ def fit_logreg(x_train: Any, y_train: Any, x_val: Any, y_val: Any, num_classes: 
     x, y, xv = x.to(dev), y.to(dev), xv.to(dev)
     weight = torch.zeros(num_classes, x.shape[1], device=dev, dtype=x.dtype, requires_grad=True)
     bias = torch.zeros(num_classes, device=dev, dtype=x.dtype, requires_grad=True)
-    best: LogRegResult | None = None
     scores: list[dict] = []
-    for c in grid:
+    fitted: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for c in progress_bar(grid, progress, "logreg", "C"):
         _minimise(x, y, c, [weight, bias], max_iter)      # warm start from the previous C
         with torch.no_grad():
             pred = (xv @ weight.T + bias).argmax(1).cpu()
-        top1, mpc = top1_accuracy(pred, yv), mean_per_class_accuracy(pred, yv, num_classes)
-        scores.append({"c": c, "top1": top1, "mean_per_class": mpc})
-        if best is None or top1 > best.val_top1:
-            best = LogRegResult(weight.detach().cpu().clone(), bias.detach().cpu().clone(), c, [], top1, mpc)
-    assert best is not None
-    best.val_curve = [(s["c"], s["top1"]) for s in scores]
-    best.val_scores = scores
-    return best
+        scores.append({"c": c, "top1": top1_accuracy(pred, yv),
+                       "mean_per_class": mean_per_class_accuracy(pred, yv, num_classes)})
+        fitted.append((weight.detach().cpu().clone(), bias.detach().cpu().clone()))
+    tops = [s["top1"] for s in scores]
+    best = tops.index(max(tops))                          # ties: the first, i.e. the stronger regularisation
+    return LogRegResult(*fitted[best], scores[best]["c"], [(s["c"], s["top1"]) for s in scores],
+                        scores[best]["top1"], scores[best]["mean_per_class"], scores)
 
 
 def refit_logreg(x: Any, y: Any, c: float, num_classes: int | None = None, max_iter: int = 200,

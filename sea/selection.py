@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,8 @@ class SelectionResult:
     test_mean_per_class: float
     seconds: float
     val_history: list[list[dict]] = field(default_factory=list)   # per epoch, per candidate (heads only)
+    stopped_epoch: int = 0                # epochs the selection ran (and the refit runs); 0 for logreg
+    refit_weights: torch.Tensor | None = None   # the refit head (C×d, CPU); None for logreg
 
 
 def _logreg_grid(configs: Any) -> list[float] | None:
@@ -65,7 +67,8 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
     candidate), retrains the winner on train+validation with the same settings, then calls
     `x_test_loader()` exactly once and scores the refit model on it.
 
-    If `on_epoch` stops training early, the refit runs the same number of epochs.
+    If `on_epoch` stops training early, the refit reproduces the selected run's schedule: the same
+    horizon (settings.epochs, which a cosine schedule anneals over) stopped after the same epoch.
     `configs` is a sequence of HeadConfig (trained together in one pass), or 'logreg' /
     ('logreg', cs) for the L-BFGS logistic-regression baseline (C chosen on the same metric).
     """
@@ -79,7 +82,7 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
     grid = _logreg_grid(configs)
     if grid is not None:
         device = settings.device
-        val_metrics = fit_logreg(x, y, xv, yv, num_classes, cs=grid, device=device).val_scores
+        val_metrics = fit_logreg(x, y, xv, yv, num_classes, cs=grid, device=device, progress=progress).val_scores
         scores = [m[metric] for m in val_metrics]
         best_index = scores.index(max(scores))
         c = val_metrics[best_index]["c"]
@@ -93,9 +96,10 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
     val_metrics = result.val_history[-1]
     scores = [m[metric] for m in val_metrics]
     best_index = scores.index(max(scores))
-    # an early stop (on_epoch) ends every head at once: the refit trains as many epochs as were run
-    refit_settings = replace(settings, epochs=result.stopped_epoch)
-    refit = train_heads(x_all, y_all, [heads[best_index]], refit_settings, num_classes, progress=progress)
+    # an early stop (on_epoch) ends every head at once: the refit runs the same schedule, stopped there
+    refit = train_heads(x_all, y_all, [heads[best_index]], settings, num_classes, progress=progress,
+                        stop_after=result.stopped_epoch)
     test_top1, test_mpc = _test_once(x_test_loader, x.shape[1], lambda t: predict(refit.weights[0], t))
     return SelectionResult(best_index, heads[best_index], val_metrics, test_top1, test_mpc,
-                           time.perf_counter() - started, result.val_history)
+                           time.perf_counter() - started, result.val_history, result.stopped_epoch,
+                           refit.weights[0])

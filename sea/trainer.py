@@ -4,14 +4,20 @@ Per step, for every head: clean logits z = W x (one GEMM for all K heads), the h
 (closed form, see `sea.direction` and `sea.augment`), then SGD with momentum on
 L = (1/B) Σ λ·CE((W x̃_i − δ t_i)/λ, t_i), whose gradient is ∂L/∂W = (1/B) Σ (p_i − t_i) x̃_iᵀ.
 SeA and mixup batches are re-weightings of the clean batch, x̃ = A x with A = diag(a) + diag(b)·P
-(resp. λI + (1−λ)·perm), so W x̃ = A z costs B·B·C and ∂L/∂W = (Aᵀ(p − t))ᵀ x / B joins the plain
-heads' gradients in one GEMM over all those heads; only fgsm and noise form x̃ (k×B×d) explicitly.
-The update follows torch.optim.SGD (dampening 0, no Nesterov): g += wd·W; buf = m·buf + g; W -= lr·buf.
+(resp. m·I + (1−m)·perm, m being mixup's coefficient; λ is only ever the loss temperature), so
+W x̃ = A z costs B·B·C and ∂L/∂W = (Aᵀ(p − t))ᵀ x / B joins the plain heads' gradients in one GEMM
+over all those heads; only fgsm and noise form x̃ (k×B×d) explicitly. The update follows
+torch.optim.SGD (dampening 0, no Nesterov, momentum μ): g += wd·W; buf = μ·buf + g; W -= lr·buf.
+
+bf16 (CUDA only): the B×d GEMMs that feed the update (weight gradients, P·X or X·Xᵀ) run in
+bfloat16; the logits, every residual and the projection P stay float32 (at α = 0.01 a bf16 score
+would move the projection's softmax logits by ≈ 0.4). Autocast contexts of the caller are switched
+off inside `train_heads`.
 
 Determinism: W0 is nn.Linear(d, C, bias=False)'s default init drawn from a generator seeded by
 `settings.seed` (the same for every head); each epoch shuffles with torch.randperm from a second
 generator seeded by `settings.seed` (the last partial batch is kept); noise and mixup draw from a
-per-head generator seeded by (seed, method). Hence K heads trained together equal the same heads
+per-head stream seeded by (seed, method), documented in `sea.augment`. Hence K heads trained together equal the same heads
 trained one at a time, up to float rounding. Note that at large steps (lr ≈ 1, η ≈ 0.8) SeA's
 dynamics amplify rounding differences quickly (float32 vs float64 can drift by percents within a
 few epochs); `TrainSettings(dtype="float64")` runs the same algorithm in double precision.
@@ -20,7 +26,6 @@ few epochs); `TrainSettings(dtype="float64")` runs the same algorithm in double 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ from sea.augment import (
     HeadRandom,
     StepContext,
     Workspace,
+    bmm,
     group_of,
     matmul_into,
 )
@@ -43,6 +49,7 @@ from sea.config import DEFAULT_SETTINGS, DTYPES, HeadConfig, TrainResult, TrainS
 from sea.direction import loss_residual
 from sea.errors import SeaError
 from sea.metrics import batched_scores
+from sea.progress import progress_bar
 from sea.validation import as_features, check_configs, check_val_classes, infer_num_classes, validate_features
 
 EpochCallback = Callable[[int, list[dict]], "bool | None"]
@@ -74,7 +81,7 @@ class _Heads:
 
     @classmethod
     def build(cls, configs: Sequence[HeadConfig], seed: int, device: torch.device,
-              dtype: torch.dtype = torch.float32) -> _Heads:
+              dtype: torch.dtype = torch.float32, bf16: bool = False) -> _Heads:
         keys = [group_of(c.method, c.eta) for c in configs]
         order = sorted(range(len(configs)), key=lambda i: (GROUP_ORDER.index(keys[i]), i))
         groups: list[tuple[str, slice]] = []
@@ -89,24 +96,23 @@ class _Heads:
         params = {name: torch.tensor([getattr(configs[i], name) for i in order], dtype=dtype,
                                      device=device).view(-1, 1, 1) for name in names}
         random = [HeadRandom.create(seed, configs[i].method, device) for i in order]
-        return cls(order, groups, n_shared, params, random, Workspace())
+        return cls(order, groups, n_shared, params, random, Workspace(bf16))
 
 
 def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Tensor, heads: _Heads,
           lr: torch.Tensor, momentum: float) -> None:
     k, c, d = weight.shape
     b = x.shape[0]
-    p = heads.params
+    hp, ws = heads.params, heads.workspace
     onehot = one_hot(y, c).to(x.dtype)
     z = (x @ weight.view(k * c, d).T).view(b, k, c).transpose(0, 1).contiguous()   # K×B×C clean logits
-    grad = heads.workspace.get("grad", weight.shape, weight)
+    grad = ws.get("grad", weight.shape, weight)
     m = heads.n_shared
     # heads [0, m) train on x̃ = mix @ x (plain: mix = I), so ∂L/∂W = (mixᵀ r)ᵀ x: one GEMM for all
     q = torch.empty(m, b, c, dtype=z.dtype, device=z.device)
-    ctx = StepContext(x, onehot, z, weight, p["eta"], p["alpha"], p["lamda"], p["delta"], heads.random,
-                      heads.workspace)
+    ctx = StepContext(x, onehot, z, weight, hp["eta"], hp["alpha"], hp["lamda"], hp["delta"], heads.random, ws)
     for key, hs in heads.groups:
-        lamda, delta = p["lamda"][hs], p["delta"][hs]
+        lamda, delta = hp["lamda"][hs], hp["delta"][hs]
         if key == "linear":
             q[hs] = loss_residual(z[hs], onehot, lamda, delta)
             continue
@@ -117,11 +123,11 @@ def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Ten
             q[hs] = torch.bmm(aug.mix.transpose(1, 2), r)
         else:
             r = loss_residual(torch.bmm(aug.features, weight[hs].transpose(1, 2)), targets, lamda, delta)
-            grad[hs] = torch.bmm(r.transpose(1, 2), aug.features) / b
+            grad[hs] = bmm(r.transpose(1, 2), aug.features, ws.bf16) / b
     if m:
         q /= b
-        grad[:m] = matmul_into(q.transpose(1, 2).reshape(m * c, b), x, grad[:m].view(m * c, d)).view(m, c, d)
-    grad.addcmul_(weight, p["weight_decay"])
+        matmul_into(q.transpose(1, 2).reshape(m * c, b), x, grad[:m].view(m * c, d), ws.bf16)
+    grad.addcmul_(weight, hp["weight_decay"])
     buf.mul_(momentum).add_(grad)           # buf starts at 0, so the first step gives buf = g
     weight.addcmul_(buf, lr, value=-1.0)
 
@@ -141,35 +147,31 @@ def _scores(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes:
     chunk = max(1, (1 << 26) // max(1, x.shape[0] * num_classes))
     pred = torch.cat([torch.matmul(x, w.transpose(1, 2)).argmax(-1) for w in weight.split(chunk)])
     scores = batched_scores(pred, y, num_classes)
-    out: list[dict] = [{}] * len(order)
-    for pos, i in enumerate(order):
-        out[i] = scores[pos]
-    return out
-
-
-def _epochs(total: int, progress: bool):
-    if progress and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(range(total), desc="sea heads", unit="epoch", file=sys.stderr)
-    return range(total)
+    position = {i: pos for pos, i in enumerate(order)}
+    return [scores[position[i]] for i in range(len(order))]
 
 
 def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
                 settings: TrainSettings = DEFAULT_SETTINGS, num_classes: int | None = None,
                 val: tuple[Any, Any] | None = None, on_epoch: EpochCallback | None = None,
-                progress: bool = False) -> TrainResult:
+                progress: bool = False, stop_after: int | None = None) -> TrainResult:
     """Trains every configuration in `configs` in one pass over (x_train, y_train).
 
     Features are L2-normalised here. With `val`, each epoch appends per-config {"top1",
     "mean_per_class"} (percent, clean validation features) to `val_history`; `on_epoch(epoch,
     metrics)` is called after every epoch (epoch counts from 1; metrics is [] without `val`) and
-    may return True to stop. `progress` shows a tqdm bar over epochs when stderr is a terminal.
+    may return True to stop. `stop_after` ends training after that many epochs of the
+    `settings.epochs`-epoch schedule (the horizon stays settings.epochs, as for an early stop).
+    `progress` shows a tqdm bar over epochs when stderr is a terminal.
     """
     started = time.perf_counter()
     configs = check_configs(configs)
     if not isinstance(settings, TrainSettings):
         raise SeaError(f"settings must be a TrainSettings, got {type(settings).__name__}")
+    last = settings.epochs if stop_after is None else stop_after
+    if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= settings.epochs:
+        raise SeaError(f"stop_after={stop_after!r} is invalid: use an int in 1..settings.epochs "
+                       f"({settings.epochs}), or None for the whole schedule")
     x, y = validate_features(x_train, y_train, name="train", num_classes=num_classes)
     xv = yv = None
     if val is not None:
@@ -182,7 +184,7 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
         check_val_classes(y, yv)
     device = torch.device(settings.device)
     dtype = DTYPES[settings.dtype]
-    heads = _Heads.build(configs, settings.seed, device, dtype)
+    heads = _Heads.build(configs, settings.seed, device, dtype, bf16=settings.bf16 and device.type == "cuda")
     k, (n, d) = len(configs), x.shape
     weight = initial_weight(num_classes, d, settings.seed).to(device, dtype).repeat(k, 1, 1)
     buf = torch.zeros_like(weight)
@@ -192,20 +194,19 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     shuffle = torch.Generator().manual_seed(settings.seed)
     batch = x.new_empty(min(settings.batch_size, n), d)
     factor = SCHEDULE_FACTORS[settings.schedule]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.bf16 and device.type == "cuda")
     history: list[list[dict]] = []
     epochs_run = 0
-    with torch.no_grad():
-        epochs = _epochs(settings.epochs, progress)
+    # precision is chosen per operation (see the module docstring), never by a caller's autocast
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        epochs = progress_bar(range(last), progress, f"{len(configs)} sea head(s)", "epoch")
         for epoch in epochs:
             perm = torch.randperm(n, generator=shuffle).to(device)
             lr = heads.params["lr"] * factor(epoch, settings.epochs)
-            with autocast:
-                for idx in perm.split(settings.batch_size):
-                    # gathered per batch into one reused buffer: the batch stays in cache for the
-                    # whole step, and a fresh B×d tensor per step would cost page faults
-                    xb = torch.index_select(x, 0, idx, out=batch[: len(idx)])
-                    _step(weight, buf, xb, y.index_select(0, idx), heads, lr, settings.momentum)
+            for idx in perm.split(settings.batch_size):
+                # gathered per batch into one reused buffer: the batch stays in cache for the
+                # whole step, and a fresh B×d tensor per step would cost page faults
+                xb = torch.index_select(x, 0, idx, out=batch[: len(idx)])
+                _step(weight, buf, xb, y.index_select(0, idx), heads, lr, settings.momentum)
             epochs_run = epoch + 1
             metrics = [] if xv is None else _scores(weight, xv, yv, num_classes, heads.order)
             if metrics:

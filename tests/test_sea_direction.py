@@ -86,12 +86,72 @@ def test_row_whose_own_similarity_dominates_stays_finite():
     torch.testing.assert_close(d, expected.float())
 
 
-def test_perfectly_fit_rows_get_no_perturbation_and_no_nan():
-    w = 1000.0 * torch.eye(4)
-    x = torch.eye(4)
-    y = torch.arange(4)
-    y[3] = 0                                                           # one misfit row keeps a gradient
-    d = semantic_direction(w, x, y, alpha=0.01, lamda=0.1)
-    assert torch.isfinite(d).all()
-    assert torch.equal(d[:3], torch.zeros(3, 4))
-    torch.testing.assert_close(d[3].norm(), torch.tensor(1.0))
+def _exact_unit(v):
+    top = v.abs().amax(1, keepdim=True)
+    scaled = torch.where(top > 0, v / top, 0.0)
+    return torch.where(top > 0, scaled / scaled.norm(dim=1, keepdim=True).clamp_min(1.0), 0.0)
+
+
+def _oracle(w, x, y, alpha, lamda, log_space=False):
+    """float64 autograd: ĝ_i of λ·CE written as λ·log(1 + Σ_{c≠y} exp(u_c − u_y)) (no p_y − 1 cancellation),
+    then steps 2-3 of sea-method.md. `log_space` differentiates log Σ_{c≠y} exp(u_c − u_y) instead: the same
+    direction per row (the loss is an increasing function of it), without float64's own underflow of the
+    gradient once the margin exceeds ≈ 745·λ."""
+    x = x.clone().requires_grad_(True)
+    u = x @ w.T / lamda
+    others = torch.logsumexp((u - u.gather(1, y[:, None])).scatter(1, y[:, None], -torch.inf), dim=1)
+    (g,) = torch.autograd.grad((others if log_space else lamda * F.softplus(others)).sum(), x)
+    g_hat = _exact_unit(g)
+    scores = g_hat @ x.detach().T / alpha
+    scores.fill_diagonal_(-torch.inf)
+    return F.normalize(torch.softmax(scores, dim=1) @ x.detach(), dim=1) * (g_hat.norm(dim=1, keepdim=True) > 0), g_hat
+
+
+def _confident_head(scale):
+    """A confident head: its rows point at the class centres of easy data, with norm 8·scale."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 32, generator=g, dtype=torch.float64)
+    y = torch.arange(48) % 6
+    x = F.normalize(centres[y] + 0.3 * torch.randn(48, 32, generator=g, dtype=torch.float64), dim=1)
+    w = centres / centres.norm(dim=1, keepdim=True) * 8.0
+    return scale * w, x, y
+
+
+@pytest.mark.parametrize("scale", [1, 2, 5, 10, 20])
+@pytest.mark.parametrize("alpha", [0.01, 0.1])
+def test_float32_directions_equal_the_float64_oracle_on_confident_heads(scale, alpha):
+    """A margin above ≈ 45·λ made ‖Wᵀr‖² underflow in float32 and the row lose its direction."""
+    from sea.direction import fgsm_directions
+
+    w, x, y = _confident_head(scale)
+    lamda = 0.2                                  # margins up to ≈ 600·λ at ×20: float64's oracle still resolves them
+    expected, g_hat = _oracle(w, x, y, alpha, lamda)
+    assert (expected.norm(dim=1) > 0.99).all()   # every row has a direction
+    d = semantic_direction(w.float(), x.float(), y, alpha=alpha, lamda=lamda)
+    torch.testing.assert_close(d.double(), expected, rtol=0, atol=2e-4)
+    one = torch.ones(1, 1, 1)
+    fgsm = fgsm_directions((x.float() @ w.float().T)[None], w.float()[None], F.one_hot(y, 6).float()[None],
+                           lamda * one, 0 * one)[0]
+    torch.testing.assert_close(fgsm.double(), g_hat, rtol=0, atol=1e-5)
+
+
+def test_directions_stay_exact_beyond_float64s_own_underflow():
+    w, x, y = _confident_head(40)                # margins up to ≈ 2 400·λ at λ = 0.1
+    expected, _ = _oracle(w, x, y, 0.05, 0.1, log_space=True)
+    assert (_oracle(w, x, y, 0.05, 0.1)[0].norm(dim=1) == 0).any()    # the plain float64 gradient underflows
+    d = semantic_direction(w.float(), x.float(), y, alpha=0.05, lamda=0.1)
+    torch.testing.assert_close(d.double(), expected, rtol=0, atol=2e-4)
+
+
+def test_a_row_has_no_direction_only_when_its_gradient_is_exactly_zero():
+    x = F.normalize(torch.randn(5, 3, generator=torch.Generator().manual_seed(1)), dim=1)
+    y = torch.tensor([0, 1, 0, 1, 0])
+    one_class = semantic_direction(torch.randn(1, 3), x, torch.zeros(5, dtype=torch.long))   # r = p − e = 0
+    assert torch.equal(one_class, torch.zeros(5, 3))
+    assert torch.equal(semantic_direction(torch.zeros(2, 3), x, y), torch.zeros(5, 3))        # W = 0: g = 0
+    # two classes: ĝ_i = ±(w_0 − w_1)/‖w_0 − w_1‖ whatever the margin, so the head's scale must not matter
+    for scale in (1e-30, 1.0, 1e30):
+        w = scale * torch.tensor([[1.0, -2.0, 0.5], [0.3, 1.0, -1.0]])
+        d = semantic_direction(w, x, y, alpha=0.05)
+        torch.testing.assert_close(d, semantic_direction(w / scale, x, y, alpha=0.05), rtol=0, atol=1e-5)
+        torch.testing.assert_close(d.norm(dim=1), torch.ones(5))
