@@ -22,15 +22,16 @@ from tasks.datasets import (
     task_root,
 )
 from tasks.errors import TaskError
-from tasks.imagedata import TaskData, load_image
+from tasks.imagedata import TaskData
+from tasks.preflight import Missing, preflight
 from tasks.splits import (
     VAL_FRACTION,
     VAL_SEED,
     per_class_split,
-    split_hash,
     stored_split_hash,
     validation_indices,
 )
+from tasks.staging import is_uri, stage
 
 __all__ = [
     "BACKBONES",
@@ -41,6 +42,7 @@ __all__ = [
     "VAL_SEED",
     "Backbone",
     "BackboneSpec",
+    "Missing",
     "TaskData",
     "TaskError",
     "TaskSpec",
@@ -48,14 +50,15 @@ __all__ = [
     "build_task",
     "get_backbone",
     "get_task",
+    "is_uri",
     "list_backbones",
     "list_tasks",
-    "load_image",
     "per_class_split",
+    "preflight",
     "protocol_split",
     "register_backbone",
     "register_task",
-    "split_hash",
+    "stage",
     "stored_split_hash",
     "task_root",
     "validation_indices",

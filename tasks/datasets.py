@@ -3,6 +3,8 @@
 Layout on disk: task `<name>` lives in `<root>/<name>/`, in the layout torchvision (or the
 official archive) uses inside that folder; `TaskSpec.marker` is the file whose absence means
 "not downloaded". `imagefolder:<path>` turns any `train/<class>/…`, `test/<class>/…` folder into a task.
+The data root and image-folder roots may be fsspec URIs: a task's folder is then staged into the
+node-local cache (`tasks.staging`) when it is built.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tasks import loaders, offline
 from tasks.errors import TaskError
 from tasks.imagedata import TaskData
 from tasks.splits import VAL_FRACTION, VAL_SEED, validation_indices
+from tasks.staging import exists, is_uri, join, stage, subfolders
 
 METRICS = ("top1", "mean_per_class")
 VAL_RULES = ("official", "carve")
@@ -39,6 +42,7 @@ class TaskSpec:
     source: str                       # where the official files come from (for error messages)
     loader: Callable[[Path | None, str, bool], TaskData]
     marker: str = ""                  # file under <root>/<directory> proving the data is there ("" = loader checks)
+    probe: Callable[[Path | str | None], None] | None = None   # cheap presence check instead of a marker
     downloadable: bool = True
     needs_root: bool = True           # False: the loader finds its data without a user data root
     note: str = ""                    # what the stored splits mean relative to the official ones
@@ -105,10 +109,11 @@ _SPECS = (
                   f"{offline.DIGITS_SPLIT_SEED}; {_CARVE_NOTE}"),
     TaskSpec("fashion-mnist", "Fashion-MNIST", 10, "top1", ("train", "test"), "carve", "fashion-mnist",
              f"Debian package dataset-fashion-mnist ({offline.FASHION_MNIST_DEFAULT}), or <root>/fashion-mnist",
-             offline.load_fashion_mnist, downloadable=False, needs_root=False, note=f"official train/test; {_CARVE_NOTE}"),
+             offline.load_fashion_mnist, downloadable=False, needs_root=False, probe=offline.check_fashion_mnist,
+             note=f"official train/test; {_CARVE_NOTE}"),
     TaskSpec("fashion-mnist-small", "Fashion-MNIST (stratified subset)", 10, "top1", ("train", "test"), "carve",
              "fashion-mnist", "as fashion-mnist", offline.load_fashion_mnist_small, downloadable=False,
-             needs_root=False,
+             needs_root=False, probe=offline.check_fashion_mnist,
              note=f"stratified subsets of the official splits, seed {offline.FASHION_MNIST_SMALL_SEED}: "
                   + ", ".join(f"{k} {v}" for k, v in offline.FASHION_MNIST_SMALL.items()) + f"; {_CARVE_NOTE}"),
 )
@@ -124,14 +129,15 @@ def register_task(spec: TaskSpec) -> None:
 
 
 def _imagefolder_spec(name: str) -> TaskSpec:
-    path = Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+    ref = name[len(IMAGEFOLDER_PREFIX):]
+    path: Path | str = ref if is_uri(ref) else Path(ref).expanduser()
     offline.check_imagefolder(path)
-    has_val = (path / "val").is_dir()
-    classes = [p for p in (path / "train").iterdir() if p.is_dir()]
+    has_val = offline.has_folder(path, "val")
+    classes = subfolders(join(path, "train"))
     return TaskSpec(name, f"image folder {path}", len(classes), "top1",
                     ("train", "val", "test") if has_val else ("train", "test"), "official" if has_val else "carve",
-                    str(path.resolve()), "the user's folder", offline.load_imagefolder, downloadable=False,
-                    needs_root=False,
+                    path if isinstance(path, str) else str(path.resolve()), "the user's folder",
+                    offline.load_imagefolder, downloadable=False, needs_root=False,
                     note="val/ folder" if has_val else _CARVE_NOTE)
 
 
@@ -149,28 +155,49 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def task_root(spec: TaskSpec, root: str | Path | None) -> Path | None:
-    """Where `spec`'s files are expected."""
+def task_root(spec: TaskSpec, root: str | Path | None) -> Path | str | None:
+    """Where `spec`'s files are expected: a local path, or a URI (str) when the root is one."""
     if spec.name.startswith(IMAGEFOLDER_PREFIX):
-        return Path(spec.directory)
+        return spec.directory if is_uri(spec.directory) else Path(spec.directory)
     if root is None:
         if not spec.needs_root:
             return None
         raise TaskError(f"task {spec.name} needs a data root (its files go under <root>/{spec.directory}/)")
+    if is_uri(root):
+        return join(root, spec.directory) if spec.directory else None  # "" = reads nothing under the root
     return Path(root).expanduser() / spec.directory if spec.directory else Path(root).expanduser()
 
 
-def _check_present(spec: TaskSpec, where: Path | None, download: bool) -> None:
-    if not spec.marker or where is None or (where / spec.marker).exists():
-        return
+def missing_dataset(spec: TaskSpec, where: Path | str | None, download: bool = False) -> str | None:
+    """Why `spec`'s files are not at `where` (None when present, or when the loader will download them).
+
+    Cheap: one existence check of the marker file (or the spec's probe); no image is opened."""
+    if spec.probe is not None:
+        try:
+            spec.probe(where)
+        except TaskError as err:
+            return str(err)
+        return None
+    if not spec.marker or where is None or exists(join(where, spec.marker)):
+        return None
     if download and spec.downloadable:
-        return  # the loader downloads
-    expected = where / spec.marker
+        return None  # the loader downloads
+    expected = join(where, spec.marker)
     if not spec.downloadable:
-        raise TaskError(f"{spec.title} not found: expected {expected}; it cannot be downloaded automatically: "
-                        f"{spec.source}")
-    raise TaskError(f"{spec.title} not found: expected {expected} (under {where}/), from the official archive "
-                    f"{spec.source}; pass download=True to fetch it there")
+        return (f"{spec.title} not found: expected {expected}; it cannot be downloaded automatically: "
+                f"{spec.source}")
+    return (f"{spec.title} not found: expected {expected} (under {where}/), from the official archive "
+            f"{spec.source}; pass download=True to fetch it there")
+
+
+def _local(spec: TaskSpec, where: Path | str | None, download: bool) -> Path | None:
+    """`where` itself, or for a URI its node-local staged copy."""
+    if not is_uri(where):
+        return where if where is None else Path(where)
+    if download:
+        raise TaskError(f"task {spec.name}: cannot download into {where}; download into a local data root "
+                        "and copy it there, or use a local data root")
+    return stage(where) if spec.needs_root or exists(where) else None
 
 
 def build_task(name: str, root: str | Path | None, split: str,
@@ -184,7 +211,10 @@ def build_task(name: str, root: str | Path | None, split: str,
     if split not in spec.stored_splits and not carved_val:
         raise TaskError(f"task {spec.name} has splits {', '.join(spec.stored_splits)} (got {split!r})")
     where = task_root(spec, root)
-    _check_present(spec, where, download)
+    absent = missing_dataset(spec, where, download)
+    if absent:
+        raise TaskError(absent)
+    where = _local(spec, where, download)
     data = spec.loader(where, "train" if carved_val else split, download)
     if len(data) == 0:
         raise TaskError(f"task {spec.name}: its {'train' if carved_val else split} split at {where} holds no "

@@ -6,6 +6,7 @@ PIL RGB images and a corrupt file is always reported by name.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,22 @@ class FileImages:
     def take(self, indices: np.ndarray) -> FileImages:
         return FileImages([self.paths[i] for i in indices])
 
+    def identity(self, digest: Any) -> None:
+        """Feed what identifies these images into `digest`: per file, in order, its path relative to the
+        files' common folder, its size and its modification time (ns). Names are relative so that the
+        same files under another mount point keep their identity; a rewritten image changes its mtime."""
+        try:
+            base = os.path.commonpath(self.paths) if len(self.paths) > 1 else os.path.dirname(self.paths[0])
+        except (ValueError, IndexError):  # no files, or absolute and relative paths mixed
+            base = ""
+        digest.update(f"files\n{len(self.paths)}\n".encode())
+        for path in self.paths:
+            try:
+                stat = os.stat(path)
+            except OSError as exc:
+                raise TaskError(f"cannot read image {path}: {exc}") from exc
+            digest.update(f"{os.path.relpath(path, base)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+
 
 class ArrayImages:
     """Images held in memory as uint8 arrays (N,H,W) grey or (N,H,W,3) RGB."""
@@ -61,6 +78,12 @@ class ArrayImages:
 
     def take(self, indices: np.ndarray) -> ArrayImages:
         return ArrayImages(self.array[indices], self.origin)
+
+    def identity(self, digest: Any) -> None:
+        """Feed the array's shape and bytes into `digest` (≈ 1 GB/s: 0.05 s for Fashion-MNIST's train)."""
+        array = np.ascontiguousarray(self.array)
+        digest.update(f"array\n{array.dtype.str}\n{array.shape}\n".encode())
+        digest.update(memoryview(array).cast("B"))
 
 
 ImageSource = FileImages | ArrayImages
@@ -114,7 +137,3 @@ class TaskData(Dataset):
     def __repr__(self) -> str:
         return f"TaskData(n={len(self)}, classes={len(self.classes)})"
 
-
-def load_image(dataset: TaskData, i: int) -> Image.Image:
-    """Image `i` of `dataset` as PIL RGB, before any transform."""
-    return dataset.image(i)

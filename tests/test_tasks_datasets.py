@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import TASKS, TaskError, build_task, get_task, list_tasks, load_image, offline, protocol_split
+from tasks import (
+    TASKS,
+    TaskError,
+    build_task,
+    get_task,
+    list_tasks,
+    offline,
+    protocol_split,
+    staging,
+    stored_split_hash,
+)
 from tasks.imagedata import FileImages
 
 PAPER_TASKS = tuple(fakedata.FAKE_WRITERS)
@@ -98,7 +108,7 @@ def test_transform_is_applied_to_pil_rgb_images(fake_root) -> None:
     root, _ = fake_root
     data = _build("cub200", root, "train", transform=lambda im: np.asarray(im).shape)
     assert data[0] == ((fakedata.SIZE, fakedata.SIZE, 3), 0)
-    assert load_image(data, 0).size == (fakedata.SIZE, fakedata.SIZE)
+    assert data.image(0).size == (fakedata.SIZE, fakedata.SIZE)
 
 
 def test_caltech101_drops_background_and_keeps_thirty_per_class_in_train(fake_root) -> None:
@@ -284,3 +294,49 @@ def test_files_failing_torchvision_checksum_give_a_task_error(tmp_path: Path) ->
     fakedata.make_fake_cifar10(tmp_path)  # fake batches cannot match the real md5s
     with pytest.raises(TaskError, match="corrupted"):
         build_task("cifar10", tmp_path, "train")
+
+
+@pytest.fixture
+def stage_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr(staging, "STAGE_DIR", tmp_path / "staged")
+    return tmp_path / "staged"
+
+
+def test_imagefolder_uri_is_inspected_remotely_and_staged_when_built(tmp_path: Path, stage_dir: Path) -> None:
+    fakedata.make_fake_imagefolder(tmp_path / "set", ["b", "a"], n_train=2, n_test=1, n_val=1)
+    name = f"imagefolder:{(tmp_path / 'set').as_uri()}"
+    spec = get_task(name)
+    assert (spec.num_classes, spec.stored_splits) == (2, ("train", "val", "test")) and not stage_dir.exists()
+    staged, local = build_task(name, None, "train"), build_task(f"imagefolder:{tmp_path / 'set'}", None, "train")
+    assert staged.classes == local.classes == ["a", "b"] and staged.targets.tolist() == local.targets.tolist()
+    assert all(Path(staged.source(i)).is_relative_to(stage_dir) for i in range(len(staged)))
+    assert [Path(staged.source(i)).read_bytes() for i in range(4)] == [Path(local.source(i)).read_bytes()
+                                                                       for i in range(4)]
+    assert staged.image(0).size == (fakedata.SIZE, fakedata.SIZE)
+
+
+def test_staged_copies_on_two_nodes_have_the_same_split_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fakedata.make_fake_imagefolder(tmp_path / "set", 2, n_train=2, n_test=1)
+    name = f"imagefolder:{(tmp_path / 'set').as_uri()}"
+    hashes = []
+    for node in ("node-a", "node-b"):
+        monkeypatch.setattr(staging, "STAGE_DIR", tmp_path / node)
+        hashes.append(stored_split_hash(name, "train", build_task(name, None, "train")))
+    assert hashes[0] == hashes[1]
+
+
+def test_data_root_uri_stages_only_the_task_folder(tmp_path: Path, stage_dir: Path) -> None:
+    fakedata.make_fake_cub200(tmp_path / "data")
+    fakedata.make_fake_dtd(tmp_path / "data")
+    staged = build_task("cub200", (tmp_path / "data").as_uri(), "test")
+    assert staged.targets.tolist() == build_task("cub200", tmp_path / "data", "test").targets.tolist()
+    assert [p.name for p in stage_dir.glob("*/*") if not p.name.startswith(".")] == ["cub200"]
+    assert len(build_task("digits", (tmp_path / "data").as_uri(), "test")) == 359  # reads nothing under the root
+
+
+def test_data_root_uri_missing_a_task_names_the_uri_and_download_is_refused(tmp_path: Path, stage_dir: Path) -> None:
+    root = (tmp_path / "data").as_uri()
+    with pytest.raises(TaskError, match=re.escape(f"expected {root}/pets/oxford-iiit-pet/annotations/trainval.txt")):
+        build_task("pets", root, "train")
+    with pytest.raises(TaskError, match="cannot download into file://"):
+        build_task("pets", root, "train", download=True)

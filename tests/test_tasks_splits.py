@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
+import os
+import shutil
+from pathlib import Path
 
+import fakedata
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks import TaskError, per_class_split, split_hash, stored_split_hash, validation_indices
+from tasks import TaskData, TaskError, build_task, per_class_split, stored_split_hash, validation_indices
+from tasks.imagedata import ArrayImages
 
 
 def _labels(counts: dict[int, int], seed: int = 0) -> np.ndarray:
@@ -73,15 +77,71 @@ def test_per_class_split_puts_n_per_class_in_train_and_the_rest_in_test() -> Non
     assert np.array_equal(per_class_split(y, 30, seed=0)[0], train)
 
 
-def test_split_hash_is_sha256_of_int64_indices_and_dtype_independent() -> None:
-    idx = np.array([0, 3, 7])
-    expected = hashlib.sha256(np.array([0, 3, 7], dtype="<i8").tobytes()).hexdigest()[:16]
-    assert split_hash(idx) == expected == split_hash(idx.astype(np.int32)) == split_hash([0, 3, 7])
-    assert split_hash([0, 3, 8]) != expected
-
-
-def test_stored_split_hash_depends_on_task_split_and_size() -> None:
+def test_stored_split_hash_old_count_form_depends_on_task_split_and_size() -> None:
     base = stored_split_hash("cifar10", "train", 100)
     assert base == stored_split_hash("cifar10", "train", 100)
     assert len({base, stored_split_hash("cifar100", "train", 100), stored_split_hash("cifar10", "test", 100),
                 stored_split_hash("cifar10", "train", 101)}) == 4
+
+
+def _folder_hash(root: Path, split: str = "train") -> str:
+    name = f"imagefolder:{root}"
+    return stored_split_hash(name, split, build_task(name, None, split))
+
+
+def test_imagefolder_split_hash_changes_when_one_image_changes_with_same_count_and_labels(tmp_path: Path) -> None:
+    fakedata.make_fake_imagefolder(tmp_path, 2, n_train=3, n_test=1)
+    before = _folder_hash(tmp_path)
+    assert _folder_hash(tmp_path) == before  # unchanged folder, same identity
+    image = tmp_path / "train" / "class1" / "0001.jpg"
+    labels = build_task(f"imagefolder:{tmp_path}", None, "train").targets.tolist()
+    stat = image.stat()
+    fakedata.write_image(image, seed=999)  # another picture under the same name
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert build_task(f"imagefolder:{tmp_path}", None, "train").targets.tolist() == labels
+    assert _folder_hash(tmp_path) != before
+    assert _folder_hash(tmp_path, "test") != _folder_hash(tmp_path)
+
+
+def test_imagefolder_split_hash_sees_a_same_size_rewrite_through_its_mtime(tmp_path: Path) -> None:
+    fakedata.make_fake_imagefolder(tmp_path, 2, n_train=2, n_test=1)
+    image = tmp_path / "train" / "class0" / "0000.jpg"
+    before = _folder_hash(tmp_path)
+    stat = image.stat()
+    image.write_bytes(bytes(reversed(image.read_bytes())))  # same size, other bytes
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _folder_hash(tmp_path) == before  # documented: size + mtime, not contents
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert _folder_hash(tmp_path) != before
+
+
+def test_imagefolder_split_hash_is_the_same_for_a_copy_that_keeps_mtimes(tmp_path: Path) -> None:
+    fakedata.make_fake_imagefolder(tmp_path / "a", 2, n_train=2, n_test=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # copy2: keeps mtimes
+    data_a = build_task(f"imagefolder:{tmp_path / 'a'}", None, "train")
+    data_b = build_task(f"imagefolder:{tmp_path / 'b'}", None, "train")
+    assert stored_split_hash("t", "train", data_a) == stored_split_hash("t", "train", data_b)
+
+
+def test_stored_split_hash_covers_index_set_labels_and_array_bytes() -> None:
+    images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2)
+    data = TaskData(ArrayImages(images, "x"), [0, 1, 0, 1], ["a", "b"])
+    base = stored_split_hash("t", "train", data)
+    assert base == stored_split_hash("t", "train", TaskData(ArrayImages(images.copy(), "y"), [0, 1, 0, 1], ["a", "b"]))
+    changed = images.copy()
+    changed[2, 1, 1] += 1
+    variants = {
+        "pixel": TaskData(ArrayImages(changed, "x"), [0, 1, 0, 1], ["a", "b"]),
+        "labels": TaskData(ArrayImages(images, "x"), [0, 1, 1, 1], ["a", "b"]),
+        "subset": data.subset([0, 1, 2]),
+        "order": data.subset([1, 0, 2, 3]),
+    }
+    hashes = {k: stored_split_hash("t", "train", v) for k, v in variants.items()}
+    assert base not in hashes.values() and len(set(hashes.values())) == 4
+    assert base != stored_split_hash("t", "train", 4)  # the old count-only form is another identity
+
+
+def test_digits_split_hash_is_stable_and_differs_between_splits() -> None:
+    train = build_task("digits", None, "train")
+    assert stored_split_hash("digits", "train", train) == stored_split_hash("digits", "train", build_task("digits", None, "train"))
+    assert stored_split_hash("digits", "train", train) != stored_split_hash("digits", "test", build_task("digits", None, "test"))
