@@ -39,24 +39,22 @@ def as_features(x: Any, name: str = "train", dim: int | None = None) -> torch.Te
     if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
         raise SeaError(f"{name} features must be real numbers, got dtype {t.dtype}")
     t = t.to(device="cpu", dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-    # one pass: NaN/inf propagate into the row norms; only then look for the culprit
-    norms = torch.linalg.vector_norm(t, dim=1)
-    if not bool(torch.isfinite(norms).all()):
+    # rows are scaled by their max-abs before the norm: squares of huge or tiny values neither
+    # overflow nor underflow; NaN/inf propagate into the scale, and only then is the culprit sought
+    scale = t.abs().amax(dim=1, keepdim=True)
+    if not bool(torch.isfinite(scale).all()):
         bad = ~torch.isfinite(t)
-        if bad.any():
-            row = _first_bad_row(bad.any(1))
-            col = int(torch.nonzero(bad[row]).flatten()[0])
-            raise SeaError(f"{name} features contain {int(bad.sum())} non-finite value(s) (NaN/inf), first "
-                           f"at row {row}, column {col} (value {t[row, col].item()}); re-extract the "
-                           "features or drop those rows")
-        scale = t.abs().amax(dim=1, keepdim=True)        # finite but huge: the squares overflowed
-        t = t / scale
-        norms = torch.linalg.vector_norm(t, dim=1)
-    zero = norms == 0
+        row = _first_bad_row(bad.any(1))
+        col = int(torch.nonzero(bad[row]).flatten()[0])
+        raise SeaError(f"{name} features contain {int(bad.sum())} non-finite value(s) (NaN/inf), first "
+                       f"at row {row}, column {col} (value {t[row, col].item()}); re-extract the "
+                       "features or drop those rows")
+    zero = scale.squeeze(1) == 0
     if zero.any():
         raise SeaError(f"{name} features have {int(zero.sum())} all-zero row(s), first at row "
                        f"{_first_bad_row(zero)}; they cannot be L2-normalised, drop them or re-extract")
-    return t / norms.unsqueeze(1)
+    t = t / scale
+    return t / torch.linalg.vector_norm(t, dim=1, keepdim=True)
 
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -129,7 +127,7 @@ def check_configs(configs: Sequence[HeadConfig]) -> tuple[HeadConfig, ...]:
         configs = (configs,)
     configs = tuple(configs)
     if not configs:
-        raise SeaError("no head configurations given; pass at least one HeadConfig")
+        raise SeaError("configs is empty: no head configurations given; pass at least one HeadConfig")
     for i, config in enumerate(configs):
         if not isinstance(config, HeadConfig):
             raise SeaError(f"configs[{i}] is a {type(config).__name__}, not a HeadConfig; build it with "
