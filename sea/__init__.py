@@ -1,6 +1,6 @@
 """SeA and its baselines as linear heads on frozen, L2-normalised features (pure PyTorch + numpy)."""
 
-from sea.config import HEAD_METHODS, METHODS, SCHEDULES, HeadConfig, TrainResult, TrainSettings
+from sea.config import HEAD_METHODS, METHOD_KNOBS, METHODS, SCHEDULES, HeadConfig, TrainResult, TrainSettings
 from sea.direction import input_gradient, semantic_direction
 from sea.errors import SeaError
 from sea.logreg import DEFAULT_CS, LogRegResult, fit_logreg, refit_logreg
@@ -14,6 +14,7 @@ __all__ = [
     "HEAD_METHODS",
     "LOGREG",
     "METHODS",
+    "METHOD_KNOBS",
     "SCHEDULES",
     "HeadConfig",
     "LogRegResult",

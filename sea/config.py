@@ -14,6 +14,15 @@ from sea.errors import SeaError
 METHODS: tuple[str, ...] = ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
 HEAD_METHODS: tuple[str, ...] = METHODS[:5]
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+_OPTIMISATION = ("lr", "weight_decay", "lamda", "delta")
+# the HeadConfig fields each head method uses (the others do not change its training)
+METHOD_KNOBS: dict[str, tuple[str, ...]] = {
+    "linear": _OPTIMISATION,
+    "sea": (*_OPTIMISATION, "eta", "alpha"),
+    "fgsm": (*_OPTIMISATION, "eta"),
+    "noise": (*_OPTIMISATION, "eta"),
+    "mixup": (*_OPTIMISATION, "eta"),          # eta: the Beta(eta, eta) concentration
+}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 

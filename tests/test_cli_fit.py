@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +113,74 @@ def test_fit_passes_bad_features_to_sea_validation(tmp_path, digits_files, capsy
     code = main(["fit", "--train", str(bad), "--test", str(digits_files / "test.pt"), "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "finite" in err.lower()
+
+
+def _files(root) -> list[str]:
+    return ["--train", str(root / "train.npz"), "--test", str(root / "test.pt")]
+
+
+def test_fit_selects_on_the_metric_asked_for(digits_files, capsys):
+    out = _fit_json(capsys, *_files(digits_files), "--val", str(digits_files / "val.npz"), "--method", "linear",
+                    "--lr", "0.01,0.4,1.6", "--epochs", "3", "--metric", "mean_per_class")
+    assert "mean_per_class" in out["protocol"] and len(out["candidates"]) == 3
+    scores = [c["val_mean_per_class"] for c in out["candidates"]]
+    assert out["config"] == out["candidates"][scores.index(max(scores))]["config"]
+    assert out["val_mean_per_class"] == max(scores)
+
+
+def test_knobs_that_do_not_apply_are_ignored_with_one_line_and_never_duplicate_heads(digits_files, capsys):
+    assert main(["fit", *_files(digits_files), "--val", str(digits_files / "val.npz"), "--method", "linear",
+                 "--eta", "0.1,0.4", "--alpha", "0.05", "--lr", "0.4,0.8", "--epochs", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.splitlines()[-1])
+    err = [line for line in captured.err.splitlines() if "ignored" in line]
+    assert out["n_candidates"] == 2 and set(out["config"]) == {"lr", "weight_decay", "lamda", "delta"}
+    assert err == ["seabench fit: --eta, --alpha do not apply to --method linear; ignored"]
+
+
+def test_logreg_ignores_the_sgd_knobs_with_one_line(digits_files, capsys):
+    assert main(["fit", *_files(digits_files), "--val", str(digits_files / "val.npz"), "--method", "logreg",
+                 "--c", "1", "--epochs", "5", "--lr", "0.4", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[-1])["config"] == {"c": 1.0}
+    assert "seabench fit: --lr, --epochs do not apply to --method logreg; ignored" in captured.err.splitlines()
+
+
+def test_fit_sizes_c_from_every_label_given(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    y = np.arange(60) % 3
+    np.savez(tmp_path / "train.npz", features=x, labels=y)
+    np.savez(tmp_path / "val.npz", features=x[:30], labels=y[:30])
+    np.savez(tmp_path / "test.npz", features=x[:10], labels=np.full(10, 4))      # a class train never had
+    for extra in ([], ["--val", str(tmp_path / "val.npz")]):
+        out = _fit_json(capsys, "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"),
+                        "--method", "linear", "--epochs", "1", *extra)
+        assert out["num_classes"] == 5 and 0.0 <= out["test_top1"] <= 100.0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("extra", [["--method", "sea"], ["--method", "sea", "--val", "VAL", "--lr", "0.4,0.8"],
+                                   ["--method", "logreg", "--val", "VAL", "--c", "0.1,1"]],
+                         ids=["reference", "selection", "logreg"])
+def test_every_path_shows_a_progress_bar_on_a_terminal(digits_files, monkeypatch, extra):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = [str(digits_files / "val.npz") if a == "VAL" else a for a in extra]
+    assert main(["fit", *_files(digits_files), "--epochs", "2", *argv, "--json"]) == 0
+    bars = terminal.getvalue()
+    assert ("2/2" in bars and "epoch" in bars) if extra[1] == "sea" else ("2/2" in bars and "logreg" in bars)
+
+
+def test_fit_imports_neither_tasks_timm_ray_nor_mlflow(digits_files):
+    code = ("import sys\nfrom orchestrator.commands.fit import main\n"
+            f"assert main({_files(digits_files)!r} + ['--val', {str(digits_files / 'val.npz')!r}, '--lr', '0.4,0.8', "
+            "'--epochs', '1', '--json']) == 0\n"
+            "print(sorted(m for m in ('tasks', 'timm', 'ray', 'mlflow', 'pyarrow', 'pandas', 'torchvision') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -1,12 +1,19 @@
-"""`seabench fit`: the authors' script done right, for users who already have features."""
+"""`seabench fit`: the authors' script done right, for users who already have features.
+
+Light on purpose: it imports sea, torch and numpy only (no tasks, timm, Ray or MLflow), and every
+default is sea's own (`sea.HeadConfig`, `sea.TrainSettings`): there is no second copy here.
+`python -m orchestrator.commands.fit ARGS` runs it without the rest of the CLI.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -15,15 +22,12 @@ from orchestrator.features_io import load_feature_file
 
 HELP = "Train one linear classifier (with or without SeA) on feature files and report test accuracy."
 
-# flag -> (HeadConfig field, reference default from sea-method.md)
-GRID_FLAGS: dict[str, tuple[str, float]] = {
-    "lr": ("lr", 1.6),
-    "wd": ("weight_decay", 1e-6),
-    "eta": ("eta", 0.8),
-    "alpha": ("alpha", 0.01),
-    "lamda": ("lamda", 0.1),
-    "delta": ("delta", 0.0),
-}
+# flag -> HeadConfig field
+GRID_FLAGS: dict[str, str] = {"lr": "lr", "wd": "weight_decay", "eta": "eta", "alpha": "alpha",
+                              "lamda": "lamda", "delta": "delta"}
+# flag -> TrainSettings field: how the heads are trained (L-BFGS logreg uses none of them)
+TRAINING_FLAGS: dict[str, str] = {"epochs": "epochs", "batch_size": "batch_size", "momentum": "momentum",
+                                  "schedule": "schedule", "bf16": "bf16"}
 
 
 def _float_list(text: str) -> list[float]:
@@ -36,26 +40,35 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sea import METHODS
+def _defaults(cls: type) -> dict[str, object]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sea import METHODS, SCHEDULES, HeadConfig, TrainSettings
+    from sea.selection import SELECTION_METRICS
+
+    heads, training = _defaults(HeadConfig), _defaults(TrainSettings)
     parser.add_argument("--train", required=True, help=".npz or .pt file with 'features' (n x d) and 'labels'")
     parser.add_argument("--test", required=True, help="test features, same format")
     parser.add_argument("--val", help="validation features: enables selection over comma-list grids, "
                         "a refit on train+val and one test evaluation")
-    parser.add_argument("--method", default="sea", choices=METHODS)
-    for flag, (_field, default) in GRID_FLAGS.items():
-        parser.add_argument(f"--{flag}", type=_float_list, default=[default],
-                            help=f"(default {default}); a comma list is a grid (needs --val)")
+    parser.add_argument("--method", default=heads["method"], choices=METHODS)
+    # None = not given: a knob the method does not use is then left alone instead of reported ignored
+    for flag, name in GRID_FLAGS.items():
+        parser.add_argument(f"--{flag}", type=_float_list, default=None,
+                            help=f"(default {heads[name]}); a comma list is a grid (needs --val)")
     parser.add_argument("--c", type=_float_list, default=None,
                         help="logreg: inverse regularisation strengths to sweep (default: log-spaced)")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--metric", choices=SELECTION_METRICS, default="top1",
+                        help="validation metric that selects the configuration (default top1)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"(default {training['epochs']})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"(default {training['batch_size']})")
+    parser.add_argument("--momentum", type=float, default=None, help=f"(default {training['momentum']})")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=None, help=f"(default {training['schedule']})")
+    parser.add_argument("--seed", type=int, default=training["seed"])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--bf16", action="store_true", default=None, help="bfloat16 GEMMs (CUDA only)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -69,20 +82,57 @@ def _device(name: str) -> str:
     return name
 
 
+def _ignored(args: argparse.Namespace) -> list[str]:
+    """Flags given that do not apply to the method (so that no grid axis duplicates a head)."""
+    from sea import METHOD_KNOBS
+
+    used = set(METHOD_KNOBS.get(args.method, ()))
+    flags = [f"--{flag}" for flag, name in GRID_FLAGS.items() if name not in used and getattr(args, flag) is not None]
+    if args.method == "logreg":
+        flags += [f"--{flag.replace('_', '-')}" for flag in TRAINING_FLAGS if getattr(args, flag) is not None]
+    elif args.c is not None:
+        flags.append("--c")
+    return flags
+
+
+def _settings(args: argparse.Namespace):
+    from sea import TrainSettings
+
+    given = {name: getattr(args, flag) for flag, name in TRAINING_FLAGS.items() if getattr(args, flag) is not None}
+    return TrainSettings(**given, seed=args.seed, device=_device(args.device))
+
+
 def _head_configs(args: argparse.Namespace) -> list:
-    from sea import HeadConfig
+    from sea import METHOD_KNOBS, HeadConfig
 
-    fields = [field for field, _ in GRID_FLAGS.values()]
-    grids = [getattr(args, flag) for flag in GRID_FLAGS]
-    return [HeadConfig(method=args.method, **dict(zip(fields, combo))) for combo in itertools.product(*grids)]
+    knobs = [(name, getattr(args, flag)) for flag, name in GRID_FLAGS.items()
+             if name in METHOD_KNOBS[args.method] and getattr(args, flag) is not None]
+    names = [name for name, _ in knobs]
+    return [HeadConfig(method=args.method, **dict(zip(names, combo)))
+            for combo in itertools.product(*(values for _, values in knobs))]
 
 
-def _fit_reference(args, settings, train, test) -> dict:
+def _shown(config: object, method: str) -> dict:
+    """The configuration as reported: the method's own knobs only."""
+    from sea import METHOD_KNOBS
+
+    if isinstance(config, dict):
+        return {k: v for k, v in config.items() if k != "method"}
+    return {k: getattr(config, k) for k in METHOD_KNOBS[method]}
+
+
+def _num_classes(**splits: tuple | None) -> int:
+    """C from every label given (train, val and test): a class present in any split gets a row of W."""
+    from sea.validation import as_labels
+
+    labels = [as_labels(split[1], name) for name, split in splits.items() if split is not None]
+    return max(int(t.max()) for t in labels) + 1
+
+
+def _fit_reference(args, settings, train, test, num_classes: int) -> dict:
     """No validation split: one configuration, last-epoch test accuracy (the authors' protocol)."""
     from sea import mean_per_class_accuracy, predict, top1_accuracy, train_heads
 
-    x_train, y_train = train
-    x_test, y_test = test
     if args.method == "logreg":
         raise OrchestratorError("--method logreg selects its regularisation on a validation split: pass --val")
     configs = _head_configs(args)
@@ -91,53 +141,59 @@ def _fit_reference(args, settings, train, test) -> dict:
             f"{len(configs)} configurations given as comma lists, but no --val to choose among them; "
             "pass --val VAL (selection happens on validation, never on test) or give single values"
         )
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    result = train_heads(x_train, y_train, configs, settings, num_classes=num_classes, progress=not args.json)
-    pred = predict(result.weights[0], x_test)
+    result = train_heads(*train, configs, settings, num_classes=num_classes, progress=True)
+    pred = predict(result.weights[0], test[0])
     return {
         "protocol": "reference (no selection, last-epoch test accuracy)",
-        "config": configs[0].as_dict(),
-        "test_top1": top1_accuracy(pred, y_test),
-        "test_mean_per_class": mean_per_class_accuracy(pred, y_test, num_classes),
+        "config": _shown(configs[0], args.method),
+        "test_top1": top1_accuracy(pred, test[1]),
+        "test_mean_per_class": mean_per_class_accuracy(pred, test[1], num_classes),
     }
 
 
-def _fit_selected(args, settings, train, val, test) -> dict:
+def _fit_selected(args, settings, train, val, test, num_classes: int) -> dict:
     from sea import select_and_refit
 
     candidates = "logreg" if args.method == "logreg" else _head_configs(args)
     if args.method == "logreg" and args.c is not None:
         candidates = ("logreg", tuple(args.c))
-    result = select_and_refit(*train, *val, lambda: test, candidates, settings, metric="top1")
-    best = result.best_config
+    result = select_and_refit(*train, *val, lambda: test, candidates, settings, metric=args.metric,
+                              num_classes=num_classes, progress=True)
+    best = result.val_metrics[result.best_index]
+    configs = [{"c": m["c"]} for m in result.val_metrics] if args.method == "logreg" else candidates
     return {
-        "protocol": "select on validation, refit on train+val, test once",
-        "config": best.as_dict() if hasattr(best, "as_dict") else dict(best),
+        "protocol": f"select on validation {args.metric}, refit on train+val, test once",
+        "config": _shown(result.best_config, args.method),
         "n_candidates": len(result.val_metrics),
-        "val_top1": result.val_metrics[result.best_index]["top1"],
-        "val_mean_per_class": result.val_metrics[result.best_index]["mean_per_class"],
+        "val_top1": best["top1"],
+        "val_mean_per_class": best["mean_per_class"],
         "test_top1": result.test_top1,
         "test_mean_per_class": result.test_mean_per_class,
+        "candidates": [{"config": _shown(c, args.method), "val_top1": m["top1"],
+                        "val_mean_per_class": m["mean_per_class"]} for c, m in zip(configs, result.val_metrics)],
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    from sea import TrainSettings
-
     started = time.perf_counter()
+    ignored = _ignored(args)
+    if ignored:
+        print(f"seabench fit: {', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to "
+              f"--method {args.method}; ignored", file=sys.stderr)
     train = load_feature_file(args.train)
     test = load_feature_file(args.test)
     val = load_feature_file(args.val) if args.val else None
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, momentum=args.momentum,
-                             schedule=args.schedule, seed=args.seed, device=_device(args.device),
-                             bf16=args.bf16)
+    num_classes = _num_classes(train=train, val=val, test=test)
+    settings = _settings(args)
     if val is None:
-        out = _fit_reference(args, settings, train, test)
+        out = _fit_reference(args, settings, train, test, num_classes)
     else:
-        out = _fit_selected(args, settings, train, val, test)
-    out = {"method": args.method, **out, "seed": args.seed, "epochs": args.epochs,
-           "device": settings.device, "n_train": len(train[1]), "n_test": len(test[1]),
+        out = _fit_selected(args, settings, train, val, test, num_classes)
+    out = {"method": args.method, **out, "seed": args.seed, "device": settings.device,
+           "n_train": len(train[1]), "n_test": len(test[1]), "num_classes": num_classes,
            "seconds": round(time.perf_counter() - started, 3)}
+    if args.method != "logreg":
+        out["epochs"] = settings.epochs
     if args.json:
         print(json.dumps(out, default=_json_default))
     else:
@@ -159,3 +215,21 @@ def _print_text(out: dict) -> None:
               f"  (best of {out['n_candidates']})")
     print(f"test: top-1 {out['test_top1']:.2f}%  mean per-class {out['test_mean_per_class']:.2f}%")
     print(f"{out['seconds']:.1f} s on {out['device']}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`seabench fit` on its own: the same arguments, output and exit codes."""
+    from sea.errors import SeaError
+
+    parser = argparse.ArgumentParser(prog="seabench fit", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (SeaError, OrchestratorError) as exc:
+        print(f"seabench fit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
