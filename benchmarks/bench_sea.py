@@ -1,26 +1,34 @@
 """Speed of the SeA trainer, measured side by side in one run on identical synthetic features.
 
 Rows: our single-configuration trainer vs a plain per-batch autograd loop of the published
-algorithm (nn.Linear + torch.optim.SGD + autograd for the input gradient, as the authors' script
-does); K configurations trained together vs the same K trained one after another; achieved
-GFLOP/s under the cost model of docs/sea-method.md (4·B·d·C + 4·B²·d + 4·B·d·C per batch and
-configuration) vs the torch.mm rate of this machine, measured in the same run.
+algorithm (nn.Linear + torch.optim.SGD, the input gradient by torch.autograd.grad); K
+configurations trained together vs the same K trained one after another; achieved GFLOP/s under
+the cost model of docs/sea-method.md (4·B·d·C + 4·B²·d + 4·B·d·C per batch and configuration) vs
+the torch.mm rate of this machine, measured in the same run. Then the user's real case, tuning:
+`seabench fit --val` over 3 η × 3 lr (select, refit on train+val, test once) against a plain
+one-process loop of the published algorithm over the same 9 configurations, each a fresh
+process timed from its start; and the start-up of `fit` against `import torch`.
 
-    python benchmarks/bench_sea.py [--epochs 2] [--device cpu] [--k 8] [--json]
+    python benchmarks/bench_sea.py [--epochs 2] [--device cpu] [--k 8] [--tune-epochs 10] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sea import HeadConfig, TrainSettings, initial_weight, train_heads
+ROOT = Path(__file__).resolve().parents[1]
+TUNE_ETAS, TUNE_LRS = (0.1, 0.2, 0.4), (0.4, 0.8, 1.6)
 
 
 def synthetic_features(n: int, d: int, c: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,36 +38,33 @@ def synthetic_features(n: int, d: int, c: int, seed: int = 0) -> tuple[torch.Ten
     return centres[y] + 2.0 * torch.randn(n, d, generator=g), y
 
 
-def reference_loop(x: torch.Tensor, y: torch.Tensor, config: HeadConfig, settings: TrainSettings,
-                   num_classes: int) -> torch.Tensor:
-    """The published algorithm as a plain autograd loop (diagonal masked before the softmax)."""
-    device = torch.device(settings.device)
+def reference_loop(x: torch.Tensor, y: torch.Tensor, lr: float, eta: float, num_classes: int, epochs: int,
+                   batch_size: int, device: str = "cpu", seed: int = 0, alpha: float = 0.01, lamda: float = 0.1,
+                   weight_decay: float = 1e-6, momentum: float = 0.9) -> torch.Tensor:
+    """The published algorithm as a plain autograd loop (diagonal masked before the softmax); torch only."""
     x, y = F.normalize(x, dim=1).to(device), y.to(device)
+    torch.manual_seed(seed)
     model = torch.nn.Linear(x.shape[1], num_classes, bias=False).to(device)
-    with torch.no_grad():
-        model.weight.copy_(initial_weight(num_classes, x.shape[1], settings.seed))
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=settings.momentum,
-                          weight_decay=config.weight_decay)
-    shuffle = torch.Generator().manual_seed(settings.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    shuffle = torch.Generator().manual_seed(seed)
 
     def loss_at(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return config.lamda * F.cross_entropy(model(features) / config.lamda, labels)
+        return lamda * F.cross_entropy(model(features) / lamda, labels)
 
-    for _ in range(settings.epochs):
+    for _ in range(epochs):
         perm = torch.randperm(len(y), generator=shuffle).to(device)
-        for start in range(0, len(y), settings.batch_size):
-            idx = perm[start:start + settings.batch_size]
+        for start in range(0, len(y), batch_size):
+            idx = perm[start:start + batch_size]
             xb, yb = x[idx].clone().requires_grad_(True), y[idx]
-            opt.zero_grad()
-            loss_at(xb, yb).backward()          # like the script: W's gradient is computed and dropped
+            (g,) = torch.autograd.grad(loss_at(xb, yb), xb)      # the input gradient only
             with torch.no_grad():
-                g = F.normalize(xb.grad, dim=1)
+                g = F.normalize(g, dim=1)
                 xb = xb.detach()
                 if len(idx) > 1:
-                    scores = g @ xb.T / config.alpha
+                    scores = g @ xb.T / alpha
                     scores.fill_diagonal_(-torch.inf)
                     d = F.normalize(torch.softmax(scores, dim=1) @ xb, dim=1)
-                    xb = F.normalize(xb + config.eta * d, dim=1)
+                    xb = F.normalize(xb + eta * d, dim=1)
             opt.zero_grad()
             loss_at(xb, yb).backward()
             opt.step()
@@ -88,12 +93,16 @@ def mm_rate(device: torch.device, size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 * repeats / seconds / 1e9
 
 
-def head_grid(k: int) -> list[HeadConfig]:
+def head_grid(k: int) -> list:
+    from sea import HeadConfig
+
     lrs, etas = (0.4, 0.8, 1.6, 3.2), (0.2, 0.8)
     return [HeadConfig(lr=lrs[i % 4], eta=etas[(i // 4) % 2], alpha=0.01 * (1 + i // 8)) for i in range(k)]
 
 
 def run(args: argparse.Namespace) -> dict:
+    from sea import TrainSettings, train_heads
+
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -102,10 +111,12 @@ def run(args: argparse.Namespace) -> dict:
     configs = head_grid(args.k)
     warm = TrainSettings(epochs=1, batch_size=args.batch, device=args.device, bf16=args.bf16)
     train_heads(x[:2048], y[:2048], configs, warm, num_classes=args.classes)      # warm-up (allocator, kernels)
-    reference_loop(x[:1024], y[:1024], configs[0], warm, args.classes)
+    c0 = configs[0]
+    reference_loop(x[:1024], y[:1024], c0.lr, c0.eta, args.classes, 1, args.batch, args.device, alpha=c0.alpha)
     runs: dict[str, Callable[[], object]] = {
         "ours_single": lambda: train_heads(x, y, configs[:1], settings, args.classes),
-        "autograd_single": lambda: reference_loop(x, y, configs[0], settings, args.classes),
+        "autograd_single": lambda: reference_loop(x, y, c0.lr, c0.eta, args.classes, args.epochs, args.batch,
+                                                  args.device, alpha=c0.alpha),
         "ours_k_together": lambda: train_heads(x, y, configs, settings, args.classes),
         "ours_k_sequential": lambda: [train_heads(x, y, [c], settings, args.classes) for c in configs],
     }
@@ -129,6 +140,83 @@ def run(args: argparse.Namespace) -> dict:
         "single_fraction_of_mm": gflops["ours_single"] / peak,
         "k_fraction_of_mm": gflops["ours_k_together"] / peak,
     }
+
+
+def _split_files(folder: Path, n: int, d: int, c: int) -> None:
+    x, y = synthetic_features(n, d, c, seed=1)
+    cut = [int(0.6 * n), int(0.8 * n)]
+    for name, part in zip(("train", "val", "test"), np.split(np.arange(n), cut)):
+        np.savez(folder / f"{name}.npz", features=x[part].numpy(), labels=y[part].numpy())
+
+
+def plain_tuning(folder: Path, epochs: int, batch: int, device: str) -> dict:
+    """The published algorithm over the same 9 configurations, one after another: train on train, score
+    validation, keep the best (first on ties), refit it on train+val, test once. torch and numpy only."""
+    split = {name: np.load(folder / f"{name}.npz") for name in ("train", "val", "test")}
+    x, y = {k: torch.from_numpy(v["features"]) for k, v in split.items()}, {
+        k: torch.from_numpy(v["labels"]).long() for k, v in split.items()}
+    c = int(max(int(t.max()) for t in y.values())) + 1
+
+    def top1(w: torch.Tensor, name: str) -> float:
+        pred = (F.normalize(x[name].to(device), dim=1) @ w.T).argmax(1).cpu()
+        return float((pred == y[name]).double().mean()) * 100
+
+    scores = {(lr, eta): top1(reference_loop(x["train"], y["train"], lr, eta, c, epochs, batch, device), "val")
+              for lr in TUNE_LRS for eta in TUNE_ETAS}
+    lr, eta = max(scores, key=scores.get)
+    w = reference_loop(torch.cat([x["train"], x["val"]]), torch.cat([y["train"], y["val"]]), lr, eta, c, epochs,
+                       batch, device)
+    return {"config": {"lr": lr, "eta": eta}, "val_top1": scores[(lr, eta)], "test_top1": top1(w, "test")}
+
+
+def _wall(cmd: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return time.perf_counter() - start, done.stdout
+
+
+def tuning(args: argparse.Namespace) -> dict:
+    """Both tuners as fresh processes, start-up included; and the start-ups alone (best of 3)."""
+    seabench = str(Path(sys.executable).with_name("seabench"))
+    fit_module = [sys.executable, "-m", "orchestrator.commands.fit"]
+    startup = {name: min(_wall(cmd)[0] for _ in range(3)) for name, cmd in {
+        "import_torch": [sys.executable, "-c", "import torch"],
+        "fit_module_help": [*fit_module, "--help"],
+        "seabench_fit_help": [seabench, "fit", "--help"]}.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        _split_files(folder, args.tune_n, args.d, args.classes)
+        fit_args = ["--train", str(folder / "train.npz"), "--val", str(folder / "val.npz"), "--test",
+                    str(folder / "test.npz"), "--method", "sea", "--eta", ",".join(map(str, TUNE_ETAS)),
+                    "--lr", ",".join(map(str, TUNE_LRS)), "--epochs", str(args.tune_epochs), "--batch-size",
+                    str(args.batch), "--device", args.device, "--json"]
+        plain_cmd = [sys.executable, __file__, "--plain-tuning", tmp, "--tune-epochs", str(args.tune_epochs),
+                     "--batch", str(args.batch), "--device", args.device]
+        plain_s, plain_out = _wall(plain_cmd)
+        fit_s, fit_out = _wall([*fit_module, *fit_args])
+        cli_s, _ = _wall([seabench, "fit", *fit_args])
+    ours, plain = json.loads(fit_out.splitlines()[-1]), json.loads(plain_out.splitlines()[-1])
+    return {"tune_n": args.tune_n, "tune_epochs": args.tune_epochs, "startup_seconds": startup,
+            "fit_startup_over_torch": startup["fit_module_help"] - startup["import_torch"],
+            "seabench_startup_over_torch": startup["seabench_fit_help"] - startup["import_torch"],
+            "plain_seconds": plain_s, "fit_seconds": fit_s, "seabench_fit_seconds": cli_s,
+            "tuning_speedup": plain_s / fit_s, "tuning_speedup_seabench": plain_s / cli_s,
+            "fit_result": {k: ours[k] for k in ("config", "val_top1", "test_top1")}, "plain_result": plain}
+
+
+def print_tuning(out: dict) -> None:
+    s = out["startup_seconds"]
+    print(f"tuning: 3 eta x 3 lr, select on val, refit on train+val, test once; n={out['tune_n']} "
+          f"(60/20/20), epochs={out['tune_epochs']}, fresh processes, start-up included")
+    print(f"  plain one-process loop of the published algorithm {out['plain_seconds']:8.2f} s  "
+          f"test top-1 {out['plain_result']['test_top1']:.2f}")
+    print(f"  python -m orchestrator.commands.fit --val          {out['fit_seconds']:8.2f} s  "
+          f"test top-1 {out['fit_result']['test_top1']:.2f}  ratio {out['tuning_speedup']:.2f}x (target >= 3)")
+    print(f"  seabench fit --val                                 {out['seabench_fit_seconds']:8.2f} s  "
+          f"ratio {out['tuning_speedup_seabench']:.2f}x")
+    print(f"start-up: import torch {s['import_torch']:.2f} s; fit --help {s['fit_module_help']:.2f} s "
+          f"(+{out['fit_startup_over_torch']:.2f} s, target <= 0.5); seabench fit --help "
+          f"{s['seabench_fit_help']:.2f} s (+{out['seabench_startup_over_torch']:.2f} s)")
 
 
 def print_table(out: dict) -> None:
@@ -156,15 +244,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats; each row reports its best")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 GEMMs (CUDA only)")
+    parser.add_argument("--tune-n", type=int, default=20_000, help="tuning benchmark: rows in train+val+test")
+    parser.add_argument("--tune-epochs", type=int, default=10, help="tuning benchmark: epochs (0: skip it)")
+    parser.add_argument("--plain-tuning", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
+    if args.plain_tuning:
+        print(json.dumps(plain_tuning(Path(args.plain_tuning), args.tune_epochs, args.batch, args.device)))
+        return 0
     out = run(args)
+    if args.tune_epochs:
+        out["tuning"] = tuning(args)
     if args.json:
         json.dump(out, sys.stdout, indent=1)
         print()
     else:
         print_table(out)
+        if args.tune_epochs:
+            print_tuning(out["tuning"])
     return 0
 
 
