@@ -15,6 +15,8 @@ PARENT_TAG = "mlflow.parentRunId"
 SWEEP_ROLE, CELL_ROLE = "sweep", "cell"
 CELL_TAGS = ("backbone", "task", "method", "seed")   # the parts of a cell_id, in order
 PAGE_SIZE = 1000
+CELLS_ARTIFACT = "cells.json"            # parent run: cell_id -> the fingerprint of the current plan
+CANDIDATES_ARTIFACT = "candidates.csv"   # cell run: one row per candidate configuration
 
 
 def role_filter(role: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,21 @@ class SelectionResult:
     val_history: list[list[dict]] = field(default_factory=list)   # per epoch, per candidate (heads only)
     stopped_epoch: int = 0                # epochs the selection ran (and the refit runs); 0 for logreg
     refit_weights: torch.Tensor | None = None   # the refit head (C×d, CPU); None for logreg
+    phase_seconds: dict[str, float] = field(default_factory=dict)   # wall (and "_cpu") s of select/refit/test
+
+
+def _mark() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _phases(*marks: tuple[float, float]) -> dict[str, float]:
+    """Wall and CPU seconds (this process, all threads) of selection, refit and the one test evaluation,
+    from the (wall, cpu) marks at their boundaries: {"select", "refit", "test", "select_cpu", …}."""
+    marks = (*marks, _mark())
+    out: dict[str, float] = {}
+    for name, (a, b) in zip(("select", "refit", "test"), itertools.pairwise(marks)):
+        out[name], out[f"{name}_cpu"] = b[0] - a[0], b[1] - a[1]
+    return out
 
 
 def _logreg_grid(configs: Any) -> list[float] | None:
@@ -73,6 +89,7 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
     ('logreg', cs) for the L-BFGS logistic-regression baseline (C chosen on the same metric).
     """
     started = time.perf_counter()
+    begin = _mark()
     if metric not in SELECTION_METRICS:
         raise SeaError(f"metric={metric!r} is unknown; choose one of {', '.join(SELECTION_METRICS)}")
     x, y = validate_features(x_train, y_train, name="train")
@@ -86,20 +103,24 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
         scores = [m[metric] for m in val_metrics]
         best_index = scores.index(max(scores))
         c = val_metrics[best_index]["c"]
+        marks = [begin, _mark()]
         refit = refit_logreg(x_all, y_all, c, num_classes, device=device, warm_path=[m["c"] for m in val_metrics])
+        marks.append(_mark())
         test_top1, test_mpc = _test_once(x_test_loader, x.shape[1], refit.predict)
         return SelectionResult(best_index, {"method": LOGREG, "c": c}, val_metrics, test_top1, test_mpc,
-                               time.perf_counter() - started)
+                               time.perf_counter() - started, phase_seconds=_phases(*marks))
     heads = check_configs(configs)
     result = train_heads(x, y, heads, settings, num_classes, val=(xv, yv), on_epoch=on_epoch,
                          progress=progress)
     val_metrics = result.val_history[-1]
     scores = [m[metric] for m in val_metrics]
     best_index = scores.index(max(scores))
+    marks = [begin, _mark()]
     # an early stop (on_epoch) ends every head at once: the refit runs the same schedule, stopped there
     refit = train_heads(x_all, y_all, [heads[best_index]], settings, num_classes, progress=progress,
                         stop_after=result.stopped_epoch)
+    marks.append(_mark())
     test_top1, test_mpc = _test_once(x_test_loader, x.shape[1], lambda t: predict(refit.weights[0], t))
     return SelectionResult(best_index, heads[best_index], val_metrics, test_top1, test_mpc,
                            time.perf_counter() - started, result.val_history, result.stopped_epoch,
-                           refit.weights[0])
+                           refit.weights[0], _phases(*marks))

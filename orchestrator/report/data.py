@@ -19,6 +19,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.runs import (
     CELL_ROLE,
     CELL_TAGS,
+    CELLS_ARTIFACT,
     DEFAULT_TRACKING_URI,
     SWEEP_ROLE,
     is_complete,
@@ -48,6 +49,7 @@ class ExperimentData:
     mode: str  # "select" | "reference" | "mixed" | "" — which protocol produced the numbers
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SKIPPED_COLUMNS))
     # SKIPPED_COLUMNS: (backbone, task) whose cells left out unreadable images, and how many
+    superseded: int = 0  # finished runs of older configurations (other fingerprints), left out
 
 
 def primary_metric_for(task: str, tag: str | None) -> str:
@@ -199,6 +201,11 @@ def load_experiment(experiment: str, tracking_uri: str | None = None) -> Experim
     client = _client(uri)
     experiment_id = _experiment_id(client, experiment)
     runs = search_runs(client, experiment_id, role_filter(CELL_ROLE))
+    parents = search_runs(client, experiment_id, role_filter(SWEEP_ROLE))
+    # the most recent parent is the sweep that wrote (or last resumed) these cells
+    parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    parent_id = parents[0].info.run_id if parents else None
+    runs, superseded = current_runs(runs, current_fingerprints(client, parent_id))
     results, failed, mode = _tables(runs)
     if results.empty:
         raise OrchestratorError(
@@ -207,11 +214,32 @@ def load_experiment(experiment: str, tracking_uri: str | None = None) -> Experim
             f"`seabench run --config <sweep.yaml> --tracking-uri {uri}` (the config's `name` is the "
             "experiment name), then rerun `seabench report`"
         )
-    parents = search_runs(client, experiment_id, role_filter(SWEEP_ROLE))
-    # the most recent parent is the sweep that wrote (or last resumed) these cells
-    parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
-    parent_id = parents[0].info.run_id if parents else None
-    return ExperimentData(experiment, results, failed, parent_id, mode, skipped_images(r for r in runs if is_complete(r)))
+    return ExperimentData(experiment, results, failed, parent_id, mode, skipped_images(r for r in runs if is_complete(r)),
+                          superseded)
+
+
+def current_fingerprints(client, parent_id: str | None) -> dict[str, str] | None:
+    """cell_id -> fingerprint of the sweep's current plan (the parent run's cells.json); None if absent."""
+    import json
+    import tempfile
+
+    if parent_id is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="seabench-cells-") as tmp:
+        try:
+            path = client.download_artifacts(parent_id, CELLS_ARTIFACT, tmp)
+        except Exception:  # MlflowException / OSError: a sweep written before fingerprints existed
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def current_runs(runs: list, fingerprints: dict[str, str] | None) -> tuple[list, int]:
+    """The runs of the current plan's cells with the current fingerprints, and how many finished runs of
+    older configurations (other fingerprints, or cells no longer planned) were left out."""
+    if fingerprints is None:
+        return runs, 0
+    keep = [r for r in runs if fingerprints.get(r.data.tags.get("cell_id", "")) == r.data.tags.get("fingerprint")]
+    return keep, sum(1 for r in runs if is_complete(r)) - sum(1 for r in keep if is_complete(r))
 
 
 def log_report(tracking_uri: str | None, parent_run_id: str, files: Iterable[Path]) -> None:

@@ -25,14 +25,15 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.sweep.cells import Cell, candidate_configs, plan_cells
+from orchestrator.sweep.cells import Cell, candidate_configs, expand_backbones, plan_cells
+from orchestrator.sweep.fingerprint import cell_fingerprint, current_keys
 from orchestrator.sweep.search import search_cell
 from orchestrator.sweep.tracking import SweepTracker
 from orchestrator.sweep.trial import CellOutcome, TrialContext, prepare_worker, run_cell
@@ -49,13 +50,17 @@ class SweepSummary:
     not_run: int = 0                # pending cells neither finished nor failed (the sweep was stopped)
 
 
-def trial_context(cfg: SweepConfig) -> TrialContext:
-    trainer = {k: v for k, v in cfg.trainer.__dict__.items()}
+def store_uri(cfg: SweepConfig) -> str:
     # Tune runs each trial in its own working directory: a relative local store path must be made absolute
-    store = cfg.store if "://" in cfg.store else str(Path(cfg.store).expanduser().resolve())
-    return TrialContext(store=store, mode=cfg.mode, trainer=trainer,
+    return cfg.store if "://" in cfg.store else str(Path(cfg.store).expanduser().resolve())
+
+
+def trial_context(cfg: SweepConfig, keys: Mapping[str, str] | None = None) -> TrialContext:
+    """What every trial of the sweep shares, including the exact feature keys its units must have."""
+    trainer = {k: v for k, v in cfg.trainer.__dict__.items()}
+    return TrialContext(store=store_uri(cfg), mode=cfg.mode, trainer=trainer,
                         candidates={m: candidate_configs(cfg, m) for m in cfg.methods},
-                        cpus=cfg.resources.cpu, gpus=cfg.resources.gpu, workdir=os.getcwd())
+                        cpus=cfg.resources.cpu, gpus=cfg.resources.gpu, workdir=os.getcwd(), keys=dict(keys or {}))
 
 
 def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -70,8 +75,10 @@ def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 class CellLogger:
     """Driver-side Tune callback: logs each finished or failed cell trial to MLflow immediately."""
 
-    def __init__(self, tracker: SweepTracker, summary: SweepSummary, on_cell: Callable[[str], None]) -> None:
+    def __init__(self, tracker: SweepTracker, summary: SweepSummary, on_cell: Callable[[str], None],
+                 fingerprints: Mapping[str, str] | None = None) -> None:
         self.tracker, self.summary, self.on_cell = tracker, summary, on_cell
+        self.fingerprints = dict(fingerprints or {})   # cell_id -> fingerprint, tagged on every run
         self.retries: Counter[str] = Counter()   # trial id -> failures Tune retried (max_failures)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -91,13 +98,15 @@ class CellLogger:
 
     def log_outcome(self, cell: Cell, outcome: CellOutcome, attempts: int = 1) -> None:
         outcome.tags["attempts"] = str(attempts)
+        outcome.tags["fingerprint"] = self.fingerprints.get(cell.cell_id, "")
         self.tracker.log_cell(cell, outcome)
         self.summary.completed += 1
         self.summary.trial_seconds += outcome.seconds
         self.on_cell(cell.cell_id)
 
     def log_failure(self, cell: Cell, error: str, attempts: int = 1) -> None:
-        self.tracker.log_failed(cell, error, {"attempts": str(attempts)})
+        self.tracker.log_failed(cell, error, {"attempts": str(attempts),
+                                              "fingerprint": self.fingerprints.get(cell.cell_id, "")})
         self.summary.failed.append(cell.cell_id)
         self.on_cell(cell.cell_id)
 
@@ -186,27 +195,31 @@ def _run_search(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: 
 
 
 def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | None = None, *,
-              progress: bool = True, extra_callbacks: Sequence[Any] = ()) -> SweepSummary:
-    """Run every cell of `cfg` over `tasks` not yet complete in MLflow; returns what happened.
+              keys: Mapping[str, str] | None = None, progress: bool = True,
+              extra_callbacks: Sequence[Any] = ()) -> SweepSummary:
+    """Run every cell of `cfg` over `tasks` that MLflow does not hold with its current fingerprint.
 
+    `keys` (unit id "backbone|task|split" -> feature key) are the units the trials must read, as the
+    sweep's extraction returned them; without them, the keys the store's pointers name now.
     `extra_callbacks` are further Tune callbacks on the driver (called after the MLflow logger).
     """
     from orchestrator.raycluster import init_ray
-    from orchestrator.sweep.cells import expand_backbones
 
     cfg = replace(cfg, backbones=expand_backbones(cfg.backbones))
-    tracker = tracker or SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
-    tracker.start()
     cells = plan_cells(cfg, tasks)
+    keys = dict(keys) if keys is not None else current_keys(store_uri(cfg), cells)
+    fingerprints = {c.cell_id: cell_fingerprint(cfg, c, keys) for c in cells}
+    tracker = tracker or SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
+    tracker.start(fingerprints)
     done = tracker.completed()
-    pending = [c for c in cells if c.cell_id not in done]
+    pending = [c for c in cells if fingerprints[c.cell_id] not in done.get(c.cell_id, ())]
     summary = SweepSummary(cells=len(cells), skipped=len(cells) - len(pending))
     if not pending:
         tracker.finish("FINISHED")
         return summary
     tracker.discard_unfinished(c.cell_id for c in pending)
     bar = _progress_bar(len(cells), summary.skipped, enabled=progress)
-    logger = CellLogger(tracker, summary, lambda cell_id: bar.update(1))
+    logger = CellLogger(tracker, summary, lambda cell_id: bar.update(1), fingerprints)
     started = time.perf_counter()
     search = cfg.mode == "select" and cfg.search.algorithm != "grid"
     status = "FAILED"
@@ -215,7 +228,7 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
         _check_resources(cfg)
         with _tune_storage(cfg) as storage:
             runner = _run_search if search else _run_grid
-            runner(cfg, pending, trial_context(cfg), logger, storage, extra_callbacks)
+            runner(cfg, pending, trial_context(cfg, keys), logger, storage, extra_callbacks)
         # Tune stops gracefully on Ctrl-C and returns normally: count what never ran
         summary.not_run = len(pending) - summary.completed - len(summary.failed)
         status = "KILLED" if summary.not_run else "FAILED" if summary.failed else "FINISHED"
@@ -230,18 +243,32 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
 
 
 def _check_resources(cfg: SweepConfig) -> None:
-    """Fail fast where Tune would wait forever for resources the cluster does not have."""
-    from orchestrator.raycluster import cluster_gpus
+    """Fail fast where Tune would wait forever: a trial shape (resources.cpu, resources.gpu) that no node
+    of a fixed cluster can hold. On an autoscaling cluster (--autoscaling) the shape is asked of the
+    autoscaler and a shape no node has *yet* is only a warning: the trials start once nodes join."""
+    import sys
 
-    if cfg.resources.gpu > 0 and cluster_gpus() == 0:
-        raise OrchestratorError(f"resources.gpu={cfg.resources.gpu} but the Ray cluster has no GPU; "
-                                "use --set resources.gpu=0 on a CPU-only cluster")
-    import ray
+    from orchestrator.raycluster import alive_nodes, autoscaling, fits, request_resources
 
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    if cfg.resources.cpu > cpus:
-        raise OrchestratorError(f"resources.cpu={cfg.resources.cpu} exceeds the cluster's {cpus:g} CPUs; "
-                                f"use --set resources.cpu={max(cpus, 1):g}")
+    bundle = {"CPU": cfg.resources.cpu, "GPU": cfg.resources.gpu}
+    nodes = alive_nodes()
+    if any(fits(bundle, n["Resources"]) > 0 for n in nodes):
+        return
+    shapes = ", ".join(f"{n['Resources'].get('CPU', 0):g} CPU/{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
+    if autoscaling():
+        request_resources([bundle] * (cfg.search.max_concurrent or 1))
+        print(f"sweep: no node holds a trial of resources.cpu={cfg.resources.cpu:g}, resources.gpu="
+              f"{cfg.resources.gpu:g} yet (nodes: {shapes or 'none'}); asked the autoscaler, trials start as "
+              "nodes join", file=sys.stderr, flush=True)
+        return
+    if cfg.resources.gpu > 0 and not any(n["Resources"].get("GPU", 0) for n in nodes):
+        raise OrchestratorError(f"resources.gpu={cfg.resources.gpu} but the Ray cluster has no GPU (nodes: {shapes}); "
+                                "use --set resources.gpu=0 on a CPU-only cluster, or --autoscaling where the "
+                                "cluster's autoscaler adds GPU nodes")
+    most = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
+    raise OrchestratorError(f"no node of the Ray cluster holds a trial of resources.cpu={cfg.resources.cpu:g}, "
+                            f"resources.gpu={cfg.resources.gpu:g} (nodes: {shapes}); use --set "
+                            f"resources.cpu={max(most, 1):g}, or --autoscaling where the autoscaler adds larger nodes")
 
 
 def _progress_bar(total: int, initial: int, enabled: bool) -> Any:

@@ -15,13 +15,15 @@ import logging
 import math
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.runs import (
+    CANDIDATES_ARTIFACT,
     CELL_ROLE,
+    CELLS_ARTIFACT,
     PARENT_TAG,
     ROLE_TAG,
     SWEEP_ROLE,
@@ -30,6 +32,7 @@ from orchestrator.runs import (
     search_runs,
 )
 from orchestrator.sweep.cells import Cell
+from orchestrator.sweep.fingerprint import config_hash
 from orchestrator.sweep.trial import CellOutcome
 
 logger = logging.getLogger(__name__)
@@ -80,6 +83,19 @@ def _retry(func: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def candidates_csv(rows: list[dict[str, Any]]) -> str:
+    """The candidate table as CSV: the union of the rows' columns, in first-seen order."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
 def _metric_list(outcome: CellOutcome, now: int) -> list:
     from mlflow.entities import Metric
 
@@ -104,8 +120,13 @@ class SweepTracker:
         self.parent_id = ""
 
     @_retry
-    def start(self) -> None:
-        """Create or reopen the experiment and its parent run (one per sweep, reused on resume)."""
+    def start(self, fingerprints: Mapping[str, str] | None = None) -> None:
+        """Create or reopen the experiment and its parent run (one per sweep, reused on resume).
+
+        The resolved config is an artifact `configs/config-<hash>.json` of the parent run, never
+        truncated and never overwritten (a rerun with another config adds its own); `cells.json`
+        maps each planned cell to its current fingerprint, which is what the report reads.
+        """
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None and found.lifecycle_stage == "deleted":
             raise OrchestratorError(f"MLflow experiment {self.experiment!r} is deleted; restore it "
@@ -118,24 +139,37 @@ class SweepTracker:
         else:
             run = self.client.create_run(self.experiment_id, run_name="sweep", tags={ROLE_TAG: SWEEP_ROLE})
             self.parent_id = run.info.run_id
-        # the config is a tag, not params: params are immutable and a resumed sweep may change e.g. resources
-        self.client.set_tag(self.parent_id, "seabench.config", json.dumps(self.config, sort_keys=True)[:8000])
+        digest = config_hash(self.config)
+        logged = {f.path for f in self.client.list_artifacts(self.parent_id, "configs")}
+        if f"configs/config-{digest}.json" not in logged:
+            self.client.log_text(self.parent_id, json.dumps(self.config, indent=1, sort_keys=True),
+                                 f"configs/config-{digest}.json")
+        self.client.set_tag(self.parent_id, "seabench.config_hash", digest)
         self.client.set_tag(self.parent_id, "code_version", self.code_version)
+        if fingerprints is not None:
+            self.client.log_text(self.parent_id, json.dumps(dict(fingerprints), indent=1, sort_keys=True),
+                                 CELLS_ARTIFACT)
 
     @_retry
     def cell_runs(self) -> list:
         return search_runs(self.client, self.experiment_id, role_filter(CELL_ROLE))
 
-    def completed(self) -> set[str]:
-        """cell_ids with a FINISHED child run tagged status=ok."""
-        return {r.data.tags.get("cell_id", "") for r in self.cell_runs() if is_complete(r)}
+    def completed(self) -> dict[str, set[str]]:
+        """cell_id -> the fingerprints of its FINISHED child runs tagged status=ok."""
+        done: dict[str, set[str]] = {}
+        for run in self.cell_runs():
+            if is_complete(run):
+                done.setdefault(run.data.tags.get("cell_id", ""), set()).add(run.data.tags.get("fingerprint", ""))
+        return done
 
     @_retry
     def discard_unfinished(self, cell_ids: Iterable[str]) -> int:
-        """Mark KILLED and delete every child run of these (not complete) cells; returns how many."""
+        """Mark KILLED and delete every unfinished or failed child run of these cells; returns how many.
+
+        FINISHED results of a cell's older fingerprints stay: they are another config's record."""
         wanted, count = set(cell_ids), 0
         for run in self.cell_runs():
-            if run.data.tags.get("cell_id") in wanted:
+            if run.data.tags.get("cell_id") in wanted and not is_complete(run):
                 if run.info.status == "RUNNING":
                     self.client.set_terminated(run.info.run_id, status="KILLED")
                 self.client.delete_run(run.info.run_id)
@@ -148,27 +182,36 @@ class SweepTracker:
                 "code_version": self.code_version, **{k: str(v) for k, v in extra.items()}}
 
     @_retry
-    def _create(self, cell: Cell, tags: dict[str, str]) -> str:
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=cell.cell_id).info.run_id
+    def _create(self, cell: Cell, tags: dict[str, str], start_ms: int | None = None) -> str:
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=cell.cell_id,
+                                      start_time=start_ms).info.run_id
 
     @_retry
     def _log_batch(self, run_id: str, metrics: list, params: list) -> None:
         self.client.log_batch(run_id, metrics=metrics, params=params)
 
     @_retry
-    def _terminate(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
+    def _terminate(self, run_id: str, status: str, end_ms: int | None = None) -> None:
+        self.client.set_terminated(run_id, status=status, end_time=end_ms)
+
+    @_retry
+    def _log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
 
     def log_cell(self, cell: Cell, outcome: CellOutcome) -> str:
-        """One FINISHED child run with status=ok; returns its run id."""
+        """One FINISHED child run with status=ok, spanning the cell's real compute time; returns its run id."""
         from mlflow.entities import Param
 
-        run_id = self._create(cell, self._cell_tags(cell, {**outcome.tags, "status": "ok"}))
-        metrics = _metric_list(outcome, int(time.time() * 1000))
+        start_ms = int(outcome.started * 1000) if outcome.started else None
+        end_ms = int(outcome.ended * 1000) if outcome.ended else None
+        run_id = self._create(cell, self._cell_tags(cell, {**outcome.tags, "status": "ok"}), start_ms)
+        metrics = _metric_list(outcome, end_ms or int(time.time() * 1000))
         params = [Param(k, str(v)) for k, v in sorted(outcome.params.items())]
         for start in range(0, max(len(metrics), 1), MAX_BATCH_METRICS):
             self._log_batch(run_id, metrics[start:start + MAX_BATCH_METRICS], params if start == 0 else [])
-        self._terminate(run_id, "FINISHED")
+        if outcome.candidates:
+            self._log_text(run_id, candidates_csv(outcome.candidates), CANDIDATES_ARTIFACT)
+        self._terminate(run_id, "FINISHED", end_ms)
         return run_id
 
     def log_failed(self, cell: Cell, error: str, extra: dict[str, str] | None = None) -> str:
