@@ -15,8 +15,11 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.names import path_component
 
 # Bump when the meaning or layout of stored features changes: every key changes with it.
-FEATURE_FORMAT_VERSION = 1
+# 2: the split hash covers each image's identity, and the key holds how the features were computed.
+FEATURE_FORMAT_VERSION = 2
 DTYPES = ("float32", "float16")
+COMPUTE_FLOAT32, COMPUTE_BF16 = "float32", "bf16-autocast"   # how the backbone ran (`compute` in the key)
+COMPUTES = (COMPUTE_FLOAT32, COMPUTE_BF16)
 # The leading "_" makes pyarrow/pandas/Spark skip it, so `pandas.read_parquet(<unit folder>)` just works.
 MANIFEST = "_manifest.json"
 METADATA_KEY = b"seabench"  # Parquet schema-metadata entry holding the unit's key metadata (JSON)
@@ -39,11 +42,14 @@ class FeatureKey:
     split: str
     split_hash: str
     dtype: str
+    compute: str = COMPUTE_FLOAT32
     format_version: int = FEATURE_FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise OrchestratorError(f"feature dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.compute not in COMPUTES:
+            raise OrchestratorError(f"feature compute {self.compute!r} is not one of {COMPUTES}")
         object.__setattr__(self, "preprocessing", _canonical(self.preprocessing))
 
     def metadata(self) -> dict:
@@ -92,6 +98,8 @@ class ShardRecord:
     bytes: int
     crc32: int = -1
     skipped: tuple[tuple[int, str], ...] = ()
+    seconds: float = 0.0        # compute time of the shard on its actor (0: not recorded)
+    node: str = ""              # the Ray node id that computed it ("" : not recorded)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skipped", tuple((int(row), str(why)) for row, why in self.skipped))

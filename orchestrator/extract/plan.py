@@ -7,7 +7,6 @@ what is missing.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import timm
 
 import tasks
 from orchestrator.errors import OrchestratorError
-from orchestrator.extract.manifest import FeatureKey, Manifest
+from orchestrator.extract.manifest import COMPUTE_BF16, COMPUTE_FLOAT32, FeatureKey, Manifest
 from orchestrator.extract.store import FeatureStore
 from orchestrator.progress import ExtractSummary
 
@@ -44,19 +43,21 @@ class Unit:
         return f"{self.backbone}|{self.task}|{self.split}"
 
 
-def stored_split_identity(task: str, split: str, labels: np.ndarray) -> str:
-    """Hash of a whole stored split: its size and order (tasks.stored_split_hash) plus its labels."""
-    digest = hashlib.sha256(tasks.stored_split_hash(task, split, len(labels)).encode())
-    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
-    return digest.hexdigest()[:16]
+def compute_of(num_gpus_per_actor: float) -> str:
+    """How actors compute the features: bf16 autocast when they hold GPUs (on CUDA, or on the CPU
+    where a node offers the GPU resource without CUDA), float32 otherwise. It is part of the key, so
+    CPU and GPU features never share one."""
+    return COMPUTE_BF16 if num_gpus_per_actor > 0 else COMPUTE_FLOAT32
 
 
-def feature_key(backbone: tasks.Backbone, task: str, split: str, labels: np.ndarray, dtype: str) -> FeatureKey:
-    """The key of the features `backbone` gives on `task`/`split` (whose labels, in order, are `labels`)."""
+def feature_key(backbone: tasks.Backbone, task: str, split: str, data: tasks.TaskData, dtype: str,
+                compute: str = COMPUTE_FLOAT32) -> FeatureKey:
+    """The key of the features `backbone` gives on `task`/`split` (built as `data`: its images' identity,
+    index set and labels enter the split hash)."""
     return FeatureKey(
         backbone=backbone.spec.name, weights_sha256=backbone.weights_sha256, timm_version=timm.__version__,
         preprocessing=backbone.preprocessing, feature=backbone.spec.feature, task=task, split=split,
-        split_hash=stored_split_identity(task, split, labels), dtype=dtype,
+        split_hash=tasks.stored_split_hash(task, split, data), dtype=dtype, compute=compute,
     )
 
 
@@ -75,20 +76,21 @@ def _splits_of(task: str, splits: Sequence[str] | None) -> tuple[str, ...]:
 
 def data_name(task: str) -> str:
     """The task name actors open: `imagefolder:` paths made absolute, since actors run in other folders."""
-    if task.startswith(tasks.IMAGEFOLDER_PREFIX):
+    if task.startswith(tasks.IMAGEFOLDER_PREFIX) and not tasks.is_uri(task[len(tasks.IMAGEFOLDER_PREFIX):]):
         return tasks.IMAGEFOLDER_PREFIX + str(Path(task[len(tasks.IMAGEFOLDER_PREFIX):]).expanduser().resolve())
     return task
 
 
 def plan_units(store: FeatureStore, backbone: tasks.Backbone, task_names: Sequence[str],
                splits: Sequence[str] | None, data_root: str | None, dtype: str, shard_size: int,
-               download: bool, summary: ExtractSummary) -> list[Unit]:
+               download: bool, summary: ExtractSummary, compute: str = COMPUTE_FLOAT32) -> list[Unit]:
     """The units of one backbone, each with a manifest holding only its verified shards."""
     units = []
     for task in task_names:
         for split in _splits_of(task, splits):
-            labels = np.asarray(tasks.build_task(task, data_root, split, download=download).targets)
-            fkey = feature_key(backbone, task, split, labels, dtype)
+            data = tasks.build_task(task, data_root, split, download=download)
+            labels = np.asarray(data.targets)
+            fkey = feature_key(backbone, task, split, data, dtype, compute)
             manifest, dropped = store.open_unit(fkey, len(labels), backbone.feature_dim, shard_size)
             summary.shards_repaired += dropped
             summary.shards_skipped += len(manifest.shards)
