@@ -247,11 +247,12 @@ def protocol_split(name: str, phase: str, stored_labels: Mapping[str, np.ndarray
 
 
 def list_tasks(root: str | Path | None = None) -> list[dict]:
-    """One row per registered task; `sizes` holds split lengths where the data is present locally."""
+    """One row per registered task; `sizes` holds split lengths where the data is present locally
+    (not counted under a URI root, which would stage every dataset to count it)."""
     rows = []
     for spec in TASKS.values():
         sizes: dict[str, int | None] = dict.fromkeys(spec.stored_splits)
-        if root is not None or not spec.needs_root:
+        if (root is not None and not is_uri(root)) or (root is None and not spec.needs_root):
             for split in spec.stored_splits:
                 try:
                     sizes[split] = len(build_task(spec.name, root, split))

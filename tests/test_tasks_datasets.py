@@ -340,3 +340,9 @@ def test_data_root_uri_missing_a_task_names_the_uri_and_download_is_refused(tmp_
         build_task("pets", root, "train")
     with pytest.raises(TaskError, match="cannot download into file://"):
         build_task("pets", root, "train", download=True)
+
+
+def test_list_tasks_under_a_uri_root_counts_nothing_and_stages_nothing(tmp_path: Path, stage_dir: Path) -> None:
+    fakedata.make_fake_cub200(tmp_path / "data")
+    rows = {row["name"]: row for row in list_tasks((tmp_path / "data").as_uri())}
+    assert rows["cub200"]["sizes"] == {"train": None, "test": None} and not stage_dir.exists()
