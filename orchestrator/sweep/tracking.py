@@ -139,13 +139,14 @@ class SweepTracker:
         else:
             run = self.client.create_run(self.experiment_id, run_name="sweep", tags={ROLE_TAG: SWEEP_ROLE})
             self.parent_id = run.info.run_id
-        digest = config_hash(self.config)
-        logged = {f.path for f in self.client.list_artifacts(self.parent_id, "configs")}
-        if f"configs/config-{digest}.json" not in logged:
-            self.client.log_text(self.parent_id, json.dumps(self.config, indent=1, sort_keys=True),
-                                 f"configs/config-{digest}.json")
-        self.client.set_tag(self.parent_id, "seabench.config_hash", digest)
-        self.client.set_tag(self.parent_id, "code_version", self.code_version)
+        if self.config:   # a tracker opened only to read (no config) records nothing
+            digest = config_hash(self.config)
+            logged = {f.path for f in self.client.list_artifacts(self.parent_id, "configs")}
+            if f"configs/config-{digest}.json" not in logged:
+                self.client.log_text(self.parent_id, json.dumps(self.config, indent=1, sort_keys=True),
+                                     f"configs/config-{digest}.json")
+            self.client.set_tag(self.parent_id, "seabench.config_hash", digest)
+            self.client.set_tag(self.parent_id, "code_version", self.code_version)
         if fingerprints is not None:
             self.client.log_text(self.parent_id, json.dumps(dict(fingerprints), indent=1, sort_keys=True),
                                  CELLS_ARTIFACT)

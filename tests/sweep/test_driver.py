@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from sweepkit import SIZES, make_config, runs_by_cell
 from synthstore import write_task
@@ -125,3 +127,67 @@ def test_gpu_request_on_a_cpu_cluster_fails_fast(ray_cluster: None, store: str, 
     cfg = make_config(tmp_path, store, resources={"cpu": 1, "gpu": 0.5})
     with pytest.raises(OrchestratorError, match="no GPU"):
         run_sweep(replace(cfg), cfg.all_tasks, progress=False)
+
+
+def _results(cfg, out: Path) -> pd.DataFrame:
+    from orchestrator.report import build_report
+
+    paths = build_report(cfg.name, out, cfg.tracking_uri)
+    frame = pd.read_csv(paths.results_csv).drop(columns=["run_id", "source"], errors="ignore")   # run ids and experiment names differ
+    return frame.sort_values(["backbone", "task", "method", "seed", "split", "metric"], ignore_index=True)
+
+
+def test_changed_epochs_recompute_every_cell_and_equal_a_fresh_run(store: str, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, store)
+    assert run_sweep(cfg, cfg.all_tasks, progress=False).completed == 2
+    changed = replace(cfg, trainer=replace(cfg.trainer, epochs=2))
+    summary = run_sweep(changed, changed.all_tasks, progress=False)
+    assert (summary.skipped, summary.completed) == (0, 2)                 # every cell again
+    assert run_sweep(changed, changed.all_tasks, progress=False).completed == 0   # nothing changed: nothing run
+    runs = runs_by_cell(cfg)
+    assert all(len(v) == 2 and len({r.data.tags["fingerprint"] for r in v}) == 2 for v in runs.values())
+    fresh = replace(changed, name="sweep-fresh")
+    run_sweep(fresh, fresh.all_tasks, progress=False)
+    pd.testing.assert_frame_equal(_results(changed, tmp_path / "r1"), _results(fresh, tmp_path / "r2"))
+    from orchestrator.report import load_experiment
+
+    assert load_experiment(cfg.name, cfg.tracking_uri).superseded == 2    # the epochs=3 runs, left out
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking_uri)
+    tracker = SweepTracker(cfg.tracking_uri, cfg.name)
+    tracker.start()
+    configs = sorted(a.path for a in client.list_artifacts(tracker.parent_id, "configs"))
+    assert len(configs) == 2                                             # one per config, none overwritten
+    texts = [json.loads(Path(client.download_artifacts(tracker.parent_id, c, str(tmp_path))).read_text())
+             for c in configs]
+    assert sorted(t["trainer"]["epochs"] for t in texts) == [2, 3] and changed.to_dict() in texts
+
+
+def test_each_cell_records_its_candidates_cost_and_real_times(store: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    cfg = make_config(tmp_path, store, methods=["sea", "logreg"])
+    run_sweep(cfg, cfg.all_tasks, progress=False)
+    client = MlflowClient(cfg.tracking_uri)
+    for cell_id, (run,) in runs_by_cell(cfg).items():
+        table = pd.read_csv(client.download_artifacts(run.info.run_id, "candidates.csv", str(tmp_path / cell_id)))
+        method = run.data.tags["method"]
+        knobs = ["c"] if method == "logreg" else ["lr", "weight_decay", "lamda", "eta", "alpha"]
+        assert list(table.columns) == ["candidate", *knobs, "val_top1", "val_mean_per_class", "epochs_run",
+                                       "selected"]
+        assert len(table) == 2 and table["selected"].sum() == 1
+        chosen = table[table["selected"] == 1].iloc[0]
+        assert chosen["val_top1"] == pytest.approx(run.data.metrics["val_top1"])
+        assert table["val_top1"].tolist() == pytest.approx(
+            [m.value for m in sorted(client.get_metric_history(run.info.run_id, "candidate_val_top1"),
+                                     key=lambda m: m.step)])
+        assert (table["epochs_run"] == (0 if method == "logreg" else 3)).all()
+        metrics = run.data.metrics
+        phases = ["select", "refit", "test"]
+        assert all(metrics[f"{p}_wall_s"] > 0 and metrics[f"{p}_cpu_s"] >= 0 and metrics[f"{p}_gpu_s"] == 0
+                   for p in phases)
+        assert sum(metrics[f"{p}_wall_s"] for p in phases) <= metrics["cell_wall_s"]
+        span = (run.info.end_time - run.info.start_time) / 1000
+        assert span == pytest.approx(metrics["cell_wall_s"], abs=0.5)      # the run spans the real compute
