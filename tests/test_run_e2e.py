@@ -145,3 +145,19 @@ def test_optional_tasks_run_only_where_their_data_is_present(
                             "optional_tasks": ["aircraft", present], "data_root": str(tmp_path / "none")})
     assert available_tasks(cfg) == ["digits", present]
     assert "optional task 'aircraft' skipped: its data is not present" in capsys.readouterr().err
+
+
+def test_extract_then_run_with_default_settings_extracts_once(
+        ray_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`seabench extract` and `seabench run` share one set of extraction defaults: the run reuses every unit."""
+    make_fake_imagefolder(tmp_path / "t", classes=2, n_train=4, n_test=2, size=16)
+    task, store = f"imagefolder:{tmp_path / 't'}", str(tmp_path / "store")
+    assert main(["extract", "--backbone", BACKBONES[0], "--task", task, "--store", store, "--no-progress"]) == 0
+    capsys.readouterr()
+    config = {"name": "once", "backbones": [BACKBONES[0]], "tasks": [task], "methods": ["linear"], "seeds": [0],
+              "store": store, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+              "trainer": {"epochs": 1, "batch_size": 8}, "grid": {"lr": [0.8], "weight_decay": [1e-6], "lamda": [0.1]},
+              "resources": {"cpu": 1}, "report": {"out": str(tmp_path / "report")}}
+    (tmp_path / "once.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(tmp_path / "once.yaml"), "--no-progress"]) == 0
+    assert "extract: 2 units (2 cached), 0 images" in capsys.readouterr().out
