@@ -3,10 +3,18 @@ with ASHA early stopping on the per-epoch validation score; then one refit + tes
 
 Each trial trains one sampled configuration on the fit rows and reports its validation score (the
 task's primary metric) every epoch; the test split is read only by the final refit (trial.run_cell).
+Cells are searched concurrently (`search.max_concurrent_cells` Tuners at once, each in a Ray task on
+the driver's node, so their trials fill the cluster together); the driver logs each finished cell. A
+search that did not run all its trials (interrupted) is never refit nor logged: rerunning searches
+it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -16,6 +24,19 @@ from orchestrator.sweep.cells import METHOD_AXES, Cell, search_space
 from orchestrator.sweep.trial import CellOutcome, TrialContext, prepare_worker, run_cell, train_on_validation
 
 SCORE = "val_score"   # the trial's validation score on the task's primary metric
+
+
+class SearchIncomplete(OrchestratorError):
+    """A cell's search stopped before all its trials ran: nothing of it may be logged as finished."""
+
+
+def tune_run_config(cfg: SweepConfig, storage: str, label: str, callbacks: Sequence[Any] = ()) -> Any:
+    """Tune's RunConfig of one Tuner of the sweep (its folder named after the sweep, `label` and the time)."""
+    from ray.tune import FailureConfig, RunConfig
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return RunConfig(name=name, storage_path=storage, verbose=0, callbacks=list(callbacks),
+                     failure_config=FailureConfig(max_failures=cfg.max_failures))
 
 
 def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -72,6 +93,10 @@ def search_cell(cfg: SweepConfig, cell: Cell, ctx: TrialContext, run_config: Any
         run_config=run_config,
     )
     results = tuner.fit()
+    ran = results.num_terminated + results.num_errors
+    if ran < cfg.search.num_samples:
+        raise SearchIncomplete(f"cell {cell.cell_id}: the search stopped after {ran} of {cfg.search.num_samples} "
+                               "trials; nothing of it is logged — rerun to search it again")
     scored = [r for r in results if r.error is None and r.metrics and SCORE in r.metrics]
     if not scored:
         raise OrchestratorError(f"cell {cell.cell_id}: every search trial failed ({results.num_errors} errors)")
@@ -82,5 +107,50 @@ def search_cell(cfg: SweepConfig, cell: Cell, ctx: TrialContext, run_config: Any
     outcome: CellOutcome = ray.get(refit.remote(cell, replace(ctx, candidates={cell.method: [chosen]})))
     outcome.params["n_candidates"] = len(scored)
     outcome.candidate_val_top1 = [float(r.metrics["val_top1"]) for r in scored]
+    outcome.candidates = [
+        {"candidate": i, **{k: r.config[k] for k in METHOD_AXES[cell.method]}, "val_top1": float(r.metrics["val_top1"]),
+         "val_mean_per_class": float(r.metrics.get("val_mean_per_class", float("nan"))),
+         "epochs_run": int(r.metrics.get("epoch", 0)), "selected": int(r is best)}
+        for i, r in enumerate(scored)]
     outcome.tags["search"] = f"{cfg.search.algorithm}{'+asha' if cfg.search.asha else ''}"
     return outcome
+
+
+def _search_task(cfg: SweepConfig, cell: Cell, ctx: TrialContext, storage: str) -> CellOutcome:
+    label = f"search-{hashlib.sha256(cell.cell_id.encode()).hexdigest()[:8]}"
+    return search_cell(cfg, cell, ctx, tune_run_config(cfg, storage, label))
+
+
+def search_cells(cfg: SweepConfig, cells: Sequence[Cell], ctx: TrialContext, storage: str,
+                 on_outcome: Callable[[Cell, CellOutcome], None], on_failure: Callable[[Cell, str], None]) -> int:
+    """Search `cells` concurrently and hand each finished one to `on_outcome` (failed: `on_failure`) as
+    it completes; returns how many stopped incomplete (not logged). Ctrl-C cancels every search."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # the Tuners' folders (storage) are on the driver's node: their Ray tasks run there, taking no CPU
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(_search_task).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
+    waiting, running, incomplete = list(cells), {}, 0
+    limit = cfg.search.max_concurrent_cells
+    try:
+        while waiting or running:
+            while waiting and len(running) < limit:
+                cell = waiting.pop(0)
+                running[remote.remote(cfg, cell, ctx, storage)] = cell
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            cell = running.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except SearchIncomplete:
+                incomplete += 1
+                continue
+            except Exception as exc:  # OrchestratorError, RayTaskError, …: the cell is logged as failed
+                on_failure(cell, f"{type(exc).__name__}: {exc}")
+                continue
+            on_outcome(cell, outcome)
+    except KeyboardInterrupt:
+        for ref in running:
+            ray.cancel(ref, force=True)   # the Tune driver's trial actors die with it
+        raise
+    return incomplete
