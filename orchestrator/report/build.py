@@ -1,7 +1,8 @@
-"""`seabench report`: a sweep's MLflow experiment → results.csv, leaderboard.md/.html and PNG plots.
+"""`seabench report`: one or more sweeps' MLflow experiments → results.csv, leaderboard.md/.html/.tex, plots.
 
-Pipeline of pure steps: `load_experiment` (MLflow → long table) → `compute_leaderboard` (statistics)
-→ plots and renderers → atomic writes → the files are attached to the sweep's parent run.
+Pipeline of pure steps: `load_experiment` per experiment (MLflow → long table) → `combine` (sources,
+conflicts) → `compute_leaderboard` (statistics), candidate tables and cost metrics → plots and renderers
+→ atomic writes → for a single sweep, the files are attached to its parent run.
 """
 
 from __future__ import annotations
@@ -9,13 +10,23 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.report.cost import COST_METRICS, by_method, cell_costs, cost_blocks, cost_plot
 from orchestrator.report.data import ExperimentData, load_experiment, log_report
 from orchestrator.report.plots import difference_heatmap, task_bars
 from orchestrator.report.reference import compare_to_finetuning, load_reference
-from orchestrator.report.render import render_html, render_markdown
+from orchestrator.report.render import render_html, render_latex, render_markdown
+from orchestrator.report.sensitivity import (
+    load_candidates,
+    sensitivity_blocks,
+    sensitivity_csv,
+    sensitivity_data,
+    sensitivity_plots,
+)
+from orchestrator.report.sources import cell_runs, combine, resolve_experiments, sources_blocks
 from orchestrator.report.stats import Leaderboard, compute_leaderboard
 from orchestrator.runs import DEFAULT_TRACKING_URI
 
@@ -30,6 +41,7 @@ class ReportPaths:
     results_csv: Path
     leaderboard_md: Path
     leaderboard_html: Path
+    leaderboard_tex: Path  # the main table(s) as booktabs tabulars
     plots: tuple[Path, ...]
     n_cells: int  # (task, backbone) cells with paired SeA and linear results
     mean_difference: float  # mean over those cells of SeA − linear, points (NaN when none)
@@ -42,10 +54,14 @@ class ReportPaths:
     n_failed: int = 0
     skipped_images: int = 0  # unreadable images left out, summed over (backbone, task)
     parent_run_id: str | None = None  # the run the report was logged to
+    tables: tuple[Path, ...] = ()  # sensitivity.csv (the plotted points), cost.csv (per cell), where there is data
+    experiments: tuple[str, ...] = ()  # the experiments the numbers come from, in order
+    conflicts: int = 0  # cells with results in several experiments, decided by --prefer
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return (self.results_csv, self.leaderboard_md, self.leaderboard_html, *self.plots)
+        return (self.results_csv, self.leaderboard_md, self.leaderboard_html, self.leaderboard_tex,
+                *self.tables, *self.plots)
 
 
 def write_atomic(path: Path, data: bytes | str) -> Path:
@@ -72,23 +88,46 @@ def leaderboard_for(data: ExperimentData, reference_csv: str | os.PathLike | Non
 
 
 def build_report(
-    experiment: str,
+    experiment: str | Sequence[str],
     out_dir: str | os.PathLike,
     tracking_uri: str | None = None,
     reference_csv: str | os.PathLike | None = None,
+    *,
+    prefer: Sequence[str] = (),
+    patterns: Sequence[str] = (),
 ) -> ReportPaths:
-    """Build the report of one sweep into `out_dir` and log it to the sweep's parent run (if any)."""
+    """Build the report of one sweep, or of several (`experiment` a list and/or shell-style `patterns`),
+    into `out_dir`. A cell with results in two experiments is refused unless `prefer` (experiment names
+    and/or "newest", tried in order) decides it. One sweep's report is logged to its parent run."""
     uri = tracking_uri or DEFAULT_TRACKING_URI
-    data = load_experiment(experiment, uri)
+    names = resolve_experiments(uri, [experiment] if isinstance(experiment, str) else list(experiment), patterns)
+    runs = cell_runs(uri, names)
+    data, sources = combine([load_experiment(name, uri) for name in names], prefer,
+                            {run_id: run.info.start_time or 0 for run_id, run in runs.items()})
     board = leaderboard_for(data, reference_csv)  # validates the reference before anything is written
+    candidates = load_candidates(uri, data.results)  # so is every candidate table
+    sensitivity = sensitivity_data(candidates)
+    costs = cell_costs(data.results, runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    plots = [p for p in (difference_heatmap(board.differences), *task_bars(board.summary)) if p is not None]
+    curves = sensitivity_plots(sensitivity)
+    has_costs = bool(costs[list(COST_METRICS)].notna().any().any())
+    cost_figure = cost_plot(by_method(costs)) if has_costs else None
+    plots = [p for p in (difference_heatmap(board.differences), *task_bars(board.summary), *curves, cost_figure)
+             if p is not None]
+    sections = [sensitivity_blocks(candidates, curves), cost_blocks(costs, cost_figure),
+                sources_blocks(data.results, sources)]
     plot_paths = tuple(write_atomic(out / p.filename, p.png) for p in plots)
+    tables = []
+    if len(sensitivity.profiles):
+        tables.append(write_atomic(out / "sensitivity.csv", sensitivity_csv(sensitivity)))
+    if has_costs:
+        tables.append(write_atomic(out / "cost.csv", costs.to_csv(index=False, lineterminator="\n")))
     csv_path = write_atomic(out / "results.csv", data.results.to_csv(index=False, lineterminator="\n"))
-    md_path = write_atomic(out / "leaderboard.md", render_markdown(board, plots))
-    html_path = write_atomic(out / "leaderboard.html", render_html(board, plots))
+    md_path = write_atomic(out / "leaderboard.md", render_markdown(board, plots, sections))
+    html_path = write_atomic(out / "leaderboard.html", render_html(board, plots, sections))
+    tex_path = write_atomic(out / "leaderboard.tex", render_latex(board))
 
     o = board.overall
     paths = ReportPaths(
@@ -96,6 +135,7 @@ def build_report(
         results_csv=csv_path,
         leaderboard_md=md_path,
         leaderboard_html=html_path,
+        leaderboard_tex=tex_path,
         plots=plot_paths,
         n_cells=o.n_cells,
         mean_difference=o.mean,
@@ -108,9 +148,14 @@ def build_report(
         n_failed=len(data.failed),
         skipped_images=int(data.skipped["skipped_images"].sum()) if len(data.skipped) else 0,
         parent_run_id=data.parent_run_id,
+        tables=tuple(tables),
+        experiments=sources.experiments,
+        conflicts=len(sources.conflicts),
     )
-    if data.parent_run_id is None:
-        logger.warning("experiment %r has no parent sweep run: report not logged to MLflow", experiment)
+    if len(names) > 1:
+        logger.info("report over %d experiments: not logged to MLflow (it belongs to no single sweep)", len(names))
+    elif data.parent_run_id is None:
+        logger.warning("experiment %r has no parent sweep run: report not logged to MLflow", names[0])
     else:
         log_report(uri, data.parent_run_id, paths.files)
     return paths

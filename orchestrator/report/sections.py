@@ -1,69 +1,33 @@
-"""What the leaderboard says, as a list of format-neutral blocks (rendered by `orchestrator.report.render`)."""
+"""What the report says, in order, as a list of format-neutral blocks (rendered by `orchestrator.report.render`).
+
+The main leaderboard is `leaderboard`'s; the sections that need more than the results (sensitivity, cost,
+sources) are built by their modules and passed in as `sections`."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from orchestrator.report.blocks import (
+    MISSING,
+    NA,
+    Details,
+    Document,
+    Figure,
+    Heading,
+    Para,
+    Table,
+    TableCell,
+    interval,
+    mean_std,
+    num,
+)
+from orchestrator.report.leaderboard import leaderboard_blocks
 from orchestrator.report.plots import Plot
 from orchestrator.report.stats import CONFIDENCE, Leaderboard, ordered_methods
 
-NA = "n/a"
 MAX_ERROR_CHARS = 300
-
-
-@dataclass(frozen=True)
-class TableCell:
-    text: str
-    best: bool = False  # highlighted: bold in Markdown, class "best" in HTML
-
-
-@dataclass(frozen=True)
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str
-    strong: bool = False
-
-
-@dataclass(frozen=True)
-class Table:
-    header: tuple[str, ...]
-    rows: tuple[tuple[TableCell, ...], ...]
-    caption: str = ""
-    css: str = "board"
-
-
-@dataclass(frozen=True)
-class Figure:
-    plot: Plot
-
-
-@dataclass(frozen=True)
-class Document:
-    title: str
-    blocks: list = field(default_factory=list)  # Heading | Para | Table | Figure, in order
-
-
-def _num(value: float, signed: bool = False) -> str:
-    if value is None or math.isnan(value):
-        return NA
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
-
-
-def _mean_std(mean: float, std: float) -> str:
-    return f"{_num(mean)} ± {_num(std)}"
-
-
-def _interval(low: float, high: float) -> str:
-    return NA if math.isnan(low) else f"[{_num(low, True)}, {_num(high, True)}]"
 
 
 def _task_label(board: Leaderboard, task: str) -> str:
@@ -81,30 +45,32 @@ def _grid(board: Leaderboard, frame: pd.DataFrame, cell) -> Table:
     return Table(("task (metric)", *backbones), rows)
 
 
-def _method_tables(board: Leaderboard) -> list:
-    blocks: list = [Heading("Leaderboard"), Para(
+def _details(board: Leaderboard) -> Details:
+    """The per-method task × backbone tables, the best method per cell, and SeA − linear with n."""
+    blocks: list = [Para(
         "Test accuracy (%) of each task's primary metric, mean ± std over seeds; highlighted: the best "
         "method for that task and backbone (ties all highlighted).")]
     for method in ordered_methods(board.summary["method"].unique()):
         rows = board.summary[board.summary["method"] == method]
-        table = _grid(board, rows, lambda r: TableCell("–") if r is None else TableCell(_mean_std(r.mean, r.std), bool(r.best)))
+        table = _grid(board, rows, lambda r: TableCell(MISSING) if r is None else TableCell(mean_std(r.mean, r.std), bool(r.best)))
         blocks += [Heading(f"method: {method}", 3), table]
-    best = _grid(board, board.best, lambda r: TableCell("–") if r is None else TableCell(r.method))
+    best = _grid(board, board.best, lambda r: TableCell(MISSING) if r is None else TableCell(r.method))
     blocks += [Heading("Best method per task and backbone", 3), best]
-    return blocks
+    if not board.differences.empty:
+        blocks += [Heading("SeA − linear per cell, with the number of paired seeds", 3),
+                   _grid(board, board.differences, lambda r: TableCell(MISSING) if r is None else TableCell(
+                       f"{num(r.mean, True)} {interval(r.ci_low, r.ci_high)} (n={r.n})"))]
+    return Details("Details: the leaderboard per method", tuple(blocks))
 
 
 def _difference_section(board: Leaderboard, plots: Sequence[Plot]) -> list:
     blocks: list = [Heading("SeA − linear (paired over seeds)")]
     if board.differences.empty:
         return [*blocks, Para("Not available: no cell has results for both sea and linear on the same seed.")]
-    pct = f"{CONFIDENCE:.0%}"
     blocks.append(Para(
-        f"Per cell: mean of the per-seed differences SeA − linear (points) and its {pct} t-interval "
-        f"(mean ± t·sd/√n over seeds; {NA} when only one seed is paired)."))
-    table = _grid(board, board.differences, lambda r: TableCell("–") if r is None else TableCell(
-        f"{_num(r.mean, True)} {_interval(r.ci_low, r.ci_high)} (n={r.n})"))
-    blocks.append(table)
+        f"Per cell: mean of the per-seed differences SeA − linear (points) and its {CONFIDENCE:.0%} t-interval "
+        f"(mean ± t·sd/√n over seeds; {NA} when only one seed is paired); the numbers are the leaderboard's "
+        "SeA − linear columns, the number of paired seeds is in the details."))
     blocks += [Figure(p) for p in plots if p.filename == "sea_minus_linear.png"]
     return blocks
 
@@ -118,8 +84,8 @@ def _finetune_blocks(board: Leaderboard) -> list:
     text = (f"Fine-tuning: SeA is within 1 point of (or above) fine-tuning on {comparison.within} of "
             f"{comparison.compared} tasks compared (paper: {got} of {of}).")
     rows = tuple(
-        (TableCell(r.task), TableCell(r.backbone), TableCell(r.metric), TableCell(_num(r.sea)), TableCell(_num(r.finetune)),
-         TableCell(_num(r.gap, True)), TableCell(NA if r.within is None else ("yes" if r.within else "no"), bool(r.within)))
+        (TableCell(r.task), TableCell(r.backbone), TableCell(r.metric), TableCell(num(r.sea)), TableCell(num(r.finetune)),
+         TableCell(num(r.gap, True)), TableCell(NA if r.within is None else ("yes" if r.within else "no"), bool(r.within)))
         for r in comparison.table.itertuples(index=False)
     )
     header = ("task", "backbone", "compared on", "SeA", "fine-tuning", "SeA − FT", "within 1 point")
@@ -128,8 +94,8 @@ def _finetune_blocks(board: Leaderboard) -> list:
 
 def _claims(board: Leaderboard) -> list:
     o = board.overall
-    numbers = (f"Mean SeA − linear over {o.n_cells} (task, backbone) cells: {_num(o.mean, True)} points, "
-               f"{CONFIDENCE:.0%} CI {_interval(o.ci_low, o.ci_high)} (t-interval over the cells' mean paired "
+    numbers = (f"Mean SeA − linear over {o.n_cells} (task, backbone) cells: {num(o.mean, True)} points, "
+               f"{CONFIDENCE:.0%} CI {interval(o.ci_low, o.ci_high)} (t-interval over the cells' mean paired "
                f"differences); paper: ≈ +{o.paper:g} points.")
     return [Heading("Claims"), Para(o.verdict, strong=True), Para(numbers), *_finetune_blocks(board)]
 
@@ -143,15 +109,18 @@ def _error_tail(error: str) -> str:
 def _failed(board: Leaderboard) -> list:
     if board.failed.empty:
         return []
+    # a report over several experiments says which one each failed cell belongs to
+    sourced = "source" in board.failed.columns and board.failed["source"].nunique() > 1
     rows = tuple(
         tuple(TableCell(str(v)) for v in (r.backbone, r.task, r.method, r.seed, getattr(r, "attempts", 1),
-                                      _error_tail(r.error), r.run_id))
+                                      _error_tail(r.error), r.run_id, *((r.source,) if sourced else ())))
         for r in board.failed.itertuples(index=False)
     )
+    header = ("backbone", "task", "method", "seed", "attempts", "error", "run", *(("experiment",) if sourced else ()))
     return [Heading("Failed cells"),
             Para(f"{len(rows)} cell(s) have no successful run; they are excluded from every number above. "
                  "Rerun the sweep to retry them (finished cells are skipped)."),
-            Table(("backbone", "task", "method", "seed", "attempts", "error", "run"), rows, css="failed")]
+            Table(header, rows, css="failed")]
 
 
 def _skipped(board: Leaderboard) -> list:
@@ -166,7 +135,8 @@ def _skipped(board: Leaderboard) -> list:
             Table(("backbone", "task", "images left out"), rows, css="failed")]
 
 
-def document(board: Leaderboard, plots: Sequence[Plot] = ()) -> Document:
+def document(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[list] = ()) -> Document:
+    """The whole report; `sections` (lists of blocks: sensitivity, cost, sources) follow the per-task bars."""
     n_cells = int(board.summary["n"].sum())
     n_skipped = 0 if board.skipped is None or board.skipped.empty else int(board.skipped["skipped_images"].sum())
     overview = (f"Experiment {board.experiment or '(unnamed)'}"
@@ -174,8 +144,10 @@ def document(board: Leaderboard, plots: Sequence[Plot] = ()) -> Document:
                 f"{len(board.failed)} failed cell(s)"
                 f"{f' · {n_skipped} unreadable image(s) left out' if n_skipped else ''}.")
     bars = [Figure(p) for p in plots if p.filename.startswith("bars_")]
-    blocks = [Para(overview), *_claims(board), *_method_tables(board), *_difference_section(board, plots)]
+    blocks = [Para(overview), *_claims(board), *leaderboard_blocks(board), *_difference_section(board, plots)]
     if bars:
         blocks += [Heading("Per task"), Para("Bars: mean over seeds; error bars: std over seeds."), *bars]
-    blocks += _failed(board) + _skipped(board)
+    for section in sections:
+        blocks += section
+    blocks += [*_failed(board), *_skipped(board), _details(board)]
     return Document(f"seabench leaderboard — {board.experiment or '(unnamed)'}", blocks)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from report_fixture import TASK_XSS, make_sweep
+from report_sweeps import enrich
 
 from orchestrator.report.build import build_report
 
@@ -26,7 +27,10 @@ window.addEventListener("load", () => {
   const text = document.body.innerText;
   document.getElementById("probe").textContent = JSON.stringify({
     tables: document.querySelectorAll("table").length,
-    images: Array.from(document.images).map(i => [i.src.startsWith("data:image/png;base64,"), i.naturalWidth]),
+    images: Array.from(document.images).map(i => [i.src.startsWith("data:image/png;base64,"), i.naturalWidth,
+                                                   i.getBoundingClientRect().width, i.getBoundingClientRect().height]),
+    combined: Array.from(document.querySelectorAll("table.board")).filter(
+      t => t.querySelector("th.group") && t.querySelector("tr.summary") && t.offsetHeight > 0).length,
     raw_markup: ["<td", "<table", "|---|", "&lt;"].filter(s => text.includes(s)).length,
     xss_as_text: text.includes("SCRIPT_TASK"),
   });
@@ -52,12 +56,18 @@ def _browser(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory) -> Path:
+def report(tmp_path_factory):
     sweep = make_sweep(tmp_path_factory.mktemp("mlflow"))
-    return build_report(sweep.experiment, tmp_path_factory.mktemp("report"), tracking_uri=sweep.tracking_uri).leaderboard_html
+    enrich(sweep.tracking_uri, sweep.experiment, np.random.default_rng(0))  # candidate tables and costs: every figure
+    return build_report(sweep.experiment, tmp_path_factory.mktemp("report"), tracking_uri=sweep.tracking_uri)
 
 
-def test_tables_and_embedded_images_render_without_visible_markup(page, tmp_path):
+@pytest.fixture(scope="module")
+def page(report) -> Path:
+    return report.leaderboard_html
+
+
+def test_tables_and_embedded_images_render_without_visible_markup(report, page, tmp_path):
     probed = tmp_path / "probed.html"
     marker = json.dumps(TASK_XSS)[1:-1]
     probe = PROBE.replace("SCRIPT_TASK", marker.replace("/", "\\/"))
@@ -67,7 +77,11 @@ def test_tables_and_embedded_images_render_without_visible_markup(page, tmp_path
     assert found and found.group(1), "the probe script did not run"
     result = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
     assert result["tables"] >= 5
-    assert result["images"] and all(is_data and width > 0 for is_data, width in result["images"])
+    # every figure of the report folder is on the page, decoded and laid out (none hidden in collapsed details)
+    kinds = {p.name.split("_")[0] for p in report.plots}
+    assert kinds == {"sea", "bars", "sensitivity", "cost"} and len(result["images"]) == len(report.plots)
+    assert all(is_data and natural > 0 and width > 50 and height > 50 for is_data, natural, width, height in result["images"])
+    assert result["combined"] == 2  # the leaderboard per metric convention, shown
     assert result["raw_markup"] == 0
     assert result["xss_as_text"] is True  # shown as its literal name, not executed
 
