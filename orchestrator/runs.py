@@ -17,6 +17,7 @@ CELL_TAGS = ("backbone", "task", "method", "seed")   # the parts of a cell_id, i
 PAGE_SIZE = 1000
 CELLS_ARTIFACT = "cells.json"            # parent run: cell_id -> the fingerprint of the current plan
 CANDIDATES_ARTIFACT = "candidates.csv"   # cell run: one row per candidate configuration
+UNITS_ARTIFACT = "units.csv"             # parent run: the extraction cost of each unit the sweep reads
 
 
 def role_filter(role: str) -> str:

@@ -88,6 +88,15 @@ def test_run_writes_one_run_per_cell_and_a_report_that_matches_mlflow(
     assert set(table["run_id"]) == set(by_id)
     for row in table.itertuples():
         assert row.value == pytest.approx(by_id[row.run_id].data.metrics[f"{row.split}_{row.metric}"])
+    # the extraction cost is on record: per cell (its units, from their manifests) and per unit (parent run)
+    assert all(v[0].data.metrics["extract_s"] > 0 and v[0].data.metrics["extract_images"] > 0 for v in runs.values())
+    from mlflow import MlflowClient
+
+    client = MlflowClient(yaml.safe_load(e2e_config.read_text())["tracking_uri"])
+    parent = client.get_run(next(iter(runs.values()))[0].data.tags["mlflow.parentRunId"])
+    units = pd.read_csv(client.download_artifacts(parent.info.run_id, "units.csv", str(report)))
+    assert len(units) == 2 * 2 * 2 and (units["extract_s"] > 0).all()   # 2 backbones × 2 tasks × train/test
+    assert sum(1 for m in parent.data.metrics if m.startswith("extract_s/")) == len(units)
 
     # idempotent: nothing is extracted or trained again, the runs stay the same
     assert main(["run", "--config", str(e2e_config), "--no-progress"]) == 0

@@ -27,6 +27,7 @@ from orchestrator.runs import (
     PARENT_TAG,
     ROLE_TAG,
     SWEEP_ROLE,
+    UNITS_ARTIFACT,
     is_complete,
     role_filter,
     search_runs,
@@ -214,6 +215,16 @@ class SweepTracker:
             self._log_text(run_id, candidates_csv(outcome.candidates), CANDIDATES_ARTIFACT)
         self._terminate(run_id, "FINISHED", end_ms)
         return run_id
+
+    def log_units(self, metrics: Mapping[str, float], table: str) -> None:
+        """The extraction cost of the sweep's units, on the parent run: metrics and `units.csv`."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v)]
+        for start in range(0, len(batch), MAX_BATCH_METRICS):
+            self._log_batch(self.parent_id, batch[start:start + MAX_BATCH_METRICS], [])
+        self._log_text(self.parent_id, table, UNITS_ARTIFACT)
 
     def log_failed(self, cell: Cell, error: str, extra: dict[str, str] | None = None) -> str:
         """A FAILED child run tagged status=failed with the error (its last 5000 characters)."""
