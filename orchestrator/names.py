@@ -1,4 +1,4 @@
-"""User-given names that become paths (sweep names, store folders): one rule, one home.
+"""User-given names that become paths (sweep names, store folders, report files): one rule, one home.
 
 A safe name is letters, digits, '.', '_' or '-', starting with a letter or digit, and never holds
 '..': it cannot leave the folder it names a child of. Names with a `scheme:` prefix
@@ -15,6 +15,13 @@ from orchestrator.errors import OrchestratorError
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SCHEME = re.compile(r"[a-z][a-z0-9_]*:")
 _RULE = "letters, digits, '.', '_' or '-'"
+
+
+def slug(text: str, allowed: str = "A-Za-z0-9-", sep: str = "_", limit: int = 48, fallback: str = "x") -> str:
+    """`text` with every run of characters outside `allowed` (a regex class body) replaced by `sep`,
+    trimmed of separators and cut to `limit`: for names that become file names, never a path."""
+    trim = sep + "-."
+    return re.sub(f"[^{allowed}]+", sep, text).strip(trim)[:limit].strip(trim) or fallback
 
 
 def is_safe_name(name: str) -> bool:
@@ -37,8 +44,7 @@ def path_component(name: str, what: str = "name") -> str:
     if is_safe_name(name):
         return name
     if _SCHEME.match(name):
-        slug = re.sub(r"[^A-Za-z0-9-]+", "_", name).strip("_-")[:48].strip("_-") or "x"
-        return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+        return f"{slug(name)}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     raise OrchestratorError(
         f"{what} {name!r} cannot name a store folder: use {_RULE} "
         "(no '/', '..', or absolute paths), or a 'scheme:' name such as 'imagefolder:/path'"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from orchestrator import names
 from orchestrator.report.stats import ordered_methods
 
 
@@ -38,7 +38,7 @@ def _png(fig) -> bytes:
 
 def slug(text: str) -> str:
     """A file-name-safe version of a task name (names are user data: `<script>` must not reach a path)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "task"
+    return names.slug(text, allowed="A-Za-z0-9_.-", sep="-", limit=40, fallback="task")
 
 
 def difference_heatmap(differences: pd.DataFrame) -> Plot | None:

@@ -4,11 +4,11 @@ can put a method's compute beside the extraction it amortises."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.names import slug
 from orchestrator.sweep.cells import Cell
 from orchestrator.sweep.fingerprint import cell_units
 
@@ -45,7 +45,7 @@ def unit_costs(store_uri: str, keys: Mapping[str, str]) -> dict[str, UnitCost]:
 
 def metric_name(prefix: str, unit: str) -> str:
     """An MLflow metric name for a unit id (MLflow allows letters, digits, _ - . / and spaces)."""
-    return f"{prefix}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', unit).strip('_')}"
+    return f"{prefix}/{slug(unit, allowed='A-Za-z0-9_.-', limit=200, fallback='unit')}"
 
 
 def unit_metrics(costs: Mapping[str, UnitCost]) -> dict[str, float]:
