@@ -1,4 +1,4 @@
-"""orchestrator.sweep.trial: one cell's computation without Ray — test isolation, ensembles, reference mode."""
+"""orchestrator.sweep.trial: one cell's computation without Ray — test isolation, reference mode, records."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sweepkit import TINY_GRID, make_config
 
 from orchestrator.sweep.cells import Cell
 from orchestrator.sweep.driver import trial_context
-from orchestrator.sweep.trial import load_features, run_cell, store_loader
+from orchestrator.sweep.trial import run_cell, store_loader
 
 
 def test_test_split_is_loaded_once_and_only_after_training_data(store: str, tmp_path: Path) -> None:
@@ -64,16 +64,6 @@ def test_test_loader_failing_before_selection_is_never_reached(store: str, tmp_p
     with pytest.raises(RuntimeError, match="test split read"):
         run_cell(Cell("bb", "digits", "sea", 0), trial_context(cfg), load=guarded)
     assert seen == ["train", "test"]
-
-
-def test_ensemble_concatenates_unit_normalised_parts(store: str) -> None:
-    load = store_loader(store)
-    x, y, key, skipped = load_features(load, "ensemble:bb+cc", "digits", "train")
-    _, yb, kb, _ = load("bb", "digits", "train")
-    assert len(skipped) == 0
-    assert x.shape == (120, 16 + 8) and np.array_equal(y, yb) and key.split(",")[0] == kb
-    np.testing.assert_allclose(np.linalg.norm(x[:, :16], axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(x[:, 16:], axis=1), 1.0, rtol=1e-5)
 
 
 def test_reference_mode_uses_the_authors_defaults_without_validation(store: str, tmp_path: Path) -> None:
