@@ -46,6 +46,7 @@ class TaskSpec:
     downloadable: bool = True
     needs_root: bool = True           # False: the loader finds its data without a user data root
     note: str = ""                    # what the stored splits mean relative to the official ones
+    hflip: bool = True                # a mirrored image keeps its label (fine-tuning's train-time flips)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS or self.val_rule not in VAL_RULES:
@@ -105,7 +106,8 @@ _SPECS = (
              note=f"official partition {loaders.SUN397_PARTITION} (Training_01.txt / Testing_01.txt); {_CARVE_NOTE}"),
     TaskSpec("digits", "scikit-learn digits (8×8 → 32×32)", 10, "top1", ("train", "test"), "carve", "",
              "ships inside scikit-learn (sklearn.datasets.load_digits)", offline.load_digits_task,
-             downloadable=False, needs_root=False, note=f"stratified {offline.DIGITS_TEST_FRACTION:.0%} test split of the 1 797 images, seed "
+             downloadable=False, needs_root=False, hflip=False,
+             note=f"stratified {offline.DIGITS_TEST_FRACTION:.0%} test split of the 1 797 images, seed "
                   f"{offline.DIGITS_SPLIT_SEED}; {_CARVE_NOTE}"),
     TaskSpec("fashion-mnist", "Fashion-MNIST", 10, "top1", ("train", "test"), "carve", "fashion-mnist",
              f"Debian package dataset-fashion-mnist ({offline.FASHION_MNIST_DEFAULT}), or <root>/fashion-mnist",

@@ -14,19 +14,21 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sea", "tasks", "orchestrator")
-FOLDERS = ("extract", "sweep", "report", "commands")
+FOLDERS = ("extract", "sweep", "report", "finetune", "commands")
 FORBIDDEN = {
     "sea": {"ray", "mlflow", "pyarrow", "pandas", "tasks", "orchestrator", "timm", "torchvision"},
     "tasks": {"ray", "mlflow", "sea", "orchestrator", "pyarrow"},
 }
 # folder -> orchestrator folders it must never import, directly or through another module
 FOLDER_FORBIDDEN = {
-    "extract": {"sweep", "report", "commands"},
+    "extract": {"sweep", "report", "finetune", "commands"},
     "sweep": {"report", "commands"},
-    "report": {"sweep", "extract", "commands"},
+    "report": {"sweep", "extract", "finetune", "commands"},
+    "finetune": {"sweep", "report", "commands"},   # the sweep's driver runs it, never the other way round
 }
 TOP_LEVEL_MAY_IMPORT = {"extract", "sweep"}   # config validates against the grid axes and the store dtypes
 MAX_LINES, MAX_MODULES = 300, 12
+EXPORTING = ("extract", "sweep", "report", "finetune")   # folders used from outside through `_EXPORTS` only
 
 
 def _module_name(path: Path) -> str:
@@ -75,7 +77,7 @@ def _graph() -> dict[str, set[str]]:
             targets.add(module)
             targets |= {f"{module}.{n}" for n in names if f"{module}.{n}" in modules}
             folder = module.split(".")[1] if module.count(".") == 1 else ""
-            if folder in ("extract", "sweep", "report"):
+            if folder in EXPORTING:
                 exports = _export_map(folder)
                 targets |= {f"{module}.{exports[n]}" for n in names if n in exports}
         graph[name] = {t for t in targets if t in modules and t != name}
@@ -154,7 +156,7 @@ def test_code_outside_a_folder_uses_only_its_exported_names():
         here = _folder(_module_name(path)) if path.is_relative_to(REPO_ROOT / "orchestrator") else "benchmarks"
         for module, names in _imports(path):
             folder = _folder(module)
-            if folder not in ("extract", "sweep", "report") or folder == here:
+            if folder not in EXPORTING or folder == here:
                 continue
             if module != f"orchestrator.{folder}":
                 offenders.append(f"{path.relative_to(REPO_ROOT)}: imports {module} (use orchestrator.{folder})")
@@ -166,7 +168,7 @@ def test_code_outside_a_folder_uses_only_its_exported_names():
 def test_every_exported_name_exists():
     import importlib
 
-    for folder in ("extract", "sweep", "report"):
+    for folder in EXPORTING:
         package = importlib.import_module(f"orchestrator.{folder}")
         missing = [name for name in package.__all__ if not hasattr(package, name)]
         assert not missing, f"orchestrator.{folder} exports missing names {missing}"

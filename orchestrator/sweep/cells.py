@@ -24,6 +24,7 @@ METHOD_AXES: dict[str, tuple[str, ...]] = {
     "noise": (*OPTIMISATION_AXES, "eta"),
     "mixup": (*OPTIMISATION_AXES, "eta"),       # η is mixup's Beta(η, η) concentration
     "logreg": ("c",),                           # inverse L2 strength of the L-BFGS probe
+    "finetune": ("lr", "weight_decay"),         # backbone + head on images; values: the finetune section
 }
 AXIS_DEFAULTS: dict[str, tuple[float, ...]] = {
     "lr": (0.4, 0.8, 1.6, 3.2),
@@ -65,6 +66,8 @@ def axis_values(cfg: SweepConfig, method: str, axis: str) -> tuple[float, ...]:
     A shared override (e.g. `grid.eta`) never reaches an axis whose meaning is method-specific
     (mixup's η is a Beta concentration): change that one with `grid.mixup.eta`.
     """
+    if method == "finetune":   # the recipe's own candidates, never the heads' grid
+        return getattr(cfg.finetune, axis)
     own = cfg.grid.own(method, axis)
     if own is not None:
         return own

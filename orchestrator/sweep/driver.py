@@ -194,6 +194,19 @@ def _run_search(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: 
         logger.log_outcome(cell, outcome)
 
 
+def _run_finetune(cfg: SweepConfig, cells: list[Cell], logger: CellLogger, storage: str) -> None:
+    """Fine-tuning cells, one after the other, each a Tuner of Ray Train runs (orchestrator.finetune)."""
+    from orchestrator.finetune import finetune_cell
+
+    for cell in cells:
+        try:
+            fields = finetune_cell(cfg, cell.backbone, cell.task, cell.seed, storage)
+        except Exception as exc:  # OrchestratorError, Ray's TrainingFailedError, …: the cell is logged as failed
+            logger.log_failure(cell, f"{type(exc).__name__}: {exc}")
+            continue
+        logger.log_outcome(cell, CellOutcome(cell.cell_id, **fields))
+
+
 def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | None = None, *,
               keys: Mapping[str, str] | None = None, progress: bool = True,
               extra_callbacks: Sequence[Any] = ()) -> SweepSummary:
@@ -228,7 +241,10 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
         _check_resources(cfg)
         with _tune_storage(cfg) as storage:
             runner = _run_search if search else _run_grid
-            runner(cfg, pending, trial_context(cfg, keys), logger, storage, extra_callbacks)
+            heads = [c for c in pending if c.method != "finetune"]
+            if heads:   # the feature-based cells' Tuner first, then the fine-tuning cells on the same cluster
+                runner(cfg, heads, trial_context(cfg, keys), logger, storage, extra_callbacks)
+            _run_finetune(cfg, [c for c in pending if c.method == "finetune"], logger, storage)
         # Tune stops gracefully on Ctrl-C and returns normally: count what never ran
         summary.not_run = len(pending) - summary.completed - len(summary.failed)
         status = "KILLED" if summary.not_run else "FAILED" if summary.failed else "FINISHED"

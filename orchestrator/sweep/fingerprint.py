@@ -33,6 +33,15 @@ def sea_version() -> str:
     return f"{getattr(sea, '__version__', '0')}+{digest.hexdigest()[:12]}"
 
 
+@functools.cache
+def finetune_version() -> str:
+    """A digest of orchestrator/finetune's source files: a change to the fine-tuning loop counts."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).parents[1] / "finetune").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def stored_splits(task: str) -> tuple[str, ...]:
     from tasks import get_task
 
@@ -66,6 +75,9 @@ def cell_fingerprint(cfg: SweepConfig, cell: Cell, keys: Mapping[str, str]) -> s
         "features": {unit: keys.get(unit, "") for unit in cell_units(cell)},
         "sea": sea_version(),
     }
+    if cell.method == "finetune":   # images, not features, are trained on: its recipe and its code count
+        body.update(finetune=cfg.to_dict()["finetune"], finetune_code=finetune_version(), search=None,
+                    trainer=None, accelerated=None, sea=None)
     return hashlib.sha256(_canonical(body).encode()).hexdigest()[:24]
 
 

@@ -1,0 +1,14 @@
+"""Fine-tuning as a method of the sweep: the backbone + a linear head trained on images with Ray Train,
+candidates selected by Ray Tune, under the same protocol as the feature-based methods. The names below are
+what the rest of seabench may use."""
+
+from orchestrator import lazy_exports
+
+_EXPORTS = {
+    "CITATION": "recipe", "Recipe": "recipe",
+    "FinetuneNet": "loop", "build_net": "loop", "train_in_process": "loop", "train_loop_per_worker": "loop",
+    "build_phase": "images",
+    "finetune_cell": "trainer", "run_training": "trainer", "scaling_config": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

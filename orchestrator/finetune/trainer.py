@@ -1,0 +1,158 @@
+"""One `finetune` cell on Ray Train, under the protocol of every other method.
+
+Candidates (finetune.lr × finetune.weight_decay) are trials of one Ray Tune Tuner; each trial launches a
+`ray.train.torch.TorchTrainer` (Ray Train V2's pattern for tuning distributed runs: the Tune trial is only
+the Train driver, so it holds no CPU of its own) that trains on the fit images and scores validation. The
+best candidate on the task's primary validation metric (ties: the earlier candidate) is retrained by one
+more TorchTrainer on train + validation, which evaluates the test split once. Every run has
+`ScalingConfig(num_workers, use_gpu, resources_per_worker)` from the `finetune:` section, a
+`FailureConfig(max_failures)` that restarts lost workers from the last epoch's checkpoint, and the sweep's
+storage (a local folder or a URI such as s3://…) for its checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.finetune.loop import train_loop_per_worker
+from orchestrator.finetune.recipe import CITATION, Recipe
+
+WALL_METRICS = ("train_wall_s", "eval_wall_s")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
+
+
+def scaling_config(ft: Any) -> Any:
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": ft.cpus_per_worker, **({"GPU": ft.gpus_per_worker} if ft.gpus_per_worker > 0 else {})}
+    return ScalingConfig(num_workers=ft.num_workers, use_gpu=ft.gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple[dict[str, Any], Any]:
+    """One TorchTrainer run of `job`; returns (worker 0's final metrics, its return value, and the Result)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=job, scaling_config=scaling_config(ft),
+        run_config=ray.train.RunConfig(name=_safe(name), storage_path=storage,
+                                       failure_config=ray.train.FailureConfig(max_failures=ft.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
+    result = trainer.fit()
+    if not isinstance(result.return_value, dict):
+        raise OrchestratorError(f"finetune run {name}: Ray Train returned no metrics ({result.error or 'no error'})")
+    return dict(result.return_value), result
+
+
+def candidate_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """Tune function trainable: one candidate's TorchTrainer on fit → val; reports its final metrics."""
+    from ray import tune
+
+    candidate = config["candidate"]
+    job = {**base["job"], "recipe": {**base["job"]["recipe"], "lr": candidate["lr"],
+                                     "weight_decay": candidate["weight_decay"]}}
+    metrics, _ = run_training(job, base["ft"], base["storage"],
+                              f"{base['name']}-c{candidate['index']}-{tune.get_context().get_trial_id()}")
+    tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+
+def _check_cluster(ft: Any) -> int:
+    """How many candidates can train at once; OrchestratorError when no worker group fits the cluster."""
+    import ray
+
+    total = ray.cluster_resources()
+    need = {"CPU": ft.num_workers * ft.cpus_per_worker, "GPU": ft.num_workers * ft.gpus_per_worker}
+    if any(need[k] > total.get(k, 0.0) for k in need):
+        raise OrchestratorError(
+            f"finetune: {ft.num_workers} worker(s) × (CPU {ft.cpus_per_worker:g}, GPU {ft.gpus_per_worker:g}) do not fit "
+            f"the Ray cluster (CPU {total.get('CPU', 0):g}, GPU {total.get('GPU', 0):g}); lower finetune.num_workers, "
+            "finetune.cpus_per_worker or finetune.gpus_per_worker")
+    fits = [math.floor(total.get(k, 0.0) / v) for k, v in need.items() if v > 0]
+    return max(1, min(fits)) if fits else 1
+
+
+def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str, concurrent: int) -> list[dict[str, Any]]:
+    """Every candidate's validation metrics (Tune trials, grid order), OrchestratorError if any failed."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(candidate_trial, base=base), {"cpu": 0})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"candidate": tune.grid_search([{"index": i, **c} for i, c in enumerate(grid)])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id),
+        run_config=tune.RunConfig(name=_safe(f"{base['name']}-select"), storage_path=base["storage"], verbose=0))
+    results = tuner.fit()
+    scores: dict[int, dict[str, Any]] = {}
+    errors = []
+    for result in results:
+        index = result.config["candidate"]["index"]
+        if result.error is not None or f"val_{metric}" not in (result.metrics or {}):
+            errors.append(f"candidate {index} {grid[index]}: {result.error or 'reported no validation metrics'}")
+        else:
+            scores[index] = result.metrics
+    if errors:
+        raise OrchestratorError("finetune: candidate run(s) failed: " + "; ".join(errors))
+    return [scores[i] for i in range(len(grid))]
+
+
+def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -> dict[str, Any]:
+    """The cell (backbone, task, finetune, seed) under `cfg` (a SweepConfig): select on validation, refit on
+    train + validation, test once. Returns the fields of the sweep's CellOutcome, less the cell id."""
+    from orchestrator.extract import backbone_parts
+    from tasks import get_task
+
+    if len(backbone_parts(backbone)) > 1:
+        raise OrchestratorError(f"finetune: {backbone!r} is a virtual ensemble of stored features; only a real "
+                                "backbone can be fine-tuned (drop finetune for ensembles)")
+    started, began, cpu0 = time.time(), time.perf_counter(), time.process_time()
+    ft, spec = cfg.finetune, get_task(task)
+    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())   # Ray Train needs it absolute
+    root = cfg.data_root if "://" in cfg.data_root else str(Path(cfg.data_root).expanduser().resolve())
+    recipe = Recipe.from_config(ft, ft.lr[0], ft.weight_decay[0], seed)
+    job = {"backbone": backbone, "task": task, "root": root, "num_classes": spec.num_classes,
+           "recipe": recipe.as_dict(), "threads": max(1, math.floor(ft.cpus_per_worker)), "workdir": os.getcwd(),
+           "train_phase": "fit", "eval_phase": "val"}
+    name = f"{cfg.name}-ft-{backbone}-{task}-s{seed}-{uuid.uuid4().hex[:6]}"
+    base = {"job": job, "ft": ft, "storage": storage, "name": name}
+    grid = [{"lr": lr, "weight_decay": wd} for lr in ft.lr for wd in ft.weight_decay]
+    concurrent = _check_cluster(ft)
+    scores = _select(base, grid, spec.metric, min(concurrent, len(grid)))
+    selected = time.perf_counter()
+    best = max(range(len(grid)), key=lambda i: (scores[i][f"val_{spec.metric}"], -i))
+    refit_job = {**job, "train_phase": "trainval", "eval_phase": "test",
+                 "recipe": {**job["recipe"], **grid[best]}}
+    final, _ = run_training(refit_job, ft, storage, f"{name}-refit")
+    ended = time.perf_counter()
+    gpus = ft.num_workers * ft.gpus_per_worker
+    runs = [*scores, final]
+    metrics = {
+        "val_top1": scores[best]["val_top1"], "val_mean_per_class": scores[best]["val_mean_per_class"],
+        "test_top1": final["test_top1"], "test_mean_per_class": final["test_mean_per_class"],
+        "select_wall_s": selected - began, "refit_wall_s": ended - selected - final["eval_wall_s"],
+        "test_wall_s": final["eval_wall_s"], "cell_wall_s": ended - began,
+        "cell_cpu_s": sum(r["cpu_s"] for r in runs) + time.process_time() - cpu0,
+        "cell_gpu_s": sum(r[m] for r in runs for m in WALL_METRICS) * gpus,
+        "images_per_s": final["images_per_s"],
+    }
+    params = {**grid[best], "epochs": int(final["epochs_run"]), "steps": int(final["steps"]),
+              "batch_size": ft.batch_size, "image_size": ft.image_size or "backbone", "optimizer": ft.optimizer,
+              "schedule": ft.schedule, "num_workers": ft.num_workers, "precision": ft.precision,
+              "n_candidates": len(grid)}
+    candidates = [{"candidate": i, **c, "val_top1": s["val_top1"], "val_mean_per_class": s["val_mean_per_class"],
+                   "epochs_run": int(s["epochs_run"]), "selected": int(i == best)}
+                  for i, (c, s) in enumerate(zip(grid, scores))]
+    tags = {"primary_metric": spec.metric, "mode": "select", "skipped_images": "0", "recipe": CITATION,
+            "precision_used": ft.precision if ft.gpus_per_worker > 0 else "fp32",
+            "n_train": str(int(final["n_train"])), "n_test": str(int(final["n_eval"]))}
+    return {"params": params, "metrics": metrics, "tags": tags, "candidate_val_top1": [s["val_top1"] for s in scores],
+            "seconds": ended - began, "candidates": candidates, "started": started, "ended": time.time()}
