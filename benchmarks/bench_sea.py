@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -169,9 +170,11 @@ def plain_tuning(folder: Path, epochs: int, batch: int, device: str) -> dict:
     return {"config": {"lr": lr, "eta": eta}, "val_top1": scores[(lr, eta)], "test_top1": top1(w, "test")}
 
 
-def _wall(cmd: list[str]) -> tuple[float, str]:
+def _wall(cmd: list[str], threads: int = 0) -> tuple[float, str]:
+    # --threads reaches the child processes through OMP_NUM_THREADS (torch's default thread count)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     return time.perf_counter() - start, done.stdout
 
 
@@ -192,9 +195,9 @@ def tuning(args: argparse.Namespace) -> dict:
                     str(args.batch), "--device", args.device, "--json"]
         plain_cmd = [sys.executable, __file__, "--plain-tuning", tmp, "--tune-epochs", str(args.tune_epochs),
                      "--batch", str(args.batch), "--device", args.device]
-        plain_s, plain_out = _wall(plain_cmd)
-        fit_s, fit_out = _wall([*fit_module, *fit_args])
-        cli_s, _ = _wall([seabench, "fit", *fit_args])
+        plain_s, plain_out = _wall(plain_cmd, args.threads)
+        fit_s, fit_out = _wall([*fit_module, *fit_args], args.threads)
+        cli_s, _ = _wall([seabench, "fit", *fit_args], args.threads)
     ours, plain = json.loads(fit_out.splitlines()[-1]), json.loads(plain_out.splitlines()[-1])
     return {"tune_n": args.tune_n, "tune_epochs": args.tune_epochs, "startup_seconds": startup,
             "fit_startup_over_torch": startup["fit_module_help"] - startup["import_torch"],
