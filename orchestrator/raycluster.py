@@ -1,10 +1,30 @@
-"""Joining or starting the Ray cluster: one helper so every verb starts Ray the same way."""
+"""Joining or starting the Ray cluster: one helper so every verb starts Ray the same way, plus what the
+verbs ask of the cluster (its nodes, whether it may still grow, a function run on every node)."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
 
 import ray
 
 from orchestrator.errors import OrchestratorError
+
+# `--autoscaling` (run, extract) sets it: the cluster's autoscaler may still add nodes, so a resource
+# that no node has *yet* is asked for (ray.autoscaler.sdk.request_resources), not refused.
+AUTOSCALING_ENV = "SEABENCH_AUTOSCALING"
+NODE_CHECK_TIMEOUT_S = 300.0
+
+
+def check_address(address: str | None) -> None:
+    """Refuse Ray client addresses: in client mode Tune's driver-side logic (the MLflow callback, the
+    sweep summary) runs on the head, not in this process, which then reports every cell as not run."""
+    if address and address.startswith("ray://"):
+        raise OrchestratorError(
+            f"address {address!r}: Ray client (ray://) is not supported, since the sweep's driver (the MLflow "
+            "logging, the summary) must run on the cluster. Submit the command as a job instead: "
+            "`ray job submit --address http://HEAD:8265 --working-dir . -- seabench run … --address auto`")
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -12,6 +32,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     The local cluster runs without the dashboard so nothing listens beyond loopback.
     """
+    check_address(address)
     if ray.is_initialized():
         return
     try:
@@ -21,8 +42,32 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ray.init(num_cpus=num_cpus, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
-        hint = "check the address (e.g. 'auto' or 'ray://head:10001')" if address else "check free memory and /tmp space"
+        hint = "check the address (e.g. 'auto' or 'HOST:6379')" if address else "check free memory and /tmp space"
         raise OrchestratorError(f"cannot start or join {where}: {exc}; {hint}") from exc
+
+
+def autoscaling() -> bool:
+    """Whether the cluster may still grow (`--autoscaling`, i.e. $SEABENCH_AUTOSCALING=1)."""
+    return os.environ.get(AUTOSCALING_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def request_resources(bundles: list[dict[str, float]]) -> None:
+    """Ask an autoscaling cluster for these resource shapes (persistent until the next request; [] clears)."""
+    if autoscaling():
+        from ray.autoscaler.sdk import request_resources as request
+
+        request(bundles=[{k: v for k, v in b.items() if v > 0} for b in bundles])
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """The cluster's live nodes (ray.nodes() entries: NodeID, Resources, …)."""
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def fits(bundle: dict[str, float], resources: dict[str, float]) -> int:
+    """How many `bundle`s a node of total `resources` holds."""
+    counts = [int(resources.get(name, 0.0) // amount) for name, amount in bundle.items() if amount > 0]
+    return min(counts) if counts else 1 << 30
 
 
 def cluster_gpus() -> float:
@@ -30,6 +75,21 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
-def cluster_cpus() -> float:
-    """CPUs currently free on the running cluster (at least 1 so a busy cluster still gets one actor)."""
-    return max(1.0, float(ray.available_resources().get("CPU", 0.0)))
+def on_each_node(function: Callable[..., Any], *args: Any, nodes: list[str]) -> dict[str, Any]:
+    """`function(*args)` run once on each of `nodes` (node ids), as a zero-CPU task pinned there."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(function)
+    refs = {node: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(*args)
+            for node in nodes}
+    _, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=NODE_CHECK_TIMEOUT_S)
+    if late:
+        slow = [node for node, ref in refs.items() if ref in late]
+        raise OrchestratorError(f"Ray nodes {slow} did not answer a check within {NODE_CHECK_TIMEOUT_S:.0f} s; "
+                                "see `ray status` and the nodes' logs")
+    return {node: ray.get(ref) for node, ref in refs.items()}
+
+
+def node_id() -> str:
+    """The Ray node id of this process ("" outside Ray)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""

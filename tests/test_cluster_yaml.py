@@ -52,8 +52,19 @@ def test_has_a_cpu_head_and_a_gpu_worker_type_with_worker_bounds(config):
         assert node_type["max_workers"] >= 1
 
 
-def test_setup_commands_install_seabench_from_the_synced_repo(config):
+def test_setup_commands_install_seabench_with_its_cloud_extra_from_the_synced_repo(config):
     commands = " ; ".join(config["setup_commands"])
-    assert "pip install ~/seabench" in commands
+    assert 'pip install "$HOME/seabench[cloud]"' in commands
     assert "~/seabench" in config["file_mounts"]  # the checkout the install reads
-    assert "s3fs" in commands  # s3:// feature stores
+    pyproject = (CLUSTER_YAML.parent / "pyproject.toml").read_text()
+    assert "cloud = [" in pyproject and '"s3fs==' in pyproject  # s3:// stores, from the extra
+
+
+def test_mlflow_and_the_dashboard_listen_on_loopback_only(config):
+    commands = " ; ".join(config["head_start_ray_commands"])
+    assert "mlflow server --host 127.0.0.1" in commands and "--dashboard-host=127.0.0.1" in commands
+    assert "0.0.0.0" not in CLUSTER_YAML.read_text()
+
+
+def test_the_documented_run_tells_seabench_the_cluster_autoscales():
+    assert "--autoscaling" in CLUSTER_YAML.read_text()

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.config import ExtractionConfig
 from orchestrator.extract import DEFAULT_DATA_ROOT, DEFAULT_STORE, DTYPES, ActorSettings, extract_features
+
+# one set of defaults with `seabench run` (the config's extraction section), so that `extract` then
+# `run` with default settings reuse the same features instead of extracting twice
+DEFAULTS = ExtractionConfig()
 
 HELP = "extract backbone features of tasks' stored splits into the Parquet feature store (Ray, resumable)"
 
@@ -27,19 +32,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=DEFAULT_STORE,
                         help="feature store: a folder or an fsspec URI such as s3://bucket/features (default: %(default)s)")
     parser.add_argument("--address", default=None,
-                        help="Ray cluster to join ('auto', 'ray://head:10001'); default: start a local one")
+                        help="Ray cluster to join ('auto', 'HOST:6379'; not ray://, submit with `ray job submit` "
+                             "instead); default: start a local one")
+    parser.add_argument("--autoscaling", action="store_true",
+                        help="the cluster's autoscaler may add nodes: ask it for the actors' GPUs/CPUs instead of "
+                             "refusing what no node has yet (same as $SEABENCH_AUTOSCALING=1)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
-    parser.add_argument("--shard-size", type=int, default=4096, help="samples per Parquet shard (default: %(default)s)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="stored feature dtype (default: %(default)s)")
-    parser.add_argument("--num-gpus-per-actor", type=float, default=1.0,
-                        help="GPU share of one extraction actor on GPU clusters; fractions pack small models (default: 1)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULTS.shard_size, help="samples per Parquet shard (default: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default=DEFAULTS.dtype, help="stored feature dtype (default: %(default)s)")
+    parser.add_argument("--num-gpus-per-actor", type=float, default=DEFAULTS.num_gpus_per_actor,
+                        help="GPUs one extraction actor holds (e.g. 1 on a GPU cluster; fractions pack small models; "
+                             "default: %(default)s)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0,
                         help="CPUs of one extraction actor (default: %(default)s)")
     parser.add_argument("--num-actors", type=int, default=None,
                         help="extraction actors (default: as many as the cluster holds, at most one per shard)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers per actor (default: 0 on ≤2 cores, else a few)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="leave out images that cannot be decoded instead of stopping (they are listed in the "
                              "unit's _manifest.json, counted in the summary and in the report)")
@@ -48,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.autoscaling:
+        import os
+
+        from orchestrator.raycluster import AUTOSCALING_ENV
+
+        os.environ[AUTOSCALING_ENV] = "1"
     settings = ActorSettings(num_gpus_per_actor=args.num_gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                              num_actors=args.num_actors, num_workers=args.num_workers, batch_size=args.batch_size,
                              skip_bad_images=args.skip_bad_images)

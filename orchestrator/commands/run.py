@@ -22,8 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=None, help="feature store path or fsspec URI (config key `store`)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI, e.g. http://host:5000 (default sqlite:///mlflow.db)")
-    parser.add_argument("--address", default=None, help="Ray cluster address ('auto', 'ray://head:10001'); "
-                        "default: start a local cluster")
+    parser.add_argument("--address", default=None, help="Ray cluster address ('auto', 'HOST:6379'; not ray://, "
+                        "submit with `ray job submit` instead); default: start a local cluster")
+    parser.add_argument("--autoscaling", action="store_true",
+                        help="the cluster's autoscaler may add nodes: ask it for the GPUs/CPUs the config needs "
+                             "instead of refusing what no node has yet (same as $SEABENCH_AUTOSCALING=1)")
     parser.add_argument("--out", default=None, help="report folder (default reports/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -64,7 +67,8 @@ def available_tasks(cfg: SweepConfig) -> list[str]:
     return present
 
 
-def _extract(cfg: SweepConfig, tasks: list[str], backbones: tuple[str, ...], progress: bool) -> None:
+def _extract(cfg: SweepConfig, tasks: list[str], backbones: tuple[str, ...], progress: bool) -> dict[str, str]:
+    """Extract what the sweep needs; returns unit id -> feature key, the exact units its trials read."""
     from orchestrator.extract import ActorSettings, backbone_parts, extract_features
 
     stored = list(dict.fromkeys(p for b in backbones for p in backbone_parts(b)))
@@ -79,23 +83,32 @@ def _extract(cfg: SweepConfig, tasks: list[str], backbones: tuple[str, ...], pro
     print(f"extract: {summary.units} units ({summary.units_skipped} cached), "
           f"{summary.images} images in {summary.seconds:.1f} s"
           + (f"; {skipped} unreadable image(s) skipped (see the report)" if skipped else ""))
+    return dict(summary.keys)
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.raycluster import init_ray
+    import os
+
+    from orchestrator.extract import backbone_parts, preflight_inputs
+    from orchestrator.raycluster import AUTOSCALING_ENV, check_address, init_ray
     from orchestrator.sweep import run_sweep
 
     cfg = load_config(args.config, args.overrides, store=args.store, tracking_uri=args.tracking_uri,
                       address=args.address, out=args.out)
+    check_address(cfg.address)
+    if args.autoscaling:
+        os.environ[AUTOSCALING_ENV] = "1"
     progress = not args.no_progress
     backbones = check_names(cfg, args.config)
     tasks = available_tasks(cfg)
     if not tasks:
         print("run: no task has data present; nothing to do", file=sys.stderr)
         return 1
+    # every missing dataset and weights file at once, before Ray starts
+    preflight_inputs(list(dict.fromkeys(p for b in backbones for p in backbone_parts(b))), tasks, cfg.data_root)
     init_ray(cfg.address, cfg.num_cpus)
-    _extract(cfg, tasks, backbones, progress)
-    summary = run_sweep(cfg, tasks, progress=progress)
+    keys = _extract(cfg, tasks, backbones, progress)
+    summary = run_sweep(cfg, tasks, keys=keys, progress=progress)
     print(f"sweep {cfg.name!r}: {summary.cells} cells; {summary.skipped} already complete, "
           f"{summary.completed} computed, {len(summary.failed)} failed, in {summary.seconds:.1f} s "
           f"(MLflow {cfg.tracking_uri}, experiment {cfg.name!r})")

@@ -2,21 +2,27 @@
 
 `ShardExtractor` runs inside a Ray actor (extraction.py starts them); it is plain Python, so a test
 can call it in-process. Images go through the backbone's own preprocessing, channels-last, in bf16
-under CUDA autocast on a GPU.
+under CUDA autocast on a GPU. With a store, the actor writes each shard file itself (where it is
+made) and returns only its record; the driver records it in the manifest. An actor checks, on its
+own node, that the weights it loaded are the ones the feature key names (their sha256).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import tasks
+from orchestrator.errors import OrchestratorError
+from orchestrator.extract.manifest import FeatureKey, Manifest, ShardRecord
+from orchestrator.raycluster import node_id
 
 
 def default_num_workers() -> int:
@@ -48,11 +54,31 @@ class ShardExtractor:
     """Ray actor body: one backbone built once; `extract(job)` returns one shard's arrays."""
 
     def __init__(self, spec: tasks.BackboneSpec, data_root: str | None, device: str, dtype: str,
-                 batch_size: int, num_workers: int | None, num_threads: int, skip_bad_images: bool = False) -> None:
+                 batch_size: int, num_workers: int | None, num_threads: int, skip_bad_images: bool = False,
+                 weights_sha256: str = "", store: str | None = None, compute: str = "float32") -> None:
+        self.node = node_id()
+        self.compute = compute
+        self.note = ""
+        if device == "cuda" and not torch.cuda.is_available():
+            # The actor holds a GPU of the scheduler's, but this node has no usable CUDA (a node that
+            # declares GPUs it lacks, or a CPU-only torch): the work still gets done, on CPU.
+            self.note = f"node {self.node}: the actor holds a GPU but CUDA is not available there; computing on CPU"
+            device = "cpu"
         if device == "cpu":
             torch.set_num_threads(max(1, num_threads))
         self.backbone = tasks.build_backbone(spec)
+        if weights_sha256 and self.backbone.weights_sha256 != weights_sha256:
+            raise OrchestratorError(
+                f"node {self.node}: the weights of backbone {spec.name!r} loaded there "
+                f"({self.backbone.weights_file or spec.weights}) have sha256 {self.backbone.weights_sha256}, but "
+                f"the feature key (the driver's copy) has {weights_sha256}; put the same file on every node "
+                "(or a URI every node reads, e.g. $SEABENCH_WEIGHTS=s3://…)")
         self.device = torch.device(device)
+        self.store = None
+        if store is not None:
+            from orchestrator.extract.store import FeatureStore
+
+            self.store = FeatureStore(store)
         # Channels-last: tensor cores on CUDA, and oneDNN's faster (depthwise) convolutions on CPU.
         self.backbone.model.to(self.device, memory_format=torch.channels_last)
         self.data_root, self.dtype, self.skip_bad_images = data_root, dtype, skip_bad_images
@@ -61,10 +87,26 @@ class ShardExtractor:
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self._datasets: dict[tuple[str, str], tasks.TaskData] = {}
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """Where and how this actor computes: "node <id>: cuda|cpu" (plus a note when a GPU is unusable)."""
+        return self.note or f"node {self.node}: {self.device.type}"
+
+    def write(self, task: str, fkey: FeatureKey, manifest: Manifest, shard: int) -> ShardRecord:
+        """Extract one shard of `fkey`'s unit, write its file to the store, return only its record."""
+        if self.store is None:
+            raise OrchestratorError("this extraction actor was started without a store to write to")
+        start, stop = manifest.shard_range(shard)
+        result = self.extract(task, fkey.split, start, stop)
+        if not np.isfinite(result.features).all():
+            raise OrchestratorError(
+                f"backbone {fkey.backbone} gave NaN/Inf features on {fkey.task}/{fkey.split} rows "
+                f"[{start}, {stop}) (in {fkey.dtype}, node {self.node}); check its weights, or store float32")
+        record = self.store.write_shard_file(fkey, manifest, shard, result.index, result.labels, result.features,
+                                             result.skipped)
+        return replace(record, seconds=result.seconds, node=self.node)
 
     def extract(self, task: str, split: str, start: int, stop: int) -> ShardResult:
+        began = time.perf_counter()
         if (task, split) not in self._datasets:
             self._datasets[task, split] = tasks.build_task(task, self.data_root, split, self.backbone.transform)
         data, rows = self._datasets[task, split], range(start, stop)
@@ -74,7 +116,9 @@ class ShardExtractor:
         loader = DataLoader(items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             persistent_workers=False, pin_memory=cuda)
         feats, labels, errors = [], [], []
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        # the key's `compute` says how: bf16 autocast on whatever device this actor has, or plain float32
+        bf16 = self.compute == "bf16-autocast"
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
             for batch in loader:
                 images, targets = batch[0], batch[1]
@@ -88,7 +132,9 @@ class ShardExtractor:
         skipped = [(start + i, why) for i, why in enumerate(errors) if why]
         for row, _ in skipped:
             features[row - start] = 0  # a blank image's features mean nothing; zeros mark the row plainly
-        return ShardResult(np.arange(start, stop, dtype=np.int64), label, features, skipped)
+        return ShardResult(np.arange(start, stop, dtype=np.int64), label, features, skipped,
+                           time.perf_counter() - began, self.node)
+
 
 
 @dataclass(frozen=True)
@@ -99,3 +145,5 @@ class ShardResult:
     labels: np.ndarray                  # int32
     features: np.ndarray                # rows × d in the storage dtype
     skipped: list[tuple[int, str]]      # (row, reason) of unreadable images (with skip_bad_images)
+    seconds: float = 0.0                # compute time on the actor
+    node: str = ""                      # the Ray node id that computed it

@@ -1,18 +1,23 @@
 """Feature extraction on Ray: (backbone, task, stored split) units cut into shards, run by actors, stored as Parquet.
 
-The driver plans the units, checks the store (complete units and verified shards are skipped),
-then per backbone starts actors that each build the model once and pull shards through
-`pool.run_jobs`. Actors return (index, label, feature) arrays; the driver writes the shards,
-so the store may be any fsspec filesystem the driver can reach (even `memory://`).
+Before Ray starts, a preflight lists every missing dataset and weights file at once. The driver then
+plans the units, checks the store (complete units and verified shards are skipped), and per backbone
+starts actors (extract/nodes.py: their number and shape) that each build the model once, check its
+weights' sha256 against the key, and pull shards through `pool.run_jobs`. Each actor writes its shard
+files to the store itself and returns only their records; the driver is the single writer of manifests
+and pointers. An in-process store (`memory://`) cannot be reached by actors: there the actors return
+the arrays and the driver writes the shards. On a cluster of several nodes the store must be an object
+store or a shared mount (a relative path is refused), and every node's view of the inputs is checked.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +26,56 @@ import ray
 import tasks
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract.actor import ShardExtractor, ShardResult
-from orchestrator.extract.manifest import DTYPES
-from orchestrator.extract.plan import Unit, backbone_parts, data_name, plan_units
-from orchestrator.extract.pool import JobFailed, run_jobs, wait_until_ready
+from orchestrator.extract.manifest import DTYPES, Manifest, ShardRecord
+from orchestrator.extract.nodes import check_nodes, plan_actors, request
+from orchestrator.extract.plan import Unit, backbone_parts, compute_of, data_name, plan_units
+from orchestrator.extract.pool import JobFailed, run_jobs
 from orchestrator.extract.store import FeatureStore
 from orchestrator.progress import ExtractSummary, Progress
-from orchestrator.raycluster import cluster_cpus, cluster_gpus, init_ray
+from orchestrator.raycluster import alive_nodes, check_address, init_ray
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "features"
 DEFAULT_DATA_ROOT = "data"
 MAX_ACTOR_RESTARTS = 3
+START_GRACE_S = 10.0   # once one actor is ready, jobs wait this long for the others (spread over nodes)
 
 
-def _actor_count(jobs: int, num_gpus_per_actor: float, cpus_per_actor: float, num_actors: int | None) -> int:
-    if num_actors is not None:
-        return max(1, min(num_actors, jobs))
-    gpus = cluster_gpus()
-    capacity = int(gpus / num_gpus_per_actor) if gpus and num_gpus_per_actor > 0 else int(cluster_cpus() / cpus_per_actor)
-    return max(1, min(capacity, jobs))
+def preflight_inputs(backbones: Sequence[str], task_names: Sequence[str], data_root: str | None,
+                     download: bool = False) -> None:
+    """Every missing dataset and weights file, listed at once, before Ray starts (or nothing)."""
+    missing = tasks.preflight(backbones, task_names, data_root, download=download)
+    if missing:
+        raise OrchestratorError(f"{len(missing)} input(s) missing; nothing was started:\n  - "
+                                + "\n  - ".join(str(m) for m in missing))
+
+
+def _actors_write(store: FeatureStore) -> bool:
+    """Whether actors (other processes) can reach the store: not for an in-process `memory://` one."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    return not isinstance(store.fs, MemoryFileSystem)
+
+
+def _check_store_for_cluster(store: FeatureStore, given: str) -> str | None:
+    """On a cluster of several nodes: refuse a relative local store; return a local store's folder (to be
+    probed from the other nodes), None for object stores."""
+    if not store.local or len(alive_nodes()) < 2:
+        return None
+    if not tasks.is_uri(given) and not os.path.isabs(os.path.expanduser(given)):
+        raise OrchestratorError(
+            f"feature store {given!r} is a relative path, but this Ray cluster has {len(alive_nodes())} nodes: each "
+            "would write to and read from its own disk. Use a URI every node reaches, e.g. --store "
+            "s3://BUCKET/seabench/features (pip install 'seabench[cloud]'), or an absolute path on a shared mount")
+    return store.root
 
 
 @dataclass(frozen=True)
 class ActorSettings:
-    num_gpus_per_actor: float = 1.0     # used when the cluster has GPUs; fractions share one GPU
+    num_gpus_per_actor: float = 0.0     # as extraction.num_gpus_per_actor; fractions share one GPU
     cpus_per_actor: float = 1.0
-    num_actors: int | None = None       # default: as many as the cluster holds, at most one per shard
+    num_actors: int | None = None       # default: from the plan and the nodes (extract/nodes.py)
     num_workers: int | None = None      # DataLoader workers per actor; None: default_num_workers()
     batch_size: int = 64
     skip_bad_images: bool = False       # an unreadable image: zero features, row recorded as skipped
@@ -69,42 +97,64 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
     jobs = [(u, shard) for u, unit in enumerate(units) for shard in unit.manifest.missing()]
     if not jobs:
         return 0
-    use_gpu = cluster_gpus() > 0 and settings.num_gpus_per_actor > 0
-    count = _actor_count(len(jobs), settings.num_gpus_per_actor, settings.cpus_per_actor, settings.num_actors)
-    options = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.num_gpus_per_actor if use_gpu else 0,
+    plan = plan_actors(len(jobs), settings.num_gpus_per_actor, settings.cpus_per_actor, settings.num_actors)
+    if plan.note:
+        print(f"extract: {plan.note}", flush=True)
+    request(plan)
+    if plan.placeable == 0:
+        print(f"extract: no node holds an actor of {plan.num_cpus:g} CPU, {plan.num_gpus:g} GPU yet; asked the "
+              f"autoscaler for {plan.count}, waiting for nodes to join", flush=True)
+    options = {"num_cpus": plan.num_cpus, "num_gpus": plan.num_gpus,
                "max_restarts": MAX_ACTOR_RESTARTS, "max_task_retries": 0}
     actor_cls = ray.remote(ShardExtractor)
-    dtype = units[0].key.dtype
+    dtype, weights = units[0].key.dtype, units[0].key.weights_sha256
+    writes = _actors_write(store)
+    where = (store.root if store.local else store.uri) if writes else None
     # named, so that `ray list actors` (and a fault-injection test) can tell which extraction they serve
     run_id = uuid.uuid4().hex[:8]
     actors = [actor_cls.options(name=f"seabench-extract-{run_id}-{i}", **options).remote(
-        spec, data_root, "cuda" if use_gpu else "cpu", dtype, settings.batch_size, settings.num_workers,
-        int(settings.cpus_per_actor), settings.skip_bad_images) for i in range(count)]
+        spec, data_root, "cuda" if plan.num_gpus > 0 else "cpu", dtype, settings.batch_size, settings.num_workers,
+        int(plan.num_cpus), settings.skip_bad_images, weights, where, units[0].key.compute)
+        for i in range(plan.count)]
     remaining = {u: len(unit.manifest.missing()) for u, unit in enumerate(units)}
+    plain = [Manifest(u.manifest.key, u.manifest.metadata, u.manifest.num_rows, u.manifest.dim, u.manifest.dtype,
+                      u.manifest.shard_size) for u in units]   # what an actor needs of a manifest: its plan
 
     def submit(actor, job):
         unit, shard = units[job[0]], job[1]
+        if writes:
+            return actor.write.remote(data_name(unit.task), unit.key, plain[job[0]], shard)
         return actor.extract.remote(data_name(unit.task), unit.split, *unit.manifest.shard_range(shard))
 
-    def on_result(job, value: ShardResult) -> None:
+    def on_result(job, value: ShardRecord | ShardResult) -> None:
         unit = units[job[0]]
-        if not np.isfinite(value.features).all():
-            raise OrchestratorError(
-                f"backbone {unit.backbone} gave NaN/Inf features on {unit.task}/{unit.split} rows "
-                f"{unit.manifest.shard_range(job[1])} (in {unit.key.dtype}); check its weights, or store float32"
-            )
-        store.write_shard(unit.key, unit.manifest, job[1], value.index, value.labels, value.features, value.skipped)
-        progress.shard_done(unit.backbone, len(value.index), len(value.skipped))
+        if isinstance(value, ShardResult):
+            if not np.isfinite(value.features).all():
+                raise OrchestratorError(
+                    f"backbone {unit.backbone} gave NaN/Inf features on {unit.task}/{unit.split} rows "
+                    f"{unit.manifest.shard_range(job[1])} (in {unit.key.dtype}); check its weights, or store float32"
+                )
+            record = store.write_shard_file(unit.key, unit.manifest, job[1], value.index, value.labels,
+                                            value.features, value.skipped)
+            value = replace(record, seconds=value.seconds, node=value.node)
+        store.record_shard(unit.key, unit.manifest, job[1], value)
+        progress.shard_done(unit.backbone, value.rows, len(value.skipped))
         remaining[job[0]] -= 1
         if remaining[job[0]] == 0:
             progress.unit_done()
 
+    started: list[float] = []
+    notes: set[str] = set()
+
+    def on_ready(actor, description: str) -> None:
+        started.append(time.perf_counter())
+        if "CUDA is not available" in description and description not in notes:
+            notes.add(description)
+            print(f"extract: {description}", flush=True)
+
     start = time.perf_counter()
-    startup = 0.0
     try:
-        wait_until_ready(actors)
-        startup = time.perf_counter() - start
-        return run_jobs(actors, jobs, submit, on_result)
+        return run_jobs(actors, jobs, submit, on_result, on_ready=on_ready, start_grace_s=START_GRACE_S)
     except JobFailed as exc:
         if not isinstance(exc.cause, tasks.TaskError):
             raise
@@ -116,7 +166,9 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
             "images out; they are then counted in the manifest and the report"
         ) from exc.cause
     finally:
+        startup = (started[0] - start) if started else 0.0
         progress.backbone_seconds(spec.name, time.perf_counter() - start, startup)
+        request(None)
         for actor in actors:
             ray.kill(actor, no_restart=True)
 
@@ -140,14 +192,17 @@ def extract_features(
     if shard_size < 1:
         raise OrchestratorError(f"--shard-size must be ≥ 1, got {shard_size}")
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    if data_root is not None:
+    if data_root is not None and not tasks.is_uri(data_root):
         data_root = str(Path(data_root).expanduser().resolve())  # actors may run in another folder
+    check_address(address)
+    preflight_inputs(backbone_names, task_list, data_root, download)
     summary = ExtractSummary()
     plans = []
     for name in backbone_names:
         # Built once on the driver: its weights digest, preprocessing and dimension define the keys.
         backbone = tasks.build_backbone(name)
-        units = plan_units(store, backbone, task_list, splits, data_root, dtype, shard_size, download, summary)
+        units = plan_units(store, backbone, task_list, splits, data_root, dtype, shard_size, download, summary,
+                           compute_of(settings.num_gpus_per_actor))
         plans.append((backbone.spec, units))
         del backbone
     todo = [u for _, units in plans for u in units if not u.manifest.complete]
@@ -156,6 +211,11 @@ def extract_features(
     try:
         if todo:
             init_ray(address, num_cpus)
+            local_store = _check_store_for_cluster(store, store.uri)
+            if len(alive_nodes()) > 1:
+                bundle = {"CPU": settings.cpus_per_actor}
+                check_nodes([spec for spec, _ in plans], [data_name(t) for t in task_list], data_root, local_store,
+                            bundle)
         for spec, units in plans:
             pending = [u for u in units if not u.manifest.complete]
             summary.actor_restarts += _run_backbone(pending, spec, store, data_root, settings, bar)

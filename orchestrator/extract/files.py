@@ -35,23 +35,42 @@ class StoreFiles:
         return f"{self.root}/{relative}"
 
     def write_atomic(self, relative: str, data: bytes) -> None:
-        """Write to a temporary name and rename, so readers never see a half-written file."""
+        """Write `relative` so that readers never see a half-written file.
+
+        Local disk: a temporary name in the same folder, then `os.replace` (atomic within one filesystem).
+        Object stores (s3://, gs://, any non-local fsspec filesystem): one `pipe_file` PUT of the whole
+        object. An S3 or GCS PUT is all-or-nothing: the object appears only once every byte has arrived,
+        and readers see either the old object or the new one, never a mixture (S3 has been strongly
+        read-after-write consistent since 2020; GCS always was). A temporary key plus `mv` would be a
+        copy and a delete there — two requests, not atomic, and twice the traffic.
+        """
         final = self.path(relative)
         parent = final.rsplit("/", 1)[0]
+        if not self.local:
+            try:
+                self.fs.pipe_file(final, data)
+            except OSError as exc:
+                raise OrchestratorError(f"cannot write {final} in feature store {self.uri!r}: {exc}") from exc
+            return
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
         try:
-            self.fs.makedirs(parent, exist_ok=True)
-            if self.local:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, final)
-            else:
-                self.fs.pipe_file(tmp, data)
-                self.fs.mv(tmp, final)
+            os.makedirs(parent, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                self.fs.rm(tmp)
+                os.remove(tmp)
             raise OrchestratorError(f"cannot write {final} in feature store {self.uri!r}: {exc}") from exc
+
+    def size_of(self, relative: str) -> int | None:
+        """The size in bytes of a file of the store (None when absent): one metadata request."""
+        try:
+            return int(self.fs.size(self.path(relative)))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OrchestratorError(f"cannot stat {self.path(relative)} in feature store {self.uri!r}: {exc}") from exc
 
     def read_bytes(self, relative: str) -> bytes | None:
         try:

@@ -4,11 +4,18 @@ The driver keeps the queue: an actor gets its next job only when idle (`ray.wait
 actor never hoards work, and the job of an actor that dies is put back at the head of the queue
 for whichever actor is free first. Jobs are only ever re-run after an actor *death*; an exception
 raised by the job itself is a real error and stops the run.
+
+An actor gets work only once it has answered `ready()`: actors that the cluster cannot place yet (an
+autoscaler is still bringing their node up, or the cluster is full) hold no job meanwhile, and those
+that never start are simply not used. Once the first actor is ready, jobs wait up to `start_grace_s`
+for the others, so that work spreads over every node that is coming up instead of going to the
+first actor to finish loading its model.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -50,25 +57,34 @@ def run_jobs(
     submit: Callable[[Any, Hashable], ray.ObjectRef],
     on_result: Callable[[Hashable, Any], None],
     max_attempts: int = MAX_ATTEMPTS,
+    on_ready: Callable[[Any, Any], None] | None = None,
+    start_grace_s: float = 0.0,
 ) -> int:
     """Run every job on some actor (which must have a `ready()` method); returns how many were re-submitted.
 
     `submit(actor, job)` starts the job and returns its ObjectRef; `on_result(job, value)` runs on
-    the driver as each job finishes, in completion order.
+    the driver as each job finishes, in completion order; `on_ready(actor, value)` each time an
+    actor answers `ready()` (once started, and again after each restart).
     """
     pending: deque[Hashable] = deque(jobs)
-    idle: deque[Any] = deque(actors)
-    in_flight: dict[ray.ObjectRef, tuple[Any, Hashable | None]] = {}  # job None = a restart probe
+    idle: deque[Any] = deque()
+    # job None = a readiness probe: every actor starts with one, and gets one again after a restart
+    in_flight: dict[ray.ObjectRef, tuple[Any, Hashable | None]] = {_probe(actor): (actor, None) for actor in actors}
     attempts: Counter = Counter()
     resubmitted = 0
+    first_ready: float | None = None
+    started: set[int] = set()      # ids of the actors that answered ready() at least once
     while pending or any(job is not None for _, job in in_flight.values()):
-        while idle and pending:
+        waited = first_ready is None or time.monotonic() - first_ready >= start_grace_s
+        while idle and pending and (waited or len(started) == len(actors)):
             actor, job = idle.popleft(), pending.popleft()
             in_flight[submit(actor, job)] = (actor, job)
         if not in_flight:
             raise OrchestratorError(f"every extraction actor died for good; {len(pending)} jobs left undone "
                                     "(see the Ray logs for why); re-run to resume")
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if waited else 0.5)
+        if not ready:
+            continue
         actor, job = in_flight.pop(ready[0])
         try:
             value = ray.get(ready[0])
@@ -91,5 +107,10 @@ def run_jobs(
             raise JobFailed(job, cause) from cause
         if job is not None:
             on_result(job, value)
+        else:
+            started.add(id(actor))
+            first_ready = time.monotonic() if first_ready is None else first_ready
+            if on_ready is not None:
+                on_ready(actor, value)
         idle.append(actor)
     return resubmitted

@@ -25,6 +25,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.extract.files import StoreFiles
 from orchestrator.extract.manifest import MANIFEST, FeatureKey, Manifest, ShardRecord, pointer_name
 from orchestrator.extract.shards import FIX, decode_shard, encode_shard
+from orchestrator.names import path_component
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,19 @@ class FeatureStore(StoreFiles):
 
         `skipped`: (row, reason) of rows whose image could not be read; their features must be zeros.
         """
+        record = self.write_shard_file(fkey, manifest, shard, index, labels, features, skipped)
+        return self.record_shard(fkey, manifest, int(shard), record)
+
+    def write_shard_file(
+        self, fkey: FeatureKey, manifest: Manifest, shard: int, index: np.ndarray, labels: np.ndarray,
+        features: np.ndarray, skipped: Sequence[tuple[int, str]] = (),
+    ) -> ShardRecord:
+        """Write one shard's Parquet file (atomically) without recording it; returns its record.
+
+        This is the extraction actor's half of `write_shard`: the shard is written where it is made,
+        and only the record travels back to the driver, which records it (`record_shard`). A shard that
+        the unit's manifest already records with a file of the recorded size is kept, not rewritten.
+        """
         shard = int(shard)
         start, stop = manifest.shard_range(shard)
         if features.shape != (stop - start, manifest.dim) or not np.array_equal(index, np.arange(start, stop)):
@@ -136,13 +150,39 @@ class FeatureStore(StoreFiles):
                                     f"[{start}, {stop})")
         data, record = encode_shard(fkey, shard, start, stop, index, labels, features, skipped)
         with self.lock(fkey):
+            current = self._usable_manifest(fkey)
+            if current is not None and current.key == manifest.key and shard in current.shards:
+                kept = current.shards[shard]
+                if self.size_of(f"{fkey.unit_path()}/{kept.file}") == kept.bytes:
+                    return kept  # recorded meanwhile by another process: keep its file
+            self.write_atomic(f"{fkey.unit_path()}/{record.file}", data)
+        return record
+
+    def record_shard(self, fkey: FeatureKey, manifest: Manifest, shard: int, record: ShardRecord) -> ShardRecord:
+        """Record a shard file written by `write_shard_file` (the driver's half: the single writer of
+        manifests and pointers). The file is checked against the record: its size always (one metadata
+        request), its sha256 too on local disk (a local read is cheap; an object store's would be a
+        download of the whole shard)."""
+        relative = f"{fkey.unit_path()}/{record.file}"
+        start, stop = manifest.shard_range(shard)
+        if (record.start, record.stop, record.rows) != (start, stop, stop - start):
+            raise OrchestratorError(f"{self.path(relative)}: the record says rows [{record.start}, {record.stop}), "
+                                    f"the plan [{start}, {stop}); extraction returned the wrong shard")
+        with self.lock(fkey):
             # Re-read under the lock: another process may have recorded shards of this unit meanwhile.
             current = self._usable_manifest(fkey)
             if current is not None and current.key == manifest.key and current.shard_size == manifest.shard_size:
                 manifest.shards.update(current.shards)
             if shard in manifest.shards:
                 return manifest.shards[shard]  # written meanwhile by another process: keep its file
-            self.write_atomic(f"{fkey.unit_path()}/{record.file}", data)
+            size = self.size_of(relative)
+            if size is None:
+                raise OrchestratorError(f"{self.path(relative)} is missing although its extraction actor wrote it "
+                                        "(was the folder removed meanwhile?); re-run the extraction")
+            if size != record.bytes or (self.local and not self.shard_ok(fkey, record)):
+                raise OrchestratorError(
+                    f"{self.path(relative)} is not the file its extraction actor wrote (size or sha256 differ "
+                    "from its record): another writer replaced it meanwhile; re-run the extraction")
             manifest.shards[shard] = record
             manifest.complete = not manifest.missing()
             self.write_atomic(f"{fkey.unit_path()}/{MANIFEST}", manifest.to_json().encode())
@@ -208,6 +248,23 @@ class FeatureStore(StoreFiles):
     def read(self, backbone: str, task: str, split: str) -> StoredUnit:
         """The current unit of (backbone, task, split): features, labels, key and skipped rows."""
         return self._load_unit(self._pointer(backbone, task, split)["path"])
+
+    def _keyed_path(self, backbone: str, task: str, split: str, key: str) -> str:
+        unit_path = "/".join((path_component(backbone, "backbone"), path_component(task, "task"),
+                              path_component(split, "split"), key))
+        if not key.isalnum() or self.read_bytes(f"{unit_path}/{MANIFEST}") is None:
+            raise OrchestratorError(
+                f"feature key {key!r} of {backbone} / {task} / {split} is not in store {self.uri!r}; the "
+                f"extraction that planned it did not finish there — rerun `seabench run` (or `seabench extract`)")
+        return unit_path
+
+    def read_key(self, backbone: str, task: str, split: str, key: str) -> StoredUnit:
+        """The unit of (backbone, task, split) with exactly this feature key, whatever the pointer says."""
+        return self._load_unit(self._keyed_path(backbone, task, split, key))
+
+    def manifest_of(self, backbone: str, task: str, split: str, key: str) -> Manifest:
+        """The manifest of the unit of (backbone, task, split) with this feature key (its shards' records)."""
+        return self._manifest_at(self._keyed_path(backbone, task, split, key))
 
     def load_key(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         unit = self._load_unit(self._unit_path_of_key(key))
