@@ -9,7 +9,9 @@ then the mean and std over seeds. Cells without the artifact (older runs) are le
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ REQUIRED = ("candidate", "val_top1", "val_mean_per_class", "epochs_run", "select
 CELL = ["backbone", "task", "method", "seed"]
 PROFILE_COLUMNS = ["task", "backbone", "method", "axis", "x", "alpha", "mean", "std", "n"]
 MAX_LISTED = 10
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,20 @@ def _validated(frame: pd.DataFrame, cell: dict) -> pd.DataFrame:
     return out
 
 
+@contextlib.contextmanager
+def _quiet_downloads():
+    """No MLflow progress bar per downloaded table (a report reads one per cell)."""
+    previous = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR, None)
+        else:
+            os.environ[PROGRESS_BAR] = previous
+
+
 def load_candidates(tracking_uri: str, results: pd.DataFrame) -> Candidates:
     """The candidate tables of the results' cell runs; a malformed table is an error naming its cell."""
     client = _client(tracking_uri)
@@ -68,7 +85,7 @@ def load_candidates(tracking_uri: str, results: pd.DataFrame) -> Candidates:
     metric = dict(zip(primary["task"], primary["metric"]))
     keys = [*CELL, "run_id", *(["source"] if "source" in results else [])]
     tables, missing = [], []
-    with tempfile.TemporaryDirectory(prefix="seabench-candidates-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="seabench-candidates-") as tmp, _quiet_downloads():
         for cell in results.drop_duplicates(CELL)[keys].to_dict("records"):
             listed = {Path(a.path).name for a in client.list_artifacts(cell["run_id"])}
             if ARTIFACT not in listed:
@@ -154,8 +171,10 @@ def _figure(data: Sensitivity, task: str, backbone: str, index: int) -> Plot:
     left.set_title("SeA: η per α" if len(sea) else "SeA: no candidate tables")
     for method, part in profiles[profiles["axis"] == "lr"].groupby("method", sort=True):
         _band(right, part["x"].to_numpy(float), part["mean"].to_numpy(float), part["std"].to_numpy(float), label=str(method))
-    picked = chosen[chosen["lr"].notna()]
-    right.scatter(picked["lr"], picked["value"], marker="*", s=110, color="crimson", zorder=4, label="selected")
+        picked = chosen[(chosen["method"] == method) & chosen["lr"].notna()]
+        right.scatter(picked["lr"], picked["value"], marker="*", s=110, color=right.get_lines()[-1].get_color(),
+                      edgecolors="black", linewidths=0.5, zorder=4)
+    right.scatter([], [], marker="*", s=110, color="white", edgecolors="black", label="selected (per seed)")
     _baseline(right, base)
     right.set_xscale("log")
     lrs = sorted(profiles.loc[profiles["axis"] == "lr", "x"].unique())

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from report_sweeps import candidate_table, log_sweep, values_for
 
 from orchestrator.errors import OrchestratorError
@@ -101,12 +102,21 @@ def test_plotted_lines_markers_and_baseline_are_the_candidates(sweep, monkeypatc
         assert list(line.get_ydata()) == pytest.approx(expected)
     best = [sweep.candidates[(backbone, task, "linear", s)]["val_mean_per_class"].max() for s in (0, 1)]
     assert curves["linear (best)"].get_ydata()[0] == pytest.approx(np.mean(best))
-    stars = left.collections[-1].get_offsets()  # the selected configuration of each seed that has a table
+    (stars,) = [c.get_offsets() for c in left.collections if isinstance(c, PathCollection)]  # the selected configuration of each seed that has a table
     chosen = [sweep.candidates[(backbone, task, "sea", s)] for s in (0, 1)]
     expected = sorted((t.loc[t["selected"] == 1, "eta"].item(), t.loc[t["selected"] == 1, "val_mean_per_class"].item())
                       for t in chosen)
     np.testing.assert_allclose(sorted(map(tuple, np.asarray(stars))), expected)
     assert right.get_xscale() == "log" and {ln.get_label() for ln in right.get_lines()} >= {"linear", "sea", "fgsm"}
+    for method in ("linear", "sea", "fgsm"):  # each lr curve at the table's best value per lr, its seeds' choices starred
+        line = next(ln for ln in right.get_lines() if ln.get_label() == method)
+        expected = [_expected_lr(sweep, task, backbone, method, lr)[0] for lr in line.get_xdata()]
+        assert list(line.get_ydata()) == pytest.approx(expected)
+    scatters = [c for c in right.collections if isinstance(c, PathCollection)]  # not the bands
+    plotted = sorted(tuple(xy) for c in scatters for xy in np.asarray(c.get_offsets()))
+    chosen = sorted((t.loc[t["selected"] == 1, "lr"].item(), t.loc[t["selected"] == 1, "val_mean_per_class"].item())
+                    for m in ("linear", "sea", "fgsm") for s in (0, 1) for t in [sweep.candidates[(backbone, task, m, s)]])
+    np.testing.assert_allclose(plotted, chosen)
 
 
 def test_plots_are_embedded_and_cells_without_the_artifact_are_named(report):
