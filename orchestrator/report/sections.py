@@ -109,8 +109,7 @@ def _error_tail(error: str) -> str:
 def _failed(board: Leaderboard) -> list:
     if board.failed.empty:
         return []
-    # a report over several experiments says which one each failed cell belongs to
-    sourced = "source" in board.failed.columns and board.failed["source"].nunique() > 1
+    sourced = "source" in board.failed.columns  # the experiment each failed cell belongs to
     rows = tuple(
         tuple(TableCell(str(v)) for v in (r.backbone, r.task, r.method, r.seed, getattr(r, "attempts", 1),
                                       _error_tail(r.error), r.run_id, *((r.source,) if sourced else ())))

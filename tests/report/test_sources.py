@@ -88,8 +88,25 @@ def test_a_cell_that_failed_in_one_sweep_and_finished_in_another_is_not_failed(s
     old, _ = store
     single = build_report(OLD, tmp_path / "one", tracking_uri=old.tracking_uri)
     assert single.n_failed == 1
+    assert f"| {' | '.join(map(str, FAILED_THEN_DONE))} | 1 | OOM |" in single.leaderboard_md.read_text()
     both = build_report([OLD, NEW], tmp_path / "both", tracking_uri=old.tracking_uri, prefer=["newest"])
     assert both.n_failed == 0 and "## Failed cells" not in both.leaderboard_md.read_text()
+
+
+def test_a_failed_cell_names_its_experiment(tmp_path):
+    rng = np.random.default_rng(12)
+    first = log_sweep(tmp_path, "first", values_for(rng, _cells("bb-1")), PRIMARY)
+    log_sweep(tmp_path, "second", values_for(rng, _cells("bb-2")), PRIMARY)
+    client = MlflowClient(tracking_uri=first.tracking_uri)
+    tags = {"seabench.role": "cell", "backbone": "bb-2", "task": "toy-a", "method": "logreg", "seed": "0",
+            "cell_id": "bb-2|toy-a|logreg|0", "status": "failed", "error": "disk full"}
+    run = client.create_run(client.get_experiment_by_name("second").experiment_id, tags=tags).info.run_id
+    client.set_terminated(run, "FAILED")
+    paths = build_report(["first", "second"], tmp_path / "out", tracking_uri=first.tracking_uri)
+    md = paths.leaderboard_md.read_text()
+    assert paths.n_failed == 1
+    assert "| backbone | task | method | seed | attempts | error | run | experiment |" in md
+    assert f"| bb-2 | toy-a | logreg | 0 | 1 | disk full | {run} | second |" in md
 
 
 def test_a_pattern_selects_experiments_by_name(store, tmp_path):
