@@ -85,7 +85,8 @@ def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str, concu
     """Every candidate's validation metrics (Tune trials, grid order), OrchestratorError if any failed."""
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(candidate_trial, base=base), {"cpu": 0})
+    # the trial only drives its TorchTrainer: it holds no CPU (a byte of logical memory: Tune refuses an empty bundle)
+    trainable = tune.with_resources(tune.with_parameters(candidate_trial, base=base), {"cpu": 0, "memory": 1})
     tuner = tune.Tuner(
         trainable,
         param_space={"candidate": tune.grid_search([{"index": i, **c} for i, c in enumerate(grid)])},

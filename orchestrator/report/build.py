@@ -17,7 +17,7 @@ from pathlib import Path
 from orchestrator.report.cost import COST_METRICS, by_method, cell_costs, cost_blocks, cost_plot
 from orchestrator.report.data import ExperimentData, load_experiment, log_report
 from orchestrator.report.plots import difference_heatmap, task_bars
-from orchestrator.report.reference import compare_to_finetuning, load_reference
+from orchestrator.report.reference import finetune_blocks, finetune_claim, load_reference
 from orchestrator.report.render import render_html, render_latex, render_markdown
 from orchestrator.report.sensitivity import (
     load_candidates,
@@ -80,10 +80,10 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
 
 
 def leaderboard_for(data: ExperimentData, reference_csv: str | os.PathLike | None = None) -> Leaderboard:
-    finetune = None
+    reference = None
     if reference_csv is not None:
         reference = load_reference(reference_csv, experiment_tasks=set(data.results["task"]))
-        finetune = compare_to_finetuning(data.results, reference)
+    finetune = finetune_claim(data.results, reference)   # the sweep's own finetune cells first, else the CSV
     return compute_leaderboard(data.results, data.failed, data.experiment, data.mode, finetune, data.skipped)
 
 
@@ -116,7 +116,7 @@ def build_report(
     cost_figure = cost_plot(by_method(costs)) if has_costs else None
     plots = [p for p in (difference_heatmap(board.differences), *task_bars(board.summary), *curves, cost_figure)
              if p is not None]
-    sections = [sensitivity_blocks(candidates, curves), cost_blocks(costs, cost_figure),
+    sections = [finetune_blocks(board.finetune), sensitivity_blocks(candidates, curves), cost_blocks(costs, cost_figure),
                 sources_blocks(data.results, sources)]
     plot_paths = tuple(write_atomic(out / p.filename, p.png) for p in plots)
     tables = []

@@ -1,4 +1,9 @@
-"""A user-supplied fine-tuning reference (seabench never fine-tunes) and SeA's distance to it.
+"""The fine-tuning claim: SeA within 1 point of (or above) fine-tuning on N of M tasks.
+
+Computed from the sweep's own `finetune` cells when it has them — same tasks, splits, seeds and selection
+rule as SeA, the difference SeA − fine-tuning paired by seed with a t-interval per (task, backbone). A
+user-supplied CSV is still accepted and labelled external (another recipe, other splits, no seeds): it
+decides the claim only when the sweep has no finetune cells, and is shown beside it otherwise.
 
 CSV columns: `task`, optional `backbone`, and the reference accuracy in percent as `top1` (compared
 with SeA's test top-1) or `value` (compared with SeA's test value of the task's primary metric).
@@ -8,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -81,6 +86,9 @@ class FinetuneComparison:
     within: int  # tasks on which SeA is within WITHIN points of (or above) fine-tuning
     compared: int  # tasks with both a reference and SeA results
     paper: tuple[int, int] = PAPER_TASKS
+    source: str = "external"  # "sweep": the sweep's own finetune cells; "external": the CSV
+    differences: pd.DataFrame | None = None  # sweep: per (task, backbone) SeA − finetune paired over seeds
+    external: FinetuneComparison | None = None  # a CSV shown beside the sweep's own comparison, not counted
 
 
 def compare_to_finetuning(results: pd.DataFrame, reference: pd.DataFrame) -> FinetuneComparison:
@@ -96,3 +104,81 @@ def compare_to_finetuning(results: pd.DataFrame, reference: pd.DataFrame) -> Fin
     judged = table[table["within"].notna()]
     per_task = judged.groupby("task")["within"].all()
     return FinetuneComparison(table, int(per_task.sum()), len(per_task))
+
+
+def compare_with_sweep(results: pd.DataFrame) -> FinetuneComparison | None:
+    """SeA against the sweep's own finetune cells, paired by seed per (task, backbone); None without any pair.
+    A (task, backbone) is within when its mean paired difference is ≥ −1 point; a task when all its backbones are."""
+    from orchestrator.report.stats import paired_differences, primary_values
+
+    differences = paired_differences(results, treatment="sea", baseline="finetune")
+    if differences.empty:
+        return None
+    values = primary_values(results)
+    rows = []
+    for d in differences.itertuples(index=False):
+        cell = values[(values["task"] == d.task) & (values["backbone"] == d.backbone)]
+        by_method = {m: cell[cell["method"] == m].set_index("seed")["value"] for m in ("sea", "finetune")}
+        seeds = by_method["sea"].index.intersection(by_method["finetune"].index)
+        rows.append({"task": d.task, "backbone": d.backbone, "metric": str(cell["metric"].iloc[0]),
+                     "sea": float(by_method["sea"][seeds].mean()), "finetune": float(by_method["finetune"][seeds].mean()),
+                     "gap": float(d.mean), "within": bool(d.mean >= -WITHIN)})
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    per_task = table.groupby("task")["within"].all()
+    return FinetuneComparison(table, int(per_task.sum()), len(per_task), source="sweep", differences=differences)
+
+
+def finetune_claim(results: pd.DataFrame, reference: pd.DataFrame | None = None) -> FinetuneComparison | None:
+    """The claim from the sweep's finetune cells when there are any, else from the CSV (external); None
+    when neither exists. With both, the CSV's rows are kept as `external`, shown but not counted."""
+    own = compare_with_sweep(results)
+    external = compare_to_finetuning(results, reference) if reference is not None else None
+    if own is None or external is None:
+        return own or external
+    return replace(own, external=external)
+
+
+def _difference_rows(comparison: FinetuneComparison) -> tuple:
+    from orchestrator.report.blocks import TableCell, interval, num
+
+    merged = comparison.differences.merge(comparison.table, on=["task", "backbone"])
+    return tuple(
+        (TableCell(r.task), TableCell(r.backbone), TableCell(r.metric), TableCell(str(r.n)), TableCell(num(r.sea)),
+         TableCell(num(r.finetune)), TableCell(num(r.mean, True)), TableCell(interval(r.ci_low, r.ci_high)),
+         TableCell("yes" if r.within else "no", bool(r.within)))
+        for r in merged.itertuples(index=False))
+
+
+def _external_rows(comparison: FinetuneComparison) -> tuple:
+    from orchestrator.report.blocks import NA, TableCell, num
+
+    return tuple(
+        (TableCell(r.task), TableCell(r.backbone), TableCell(r.metric), TableCell(num(r.sea)), TableCell(num(r.finetune)),
+         TableCell(num(r.gap, True)), TableCell(NA if r.within is None else ("yes" if r.within else "no")))
+        for r in comparison.table.itertuples(index=False))
+
+
+def finetune_blocks(comparison: FinetuneComparison | None) -> list:
+    """The report's fine-tuning section: where the fine-tuning numbers come from, and the comparison in full."""
+    from orchestrator.report.blocks import Heading, Para, Table  # blocks → plots → stats → this module
+
+    if comparison is None:
+        return []
+    blocks: list = [Heading("SeA vs fine-tuning")]
+    external = comparison if comparison.source == "external" else comparison.external
+    if comparison.source == "sweep":
+        blocks += [
+            Para(f"Source: this sweep's own finetune cells (the backbone + a linear head trained on the images with "
+                 f"Ray Train), under the same tasks, splits, seeds and selection rule as SeA. SeA is within 1 point "
+                 f"of (or above) fine-tuning on {comparison.within} of {comparison.compared} tasks (a task counts when "
+                 "the mean paired difference of each of its backbones is ≥ −1 point).", strong=True),
+            Table(("task", "backbone", "metric", "paired seeds", "SeA", "fine-tuning", "SeA − FT", "95 % CI",
+                   "within 1 point"), _difference_rows(comparison),
+                  caption="Test, mean over the paired seeds; SeA − FT: mean of the per-seed differences, t-interval")]
+    if external is not None:
+        counted = "decides the claim above" if comparison.source == "external" else "shown beside, not counted"
+        blocks += [Para(f"External reference (the CSV given with --reference): another recipe on other splits, without "
+                        f"seeds — {counted}."),
+                   Table(("task", "backbone", "compared on", "SeA", "fine-tuning (external)", "SeA − FT", "within 1 point"),
+                         _external_rows(external), caption="SeA (test, mean over seeds) vs the external reference")]
+    return blocks

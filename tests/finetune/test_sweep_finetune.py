@@ -1,0 +1,106 @@
+"""A sweep with a finetune method: its cell runs through Ray Tune + Ray Train beside a SeA cell, is one MLflow
+child run with the cell's fingerprint, candidate table and cost metrics, resumes as done, and the report's
+fine-tuning claim counts it."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from synthstore import write_task
+
+from orchestrator.config import load_config
+from orchestrator.report import build_report
+from orchestrator.runs import CANDIDATES_ARTIFACT
+from orchestrator.sweep import Cell, SweepTracker, run_sweep
+from orchestrator.sweep.fingerprint import cell_fingerprint, current_keys
+
+BACKBONE = "random:resnet10t@32"
+COST = ("select_wall_s", "refit_wall_s", "test_wall_s", "cell_wall_s", "cell_cpu_s", "cell_gpu_s")
+
+
+def sweep_config(tmp_path: Path, task, **finetune: object):
+    store = str(tmp_path / "store")
+    write_task(store, BACKBONE, task.name, {"train": task.sizes["train"], "test": task.sizes["test"]},
+               task.num_classes, dim=16)
+    return load_config(data={
+        "name": "ft-sweep", "backbones": [BACKBONE], "tasks": [task.name], "methods": ["sea", "finetune"],
+        "seeds": [0], "store": store, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "tune_dir": str(tmp_path / "tune"), "max_failures": 0, "trainer": {"epochs": 3, "batch_size": 16},
+        "grid": {"lr": [0.8], "weight_decay": [1e-6], "lamda": [0.1], "eta": [0.2], "alpha": [0.05]},
+        "finetune": {"epochs": 1, "batch_size": 4, "image_size": 32, "lr": [0.05], "weight_decay": [0.0, 1e-4],
+                     "num_workers": 1, "max_failures": 0, **finetune}})
+
+
+def cell_runs(cfg) -> dict[str, list]:
+    tracker = SweepTracker(cfg.tracking_uri, cfg.name)
+    tracker.start()
+    out: dict[str, list] = {}
+    for run in tracker.cell_runs():
+        out.setdefault(run.data.tags["cell_id"], []).append(run)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):
+    from conftest import _fake_task
+
+    root = tmp_path_factory.mktemp("ft-sweep")
+    task = _fake_task(root / "task", classes=3, n_train=8, n_test=3, size=16)
+    cfg = sweep_config(root, task)
+    summary = run_sweep(cfg, cfg.all_tasks, progress=False)
+    return cfg, task, summary, root
+
+
+def test_the_finetune_cell_is_one_mlflow_run_with_fingerprint_candidates_and_costs(finished_sweep) -> None:
+    cfg, task, summary, _ = finished_sweep
+    assert (summary.completed, summary.failed) == (2, [])
+    cell = Cell(BACKBONE, task.name, "finetune", 0)
+    (run,) = cell_runs(cfg)[cell.cell_id]
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    assert run.info.status == "FINISHED" and tags["status"] == "ok" and tags["method"] == "finetune"
+    keys = current_keys(cfg.store, [cell])
+    assert tags["fingerprint"] == cell_fingerprint(cfg, cell, keys)
+    assert tags["primary_metric"] == "top1" and tags["mode"] == "select" and "Ericsson" in tags["recipe"]
+    assert {"val_top1", "val_mean_per_class", "test_top1", "test_mean_per_class", *COST} <= set(metrics)
+    assert all(metrics[k] >= 0 for k in COST) and metrics["cell_wall_s"] >= metrics["select_wall_s"] > 0
+    assert metrics["cell_gpu_s"] == 0.0 and 0 <= metrics["test_top1"] <= 100
+    assert tags["n_test"] == str(task.sizes["test"])   # the test split, evaluated once, whole
+    assert params["n_candidates"] == "2" and params["epochs"] == "1" and float(params["lr"]) == 0.05
+    from mlflow import MlflowClient
+
+    text = MlflowClient(cfg.tracking_uri).download_artifacts(run.info.run_id, CANDIDATES_ARTIFACT)
+    rows = list(csv.DictReader(io.StringIO(Path(text).read_text())))
+    assert [r["weight_decay"] for r in rows] == ["0.0", "0.0001"]
+    assert sum(int(r["selected"]) for r in rows) == 1
+    assert set(rows[0]) == {"candidate", "lr", "weight_decay", "val_top1", "val_mean_per_class", "epochs_run",
+                            "selected"}
+    chosen = next(r for r in rows if r["selected"] == "1")
+    assert float(chosen["weight_decay"]) == float(params["weight_decay"])
+    assert float(chosen["val_top1"]) == pytest.approx(metrics["val_top1"])
+
+
+def test_a_rerun_trains_nothing_and_a_changed_recipe_recomputes_only_finetune(finished_sweep) -> None:
+    cfg, task, _, _ = finished_sweep
+    again = run_sweep(cfg, cfg.all_tasks, progress=False)
+    assert (again.skipped, again.completed) == (2, 0)
+    assert all(len(runs) == 1 for runs in cell_runs(cfg).values())
+    changed = replace(cfg, finetune=replace(cfg.finetune, epochs=2))
+    keys = current_keys(cfg.store, [Cell(BACKBONE, task.name, m, 0) for m in ("sea", "finetune")])
+    for method, moves in (("finetune", True), ("sea", False)):
+        cell = Cell(BACKBONE, task.name, method, 0)
+        assert (cell_fingerprint(changed, cell, keys) != cell_fingerprint(cfg, cell, keys)) == moves
+
+
+def test_the_reports_claim_counts_the_sweeps_own_finetune_cell(finished_sweep) -> None:
+    cfg, task, _, root = finished_sweep
+    paths = build_report(cfg.name, root / "report", tracking_uri=cfg.tracking_uri)
+    assert (paths.finetune_compared, paths.finetune_within in (0, 1)) == (1, True)
+    md = paths.leaderboard_md.read_text()
+    assert f"fine-tuning on {paths.finetune_within} of 1 tasks compared" in md
+    section = md.split("## SeA vs fine-tuning")[1]
+    assert "Source: this sweep's own finetune cells" in section
+    assert f"| {task.name} | {BACKBONE} | top1 | 1 |" in section   # one seed paired: no interval yet
