@@ -196,6 +196,10 @@ def extract_features(
         data_root = str(Path(data_root).expanduser().resolve())  # actors may run in another folder
     check_address(address)
     preflight_inputs(backbone_names, task_list, data_root, download)
+    local_store = None
+    if address or ray.is_initialized():   # a cluster: refuse a store its nodes cannot share before touching it
+        init_ray(address, num_cpus)
+        local_store = _check_store_for_cluster(store, store.uri)
     summary = ExtractSummary()
     plans = []
     for name in backbone_names:
@@ -211,7 +215,6 @@ def extract_features(
     try:
         if todo:
             init_ray(address, num_cpus)
-            local_store = _check_store_for_cluster(store, store.uri)
             if len(alive_nodes()) > 1:
                 bundle = {"CPU": settings.cpus_per_actor}
                 check_nodes([spec for spec, _ in plans], [data_name(t) for t in task_list], data_root, local_store,
