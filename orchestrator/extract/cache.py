@@ -1,7 +1,8 @@
 """A node-local cache of decoded units, so that the cells a node runs read each unit from the store once.
 
 A unit is decoded from its Parquet shards (verified by CRC-32) once per node and kept as `.npy` files
-(float32 features, int64 labels) in one entry folder per feature key, named `<key>-<manifest sha256>`.
+(float32 features, int64 labels) in one entry folder per feature key and store, named
+`<key>-<sha256 of the manifest and the store's URI>`.
 An entry is verified on every read against the store's current manifest of that unit (the sha256 of
 its bytes, one small read) and against its own recorded file sizes; the features are then
 memory-mapped (`np.load(mmap_mode="r")`), so cells running side by side on a node share one copy
@@ -63,7 +64,10 @@ class UnitCache:
         manifest = store.read_bytes(f"{unit_path}/{MANIFEST}")
         if self.max_bytes <= 0 or manifest is None:   # off, or absent (the store says why)
             return store.read_key(backbone, task, split, key) if key else store.read(backbone, task, split)
-        entry = self.folder / f"{unit_path.rsplit('/', 1)[-1]}-{hashlib.sha256(manifest).hexdigest()[:16]}"
+        # named by the key and a digest of the manifest's bytes and the store's location: a re-extracted
+        # unit or another store never shares an entry (a store's own shards are what it vouches for)
+        digest = hashlib.sha256(manifest + b"\0" + store.uri.encode()).hexdigest()[:16]
+        entry = self.folder / f"{unit_path.rsplit('/', 1)[-1]}-{digest}"
         unit = self._open(entry)
         if unit is not None:
             return unit
