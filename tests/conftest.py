@@ -115,3 +115,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The trials' node-local unit cache goes to a folder of this test session, not ~/.cache (set before
+    any Ray worker starts, so that every worker inherits it)."""
+    import os
+    import tempfile
+
+    if "SEABENCH_CACHE" not in os.environ:
+        os.environ["SEABENCH_CACHE"] = config._seabench_cache = tempfile.mkdtemp(prefix="seabench-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    if getattr(config, "_seabench_cache", None):
+        shutil.rmtree(config._seabench_cache, ignore_errors=True)
