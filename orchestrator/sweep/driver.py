@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -34,9 +33,10 @@ from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.sweep.cells import Cell, candidate_configs, expand_backbones, plan_cells
 from orchestrator.sweep.fingerprint import cell_fingerprint, current_keys
-from orchestrator.sweep.search import search_cell
+from orchestrator.sweep.search import search_cells, tune_run_config
 from orchestrator.sweep.tracking import SweepTracker
 from orchestrator.sweep.trial import CellOutcome, TrialContext, prepare_worker, run_cell
+from orchestrator.sweep.units import UnitCost, cell_extract_metrics, csv_table, unit_costs, unit_metrics
 
 
 @dataclass
@@ -76,9 +76,10 @@ class CellLogger:
     """Driver-side Tune callback: logs each finished or failed cell trial to MLflow immediately."""
 
     def __init__(self, tracker: SweepTracker, summary: SweepSummary, on_cell: Callable[[str], None],
-                 fingerprints: Mapping[str, str] | None = None) -> None:
+                 fingerprints: Mapping[str, str] | None = None, costs: Mapping[str, UnitCost] | None = None) -> None:
         self.tracker, self.summary, self.on_cell = tracker, summary, on_cell
         self.fingerprints = dict(fingerprints or {})   # cell_id -> fingerprint, tagged on every run
+        self.costs = dict(costs or {})                 # unit id -> extraction cost, summed per cell
         self.retries: Counter[str] = Counter()   # trial id -> failures Tune retried (max_failures)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -99,6 +100,7 @@ class CellLogger:
     def log_outcome(self, cell: Cell, outcome: CellOutcome, attempts: int = 1) -> None:
         outcome.tags["attempts"] = str(attempts)
         outcome.tags["fingerprint"] = self.fingerprints.get(cell.cell_id, "")
+        outcome.metrics.update(cell_extract_metrics(cell, self.costs))
         self.tracker.log_cell(cell, outcome)
         self.summary.completed += 1
         self.summary.trial_seconds += outcome.seconds
@@ -153,14 +155,6 @@ def _tune_storage(cfg: SweepConfig) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run_config(cfg: SweepConfig, storage: str, label: str, callbacks: Sequence[Any]) -> Any:
-    from ray.tune import FailureConfig, RunConfig
-
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return RunConfig(name=name, storage_path=storage, verbose=0, callbacks=list(callbacks),
-                     failure_config=FailureConfig(max_failures=cfg.max_failures))
-
-
 def _resources(cfg: SweepConfig) -> dict[str, float]:
     return {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
 
@@ -175,7 +169,7 @@ def _run_grid(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: Ce
         param_space={"cell": tune.grid_search([c.as_dict() for c in cells])},
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=cfg.search.max_concurrent,
                                     trial_dirname_creator=lambda trial: trial.trial_id),
-        run_config=_run_config(cfg, storage, "cells", [_as_tune_callback(logger), *extra_callbacks]),
+        run_config=tune_run_config(cfg, storage, "cells", [_as_tune_callback(logger), *extra_callbacks]),
     )
     tuner.fit()
 
@@ -185,13 +179,8 @@ def _run_search(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: 
     grid_cells = [c for c in cells if c.method == "logreg"]
     if grid_cells:
         _run_grid(cfg, grid_cells, ctx, logger, storage, extra_callbacks)
-    for cell in (c for c in cells if c.method != "logreg"):
-        try:
-            outcome = search_cell(cfg, cell, ctx, _run_config(cfg, storage, "search", []))
-        except Exception as exc:  # OrchestratorError, ray's RayTaskError, …: the cell is logged as failed
-            logger.log_failure(cell, f"{type(exc).__name__}: {exc}")
-            continue
-        logger.log_outcome(cell, outcome)
+    searched = [c for c in cells if c.method != "logreg"]
+    search_cells(cfg, searched, ctx, storage, logger.log_outcome, logger.log_failure)   # incomplete: not run
 
 
 def _run_finetune(cfg: SweepConfig, cells: list[Cell], logger: CellLogger, storage: str) -> None:
@@ -224,6 +213,8 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
     fingerprints = {c.cell_id: cell_fingerprint(cfg, c, keys) for c in cells}
     tracker = tracker or SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
     tracker.start(fingerprints)
+    costs = unit_costs(store_uri(cfg), keys)
+    tracker.log_units(unit_metrics(costs), csv_table(costs, keys))
     done = tracker.completed()
     pending = [c for c in cells if fingerprints[c.cell_id] not in done.get(c.cell_id, ())]
     summary = SweepSummary(cells=len(cells), skipped=len(cells) - len(pending))
@@ -232,7 +223,7 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
         return summary
     tracker.discard_unfinished(c.cell_id for c in pending)
     bar = _progress_bar(len(cells), summary.skipped, enabled=progress)
-    logger = CellLogger(tracker, summary, lambda cell_id: bar.update(1), fingerprints)
+    logger = CellLogger(tracker, summary, lambda cell_id: bar.update(1), fingerprints, costs)
     started = time.perf_counter()
     search = cfg.mode == "select" and cfg.search.algorithm != "grid"
     status = "FAILED"

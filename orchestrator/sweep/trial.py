@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from orchestrator.raycluster import node_id
 from orchestrator.sweep.cells import METHOD_AXES, Cell, reference_config
 from orchestrator.sweep.features import LoadedSplit, SplitLoader, load_features, phase_rows, unit_id
 
@@ -144,7 +145,7 @@ def run_cell(cell: Cell, ctx: TrialContext, load: SplitLoader | None = None,
     used = [*stored.values(), *test_unit]
     tags = {"feature_key": stored["train"].key, "test_feature_key": test_unit[0].key if test_unit else "",
             "primary_metric": spec.metric, "mode": ctx.mode,
-            "skipped_images": str(sum(len(unit.skipped) for unit in used))}
+            "skipped_images": str(sum(len(unit.skipped) for unit in used)), "ray_node": node_id()}
     if "val" in stored:
         tags["val_feature_key"] = stored["val"].key
     wall = time.perf_counter() - began
