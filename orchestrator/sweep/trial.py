@@ -1,4 +1,4 @@
-"""One cell's computation, free of Ray: load features, select on validation, refit, test once.
+"""One cell's computation, free of Ray (it only reads which node it ran on): load features, select on validation, refit, test once.
 
 `run_cell` is what a Tune trial executes (orchestrator.sweep.driver wraps it); it is also callable in-process,
 which is how the test-isolation tests poison the test split. Test features are read through a
@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from orchestrator.raycluster import node_id
 from orchestrator.sweep.cells import METHOD_AXES, Cell, reference_config
 from orchestrator.sweep.features import LoadedSplit, SplitLoader, load_features, phase_rows, unit_id
 
@@ -145,13 +144,24 @@ def run_cell(cell: Cell, ctx: TrialContext, load: SplitLoader | None = None,
     used = [*stored.values(), *test_unit]
     tags = {"feature_key": stored["train"].key, "test_feature_key": test_unit[0].key if test_unit else "",
             "primary_metric": spec.metric, "mode": ctx.mode,
-            "skipped_images": str(sum(len(unit.skipped) for unit in used)), "ray_node": node_id()}
+            "skipped_images": str(sum(len(unit.skipped) for unit in used)), "ray_node": _node()}
     if "val" in stored:
         tags["val_feature_key"] = stored["val"].key
     wall = time.perf_counter() - began
     metrics = {**done.metrics, **_cost(done.phases, wall, loaded - began, time.process_time() - cpu0, ctx)}
     return CellOutcome(cell.cell_id, done.params, metrics, tags, done.curve, done.per_epoch, wall,
                        done.candidates, started, time.time())
+
+
+def _node() -> str:
+    """The Ray node this cell ran on ("" in-process, where Ray is not even imported)."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return ""
+    from orchestrator.raycluster import node_id
+
+    return node_id()
 
 
 def _cost(phases: dict[str, float], wall: float, load: float, cpu: float, ctx: TrialContext) -> dict[str, float]:
