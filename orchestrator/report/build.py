@@ -7,6 +7,7 @@ conflicts) → `compute_leaderboard` (statistics), candidate tables and cost met
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -84,7 +85,8 @@ def leaderboard_for(data: ExperimentData, reference_csv: str | os.PathLike | Non
     if reference_csv is not None:
         reference = load_reference(reference_csv, experiment_tasks=set(data.results["task"]))
     finetune = finetune_claim(data.results, reference)   # the sweep's own finetune cells first, else the CSV
-    return compute_leaderboard(data.results, data.failed, data.experiment, data.mode, finetune, data.skipped)
+    board = compute_leaderboard(data.results, data.failed, data.experiment, data.mode, finetune, data.skipped)
+    return dataclasses.replace(board, superseded=data.superseded)
 
 
 def build_report(

@@ -141,7 +141,8 @@ def document(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[
     overview = (f"Experiment {board.experiment or '(unnamed)'}"
                 f"{f' · protocol: {board.mode}' if board.mode else ''} · {n_cells} finished cell run(s) · "
                 f"{len(board.failed)} failed cell(s)"
-                f"{f' · {n_skipped} unreadable image(s) left out' if n_skipped else ''}.")
+                f"{f' · {n_skipped} unreadable image(s) left out' if n_skipped else ''}"
+                f"{f' · {board.superseded} finished run(s) of older configurations left out (other fingerprints: the sweep was rerun with another config or other features; they stay in MLflow)' if board.superseded else ''}.")
     bars = [Figure(p) for p in plots if p.filename.startswith("bars_")]
     blocks = [Para(overview), *_claims(board), *leaderboard_blocks(board), *_difference_section(board, plots)]
     if bars:

@@ -142,7 +142,7 @@ def combine(datas: Sequence[ExperimentData], prefer: Sequence[str] = (),
     mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else "")
     single = len(datas) == 1
     data = ExperimentData(" + ".join(names), results, failed, datas[0].parent_run_id if single else None, mode,
-                          skipped.reset_index(drop=True))
+                          skipped.reset_index(drop=True), sum(d.superseded for d in datas))
     return data, Sources(tuple(names), {d.experiment: d.parent_run_id for d in datas}, conflicts)
 
 

@@ -139,6 +139,7 @@ class Leaderboard:
     mode: str = ""
     finetune: FinetuneComparison | None = None  # set when a fine-tuning reference was given
     skipped: pd.DataFrame | None = None  # (backbone, task, skipped_images) with unreadable images left out
+    superseded: int = 0  # finished runs of older configurations (other fingerprints), not used
 
 
 def compute_leaderboard(

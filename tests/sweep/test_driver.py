@@ -152,6 +152,8 @@ def test_changed_epochs_recompute_every_cell_and_equal_a_fresh_run(store: str, t
     from orchestrator.report import load_experiment
 
     assert load_experiment(cfg.name, cfg.tracking_uri).superseded == 2    # the epochs=3 runs, left out
+    page = (tmp_path / "r1" / "leaderboard.md").read_text()
+    assert "2 finished run(s) of older configurations left out" in page   # and the report says so
 
     from mlflow import MlflowClient
 
