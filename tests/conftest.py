@@ -132,3 +132,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     if getattr(config, "_seabench_cache", None):
         shutil.rmtree(config._seabench_cache, ignore_errors=True)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """The sweep tests' synthetic features: backbones bb (16-d) and cc (8-d) on digits (carved val) and
+    dtd (official val). Modules with a `store` of their own override it."""
+    from sweepkit import make_store  # tests/sweep, on the path of the modules that use this fixture
+
+    return make_store(tmp_path)
