@@ -40,8 +40,6 @@ class SearchConfig:
     grace_period: int = field(default=5, metadata={"min": 1})
     reduction_factor: int = field(default=3, metadata={"min": 2})
     max_concurrent: int | None = field(default=None, metadata={"min": 1})
-    # cells searched at once: each is one Tune driver process on the head node
-    max_concurrent_cells: int = field(default=4, metadata={"min": 1})
 
 
 @dataclass(frozen=True)
@@ -90,8 +88,9 @@ class FinetuneConfig:   # the `finetune` method's recipe, documented with its so
     cpus_per_worker: float = field(default=1.0, metadata={"min": 0})
     gpus_per_worker: float = field(default=0.0, metadata={"min": 0})
     precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))   # bf16: autocast, CUDA only
-    loader_workers: int = field(default=0, metadata={"min": 0})
     max_failures: int = field(default=2, metadata={"min": 0})        # lost workers resumed from a checkpoint
+    backbones: tuple[str, ...] = ()   # fine-tune only these of the sweep's backbones (empty: all but ensembles)
+    tasks: tuple[str, ...] = ()       # only these of its tasks (empty: all)
 
 
 Axes = tuple[tuple[str, tuple[float, ...]], ...]
@@ -213,8 +212,7 @@ def _check_cross_fields(cfg: SweepConfig) -> None:
 def _check_finetune(cfg: SweepConfig) -> None:
     ft = cfg.finetune
     if not ft.lr or min(ft.lr) <= 0 or not ft.weight_decay or min(ft.weight_decay) < 0:
-        raise OrchestratorError(f"config: 'finetune.lr' needs values > 0 and 'finetune.weight_decay' values ≥ 0, "
-                                f"got {list(ft.lr)} and {list(ft.weight_decay)}")
+        raise OrchestratorError(f"config: 'finetune.lr' needs values > 0, 'finetune.weight_decay' ≥ 0: {ft.lr}, {ft.weight_decay}")
     if ft.batch_size % ft.num_workers:   # each worker takes an equal share of the global batch
         raise OrchestratorError(f"config: 'finetune.batch_size' must be a multiple of finetune.num_workers={ft.num_workers}")
     if "finetune" in cfg.methods and cfg.mode != "select":   # the authors' script does not fine-tune

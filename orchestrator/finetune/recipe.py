@@ -51,12 +51,12 @@ class Recipe:
     schedule: str = "cosine"          # cosine | constant
     image_size: int | None = None     # None: the backbone's own input size
     precision: str = "fp32"           # fp32 | bf16 (autocast, CUDA only)
-    loader_workers: int = 0
+    loader_workers: int = 0           # DataLoader processes per worker (the cluster's CPUs are the Train workers')
 
     @classmethod
     def from_config(cls, section: Any, lr: float, weight_decay: float, seed: int) -> Recipe:
         fields = {k: getattr(section, k) for k in ("epochs", "steps", "batch_size", "optimizer", "momentum",
-                                                    "schedule", "image_size", "precision", "loader_workers")}
+                                                    "schedule", "image_size", "precision")}
         return cls(lr=float(lr), weight_decay=float(weight_decay), seed=int(seed), **fields)
 
     def as_dict(self) -> dict[str, Any]:

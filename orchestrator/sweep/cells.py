@@ -105,8 +105,30 @@ def search_space(cfg: SweepConfig, method: str) -> dict[str, Any]:
 
 
 def plan_cells(cfg: SweepConfig, tasks: Iterable[str]) -> list[Cell]:
-    """All cells of the sweep, task-major so trials of one task's features run close together."""
-    return [Cell(b, t, m, s) for t in tasks for b in cfg.backbones for m in cfg.methods for s in cfg.seeds]
+    """All cells of the sweep, task-major so trials of one task's features run close together; finetune
+    cells only for real backbones (an ensemble is stored features) in finetune.backbones / finetune.tasks."""
+    tasks = list(tasks)
+    if "finetune" in cfg.methods:
+        _check_finetune_names(cfg, tasks)
+    return [Cell(b, t, m, s) for t in tasks for b in cfg.backbones for m in cfg.methods for s in cfg.seeds
+            if m != "finetune" or _finetuned(cfg, b, t)]
+
+
+def _finetuned(cfg: SweepConfig, backbone: str, task: str) -> bool:
+    ft = cfg.finetune
+    return (not backbone.startswith("ensemble:") and (not ft.backbones or backbone in ft.backbones)
+            and (not ft.tasks or task in ft.tasks))
+
+
+def _check_finetune_names(cfg: SweepConfig, tasks: list[str]) -> None:
+    from orchestrator.errors import OrchestratorError
+
+    for key, names, known in (("backbones", cfg.finetune.backbones, cfg.backbones),
+                              ("tasks", cfg.finetune.tasks, cfg.all_tasks)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise OrchestratorError(f"config: 'finetune.{key}' names {unknown}, not among the sweep's {key} "
+                                    f"{list(known)}")
 
 
 def expand_backbones(names: Iterable[str]) -> tuple[str, ...]:
