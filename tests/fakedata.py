@@ -277,3 +277,13 @@ FAKE_WRITERS: dict[str, Callable[[Path], dict[str, int]]] = {
 # Number of classes each fake holds (the real counts are in TaskSpec.num_classes).
 FAKE_CLASSES = {"aircraft": 3, "caltech101": 3, "cars": 3, "cifar10": 10, "cifar100": 100, "cub200": 3,
                 "dtd": 3, "flowers102": 102, "food101": 3, "pets": 3, "sun397": 3}
+
+
+def load_root_conftest():
+    """tests/conftest.py as a module (another folder's conftest may hold the name `conftest`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seabench_root_conftest", Path(__file__).parent / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
