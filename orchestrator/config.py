@@ -40,6 +40,8 @@ class SearchConfig:
     grace_period: int = field(default=5, metadata={"min": 1})
     reduction_factor: int = field(default=3, metadata={"min": 2})
     max_concurrent: int | None = field(default=None, metadata={"min": 1})
+    # cells searched at once: each is one Tune driver process on the head node
+    max_concurrent_cells: int = field(default=4, metadata={"min": 1})
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fakedata import make_fake_imagefolder
+from fakedata import FakeTask
+from fakedata import fake_task as _fake_task
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -72,19 +73,6 @@ def ray_cluster() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
-
-
-@dataclass(frozen=True)
-class FakeTask:
-    name: str               # "imagefolder:<path>", usable wherever a task name is
-    path: Path
-    sizes: dict[str, int]   # images per stored split
-    num_classes: int
-
-
-def _fake_task(root: Path, classes: int, n_train: int, n_test: int, size: int) -> FakeTask:
-    sizes = make_fake_imagefolder(root, classes=classes, n_train=n_train, n_test=n_test, size=size)
-    return FakeTask(f"imagefolder:{root}", root, sizes, classes)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import gzip
 import json
 import pickle
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -279,11 +280,15 @@ FAKE_CLASSES = {"aircraft": 3, "caltech101": 3, "cars": 3, "cifar10": 10, "cifar
                 "dtd": 3, "flowers102": 102, "food101": 3, "pets": 3, "sun397": 3}
 
 
-def load_root_conftest():
-    """tests/conftest.py as a module (another folder's conftest may hold the name `conftest`)."""
-    import importlib.util
+@dataclass(frozen=True)
+class FakeTask:
+    name: str               # "imagefolder:<path>", usable wherever a task name is
+    path: Path
+    sizes: dict[str, int]   # images per stored split
+    num_classes: int
 
-    spec = importlib.util.spec_from_file_location("seabench_root_conftest", Path(__file__).parent / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+def fake_task(root: Path, classes: int, n_train: int, n_test: int, size: int) -> FakeTask:
+    """A fake image-folder task under `root` with `classes` classes of `size`×`size` px images."""
+    sizes = make_fake_imagefolder(root, classes=classes, n_train=n_train, n_test=n_test, size=size)
+    return FakeTask(f"imagefolder:{root}", root, sizes, classes)

@@ -41,8 +41,7 @@ def kill_once_after(epoch: int, marker: Path):
 
 @pytest.fixture(scope="module")
 def killed_run(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):
-    from fakedata import load_root_conftest
-    _fake_task = load_root_conftest()._fake_task
+    from fakedata import fake_task as _fake_task
 
     root = tmp_path_factory.mktemp("ft-ray")
     task = _fake_task(root / "task", classes=3, n_train=8, n_test=3, size=16)
