@@ -246,4 +246,5 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         gathered = [(index, pred)]
     index, pred = (np.concatenate([g[i] for g in gathered]) for i in (0, 1))
     cpu_total = run.cpu_before + _all_sum(time.process_time() - run.cpu0, world)
+    run.images = int(_all_sum(run.images, world))   # images/s of the whole worker group, not worker 0's share
     return run.metrics(index, pred, time.perf_counter() - began, cpu_total)
