@@ -91,6 +91,7 @@ class FinetuneConfig:   # the `finetune` method's recipe, documented with its so
     gpus_per_worker: float = field(default=0.0, metadata={"min": 0})
     precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))   # bf16: autocast, CUDA only
     max_failures: int = field(default=2, metadata={"min": 0})        # lost workers resumed from a checkpoint
+    storage: str | None = None        # checkpoints (URI / shared mount); None: see finetune/trainer.py
     backbones: tuple[str, ...] = ()   # fine-tune only these of the sweep's backbones (empty: all but ensembles)
     tasks: tuple[str, ...] = ()       # only these of its tasks (empty: all)
 
@@ -275,16 +276,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(
-    path: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    *,
-    data: Mapping[str, Any] | None = None,
-    store: str | None = None,
-    tracking_uri: str | None = None,
-    address: str | None = None,
-    out: str | None = None,
-) -> SweepConfig:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
+                data: Mapping[str, Any] | None = None, store: str | None = None, tracking_uri: str | None = None,
+                address: str | None = None, out: str | None = None) -> SweepConfig:
     """Read `path` (or take `data`), apply `--set` overrides then the common flags, and validate."""
     raw = read_yaml(path) if path is not None else dict(data or {})
     for assignment in overrides:

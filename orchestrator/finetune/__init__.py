@@ -8,7 +8,8 @@ _EXPORTS = {
     "CITATION": "recipe", "Recipe": "recipe",
     "FinetuneNet": "loop", "build_net": "loop", "train_in_process": "loop", "train_loop_per_worker": "loop",
     "build_phase": "images",
-    "finetune_cell": "trainer", "run_training": "trainer", "scaling_config": "trainer",
+    "checkpoint_storage": "trainer", "finetune_cell": "trainer", "run_name": "trainer",
+    "run_training": "trainer", "scaling_config": "trainer",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

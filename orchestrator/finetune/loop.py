@@ -201,6 +201,7 @@ def _all_sum(value: float, world: int) -> float:
 def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     """The Ray Train worker: DDP (gloo on CPU, NCCL on GPU), a checkpoint per epoch, test/val at the end;
     returns the final metrics (worker 0's return value is `ray.train.Result.return_value`)."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -239,12 +240,14 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         for buffer in module.buffers():
             torch.distributed.broadcast(buffer, 0)
     index, pred = run.evaluate(module, [rank])
+    mine = (index, pred, ray.get_runtime_context().get_node_id())
     gathered: list[Any] = [None] * world
     if world > 1:
-        torch.distributed.all_gather_object(gathered, (index, pred))
+        torch.distributed.all_gather_object(gathered, mine)
     else:
-        gathered = [(index, pred)]
+        gathered = [mine]
     index, pred = (np.concatenate([g[i] for g in gathered]) for i in (0, 1))
     cpu_total = run.cpu_before + _all_sum(time.process_time() - run.cpu0, world)
     run.images = int(_all_sum(run.images, world))   # images/s of the whole worker group, not worker 0's share
-    return run.metrics(index, pred, time.perf_counter() - began, cpu_total)
+    return {**run.metrics(index, pred, time.perf_counter() - began, cpu_total),
+            "nodes": sorted({g[2] for g in gathered})}   # the Ray nodes the workers ran on

@@ -6,8 +6,9 @@ the Train driver, so it holds no CPU of its own) that trains on the fit images a
 best candidate on the task's primary validation metric (ties: the earlier candidate) is retrained by one
 more TorchTrainer on train + validation, which evaluates the test split once. Every run has
 `ScalingConfig(num_workers, use_gpu, resources_per_worker)` from the `finetune:` section, a
-`FailureConfig(max_failures)` that restarts lost workers from the last epoch's checkpoint, and the sweep's
-storage (a local folder or a URI such as s3://…) for its checkpoints.
+`FailureConfig(max_failures)` that restarts lost workers from the last epoch's checkpoint, and checkpoint
+storage that every worker reaches (`checkpoint_storage`): Ray Train needs a URI or a shared mount as soon as
+the cluster has more than one node.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ WALL_METRICS = ("train_wall_s", "eval_wall_s")
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def run_name(sweep: str, backbone: str, task: str, seed: int) -> str:
+    """A cell's Ray Train / Tune run names begin with this; they are told apart by their tail (-c<i>-<trial>,
+    -select, -refit), so only the descriptive head is cut short (Ray would resume a run of the same name)."""
+    return f"{_safe(f'{sweep}-ft-{backbone}-{task}-s{seed}')[:60]}-{uuid.uuid4().hex[:8]}"
 
 
 def scaling_config(ft: Any) -> Any:
@@ -38,14 +45,52 @@ def scaling_config(ft: Any) -> Any:
     return ScalingConfig(num_workers=ft.num_workers, use_gpu=ft.gpus_per_worker > 0, resources_per_worker=resources)
 
 
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def checkpoint_storage(ft: Any, store: str, tune_storage: str, nodes: int) -> str:
+    """Where Ray Train keeps a cell's checkpoints: `finetune.storage` when set; else, on one node, the sweep's
+    Tune folder (tune_dir or a temporary one); on a cluster of `nodes` > 1, `<store>-checkpoints` beside the
+    feature store, which every node reaches. A relative path is refused on a cluster."""
+    if ft.storage:
+        where, key = ft.storage, "finetune.storage"
+    elif nodes > 1:
+        where, key = f"{store.rstrip('/')}-checkpoints", "store"
+    else:
+        where, key = tune_storage, "tune_dir"
+    if "://" in where:
+        return where
+    if nodes > 1 and not os.path.isabs(os.path.expanduser(where)):
+        raise OrchestratorError(
+            f"finetune: checkpoints would go to {where!r} ({key}), a relative path, but this Ray cluster has {nodes} "
+            "nodes: each Ray Train worker would write to its own disk and a restarted worker would find nothing. "
+            "Set finetune.storage to a URI every node reaches (s3://BUCKET/seabench/checkpoints) or a shared mount")
+    return str(Path(where).expanduser().resolve())
+
+
+def _filesystem(storage: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray Train: a URI through the same fsspec filesystem the feature
+    store uses (its endpoint and credentials), wrapped for pyarrow; a local path as it is."""
+    if _is_local(storage):
+        return storage.removeprefix("file://"), None
+    import fsspec
+    import pyarrow.fs
+
+    fs, path = fsspec.core.url_to_fs(storage)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
 def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple[dict[str, Any], Any]:
-    """One TorchTrainer run of `job`; returns (worker 0's final metrics, its return value, and the Result)."""
+    """One TorchTrainer run of `job`, checkpoints under `storage` (a path or a URI); returns (worker 0's final
+    metrics, the Result)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    path, filesystem = _filesystem(storage)
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=job, scaling_config=scaling_config(ft),
-        run_config=ray.train.RunConfig(name=_safe(name), storage_path=storage,
+        run_config=ray.train.RunConfig(name=_safe(name), storage_path=path, storage_filesystem=filesystem,
                                        failure_config=ray.train.FailureConfig(max_failures=ft.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
     result = trainer.fit()
@@ -61,7 +106,7 @@ def candidate_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     candidate = config["candidate"]
     job = {**base["job"], "recipe": {**base["job"]["recipe"], "lr": candidate["lr"],
                                      "weight_decay": candidate["weight_decay"]}}
-    metrics, _ = run_training(job, base["ft"], base["storage"],
+    metrics, _ = run_training(job, base["ft"], base["checkpoints"],
                               f"{base['name']}-c{candidate['index']}-{tune.get_context().get_trial_id()}")
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
@@ -108,8 +153,10 @@ def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str, concu
 
 def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -> dict[str, Any]:
     """The cell (backbone, task, finetune, seed) under `cfg` (a SweepConfig): select on validation, refit on
-    train + validation, test once. Returns the fields of the sweep's CellOutcome, less the cell id."""
+    train + validation, test once; `storage` is the sweep's Tune folder. Returns the fields of the sweep's
+    CellOutcome, less the cell id."""
     from orchestrator.extract import backbone_parts
+    from orchestrator.raycluster import alive_nodes
     from tasks import get_task
 
     if len(backbone_parts(backbone)) > 1:
@@ -117,14 +164,15 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
                                 "backbone can be fine-tuned (drop finetune for ensembles)")
     started, began, cpu0 = time.time(), time.perf_counter(), time.process_time()
     ft, spec = cfg.finetune, get_task(task)
-    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())   # Ray Train needs it absolute
+    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())   # Ray needs it absolute
+    checkpoints = checkpoint_storage(ft, cfg.store, storage, len(alive_nodes()))
     root = cfg.data_root if "://" in cfg.data_root else str(Path(cfg.data_root).expanduser().resolve())
     recipe = Recipe.from_config(ft, ft.lr[0], ft.weight_decay[0], seed)
     job = {"backbone": backbone, "task": task, "root": root, "num_classes": spec.num_classes,
            "recipe": recipe.as_dict(), "threads": max(1, math.floor(ft.cpus_per_worker)), "workdir": os.getcwd(),
            "train_phase": "fit", "eval_phase": "val"}
-    name = f"{cfg.name}-ft-{backbone}-{task}-s{seed}-{uuid.uuid4().hex[:6]}"
-    base = {"job": job, "ft": ft, "storage": storage, "name": name}
+    name = run_name(cfg.name, backbone, task, seed)
+    base = {"job": job, "ft": ft, "storage": storage, "checkpoints": checkpoints, "name": name}
     grid = [{"lr": lr, "weight_decay": wd} for lr in ft.lr for wd in ft.weight_decay]
     concurrent = _check_cluster(ft)
     scores = _select(base, grid, spec.metric, min(concurrent, len(grid)))
@@ -132,7 +180,7 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
     best = max(range(len(grid)), key=lambda i: (scores[i][f"val_{spec.metric}"], -i))
     refit_job = {**job, "train_phase": "trainval", "eval_phase": "test",
                  "recipe": {**job["recipe"], **grid[best]}}
-    final, _ = run_training(refit_job, ft, storage, f"{name}-refit")
+    final, _ = run_training(refit_job, ft, checkpoints, f"{name}-refit")
     ended = time.perf_counter()
     gpus = ft.num_workers * ft.gpus_per_worker
     runs = [*scores, final]
@@ -154,6 +202,7 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
                   for i, (c, s) in enumerate(zip(grid, scores))]
     tags = {"primary_metric": spec.metric, "mode": "select", "skipped_images": "0", "recipe": CITATION,
             "precision_used": ft.precision if ft.gpus_per_worker > 0 else "fp32",
-            "n_train": str(int(final["n_train"])), "n_test": str(int(final["n_eval"]))}
+            "n_train": str(int(final["n_train"])), "n_test": str(int(final["n_eval"])),
+            "ray_nodes": ",".join(final["nodes"])}   # where the refit's workers ran
     return {"params": params, "metrics": metrics, "tags": tags, "candidate_val_top1": [s["val_top1"] for s in scores],
             "seconds": ended - began, "candidates": candidates, "started": started, "ended": time.time()}

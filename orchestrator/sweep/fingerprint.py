@@ -33,6 +33,10 @@ def sea_version() -> str:
     return f"{getattr(sea, '__version__', '0')}+{digest.hexdigest()[:12]}"
 
 
+# where checkpoints go, retries, CPU threads and which cells fine-tune: none of them changes a cell's numbers
+FINETUNE_OPERATIONAL = ("storage", "max_failures", "cpus_per_worker", "backbones", "tasks")
+
+
 @functools.cache
 def finetune_version() -> str:
     """A digest of orchestrator/finetune's source files: a change to the fine-tuning loop counts."""
@@ -76,7 +80,8 @@ def cell_fingerprint(cfg: SweepConfig, cell: Cell, keys: Mapping[str, str]) -> s
         "sea": sea_version(),
     }
     if cell.method == "finetune":   # images, not features, are trained on: its recipe and its code count
-        body.update(finetune=cfg.to_dict()["finetune"], finetune_code=finetune_version(), search=None,
+        recipe = {k: v for k, v in cfg.to_dict()["finetune"].items() if k not in FINETUNE_OPERATIONAL}
+        body.update(finetune=recipe, finetune_code=finetune_version(), search=None,
                     trainer=None, accelerated=None, sea=None)
     return hashlib.sha256(_canonical(body).encode()).hexdigest()[:24]
 

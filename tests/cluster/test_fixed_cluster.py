@@ -18,6 +18,7 @@ from clusterkit import (
     mlflow_server,
     ray_cluster,
     results,
+    s3_objects,
     s3_server,
     seabench,
     worker_ids,
@@ -74,6 +75,25 @@ def test_run_uses_both_workers_and_equals_a_single_node_run(site):
     assert len(cluster_results) >= 16 and cluster_results.keys() == local_results.keys()
     for key, value in cluster_results.items():
         assert value == pytest.approx(local_results[key], rel=1e-6, abs=1e-9), key
+
+
+def test_finetune_runs_ddp_across_both_workers_with_checkpoints_on_s3(site):
+    """A finetune cell on the cluster: its 2 Ray Train workers (gloo) sit on the two worker nodes, and their
+    epoch checkpoints go beside the S3 feature store (a local folder would not be shared between nodes)."""
+    root, store = site["root"], f"s3://{BUCKET}/ft/features"
+    sweep = Sweep(f"imagefolder:{root / 'task'}", seeds=(0,), methods=("finetune",))
+    finetune = {"epochs": 2, "batch_size": 4, "image_size": 16, "lr": [0.05], "weight_decay": [0.0],
+                "num_workers": 2, "cpus_per_worker": 1, "max_failures": 0}
+    config = write_config(root / "ft.yaml", sweep.config("ft-cluster", store, finetune=finetune))
+    done = seabench(["run", "--config", str(config), "--address", site["address"], "--tracking-uri", site["tracking"],
+                     "--out", str(root / "ft-report"), "--no-progress"], site["driver"], root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = cell_runs(site["tracking"], "ft-cluster")
+    assert run.info.status == "FINISHED" and run.data.tags["method"] == "finetune"
+    assert set(run.data.tags["ray_nodes"].split(",")) == worker_ids(site["cluster"])
+    checkpoints = [k for k in s3_objects(site["env"], "ft/features-checkpoints/") if k.endswith("/state.pt")]
+    # the last epoch's checkpoint of the one candidate and of the refit (num_to_keep=1)
+    assert any("-c0-" in k for k in checkpoints) and any("-refit/" in k for k in checkpoints), checkpoints
 
 
 def test_relative_store_on_a_multi_node_cluster_is_refused(site):
