@@ -124,7 +124,7 @@ def main() -> None:
             rows[f"ray_train_{args.workers}"] = ray_train(args, args.workers, cores / args.workers, storage)
     ray.shutdown()
     bare = rows["bare"]["images_per_s"]
-    for name, row in rows.items():
+    for row in rows.values():
         row["ratio"] = row["images_per_s"] / bare
         if "end_to_end_images_per_s" in row:
             row["end_to_end_ratio"] = row["end_to_end_images_per_s"] / bare
