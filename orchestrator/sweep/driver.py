@@ -32,6 +32,7 @@ from typing import Any
 from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.sweep.cells import Cell, candidate_configs, expand_backbones, plan_cells
+from orchestrator.sweep.finetuning import FinetuneCells
 from orchestrator.sweep.fingerprint import cell_fingerprint, current_keys
 from orchestrator.sweep.search import search_cells, tune_run_config
 from orchestrator.sweep.tracking import SweepTracker
@@ -183,19 +184,6 @@ def _run_search(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: 
     search_cells(cfg, searched, ctx, storage, logger.log_outcome, logger.log_failure)   # incomplete: not run
 
 
-def _run_finetune(cfg: SweepConfig, cells: list[Cell], logger: CellLogger, storage: str) -> None:
-    """Fine-tuning cells, one after the other, each a Tuner of Ray Train runs (orchestrator.finetune)."""
-    from orchestrator.finetune import finetune_cell
-
-    for cell in cells:
-        try:
-            fields = finetune_cell(cfg, cell.backbone, cell.task, cell.seed, storage)
-        except Exception as exc:  # OrchestratorError, Ray's TrainingFailedError, …: the cell is logged as failed
-            logger.log_failure(cell, f"{type(exc).__name__}: {exc}")
-            continue
-        logger.log_outcome(cell, CellOutcome(cell.cell_id, **fields))
-
-
 def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | None = None, *,
               keys: Mapping[str, str] | None = None, progress: bool = True,
               extra_callbacks: Sequence[Any] = ()) -> SweepSummary:
@@ -233,9 +221,17 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
         with _tune_storage(cfg) as storage:
             runner = _run_search if search else _run_grid
             heads = [c for c in pending if c.method != "finetune"]
-            if heads:   # the feature-based cells' Tuner first, then the fine-tuning cells on the same cluster
-                runner(cfg, heads, trial_context(cfg, keys), logger, storage, extra_callbacks)
-            _run_finetune(cfg, [c for c in pending if c.method == "finetune"], logger, storage)
+            # fine-tuning cells train beside the heads' Tuner, on the same cluster (orchestrator.sweep.finetuning)
+            finetuning = FinetuneCells(cfg, [c for c in pending if c.method == "finetune"], storage).start()
+            try:
+                if heads:
+                    runner(cfg, heads, trial_context(cfg, keys), logger, storage, extra_callbacks)
+                if summary.completed + len(summary.failed) < len(heads):   # Tune returned from a Ctrl-C
+                    finetuning.stop()
+                finetuning.log_all(logger.log_outcome, logger.log_failure)
+            except BaseException:
+                finetuning.stop()
+                raise
         # Tune stops gracefully on Ctrl-C and returns normally: count what never ran
         summary.not_run = len(pending) - summary.completed - len(summary.failed)
         status = "KILLED" if summary.not_run else "FAILED" if summary.failed else "FINISHED"

@@ -83,6 +83,16 @@ def test_the_finetune_cell_is_one_mlflow_run_with_fingerprint_candidates_and_cos
     assert float(chosen["val_top1"]) == pytest.approx(metrics["val_top1"])
 
 
+def test_the_finetune_cell_trains_while_the_heads_tuner_runs(finished_sweep) -> None:
+    """Started before the heads' Tuner, on the same cluster: it began before the SeA cell ended (run one
+    after the other, it would begin after)."""
+    cfg, task, _, _ = finished_sweep
+    runs = cell_runs(cfg)
+    (ft,) = runs[Cell(BACKBONE, task.name, "finetune", 0).cell_id]
+    (sea,) = runs[Cell(BACKBONE, task.name, "sea", 0).cell_id]
+    assert ft.info.start_time < sea.info.end_time < ft.info.end_time
+
+
 def test_a_rerun_trains_nothing_and_a_changed_recipe_recomputes_only_finetune(finished_sweep) -> None:
     cfg, task, _, _ = finished_sweep
     again = run_sweep(cfg, cfg.all_tasks, progress=False)
