@@ -10,6 +10,7 @@ MLflow (only it ever logs) as soon as the heads' Tuner has returned, then the re
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -22,9 +23,10 @@ from orchestrator.sweep.trial import CellOutcome
 _DONE = object()
 
 
-def _finetune_task(cfg: SweepConfig, cell: Cell, storage: str) -> CellOutcome:
+def _finetune_task(cfg: SweepConfig, cell: Cell, storage: str, workdir: str) -> CellOutcome:
     from orchestrator.finetune import finetune_cell
 
+    os.chdir(workdir)   # the driver's: relative data_root, store, tune_dir, finetune.storage mean what they meant there
     return CellOutcome(cell.cell_id, **finetune_cell(cfg, cell.backbone, cell.task, cell.seed, storage))
 
 
@@ -38,7 +40,7 @@ class FinetuneCells:
     """Started with the cells before the heads' Tuner; `log_all` (after it) logs every outcome as it comes."""
 
     def __init__(self, cfg: SweepConfig, cells: Sequence[Cell], storage: str) -> None:
-        self.cfg, self.cells, self.storage = cfg, list(cells), storage
+        self.cfg, self.cells, self.storage, self.workdir = cfg, list(cells), storage, os.getcwd()
         self.results: queue.Queue[Any] = queue.Queue()
         self.running: dict[Any, Cell] = {}
         self.stopping = threading.Event()
@@ -62,7 +64,7 @@ class FinetuneCells:
             while (waiting or self.running) and not self.stopping.is_set():
                 while waiting and len(self.running) < limit:
                     cell = waiting.pop(0)
-                    self.running[remote.remote(self.cfg, cell, self.storage)] = cell
+                    self.running[remote.remote(self.cfg, cell, self.storage, self.workdir)] = cell
                 ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
                 for ref in ready:
                     cell = self.running.pop(ref)

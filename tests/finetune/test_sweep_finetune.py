@@ -4,6 +4,7 @@ fine-tuning claim counts it."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from dataclasses import replace
@@ -49,10 +50,12 @@ def finished_sweep(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):
     from fakedata import fake_task as _fake_task
 
     root = tmp_path_factory.mktemp("ft-sweep")
-    task = _fake_task(root / "task", classes=3, n_train=8, n_test=3, size=16)
+    # the image folder by a path relative to the driver's working directory, which Ray's workers do not share
+    task = replace(_fake_task(root / "task", classes=3, n_train=8, n_test=3, size=16), name="imagefolder:task")
     cfg = sweep_config(root, task)
-    summary = run_sweep(cfg, cfg.all_tasks, progress=False)
-    return cfg, task, summary, root
+    with contextlib.chdir(root):   # for this module's tests, which read the task by its relative name
+        summary = run_sweep(cfg, cfg.all_tasks, progress=False)
+        yield cfg, task, summary, root
 
 
 def test_the_finetune_cell_is_one_mlflow_run_with_fingerprint_candidates_and_costs(finished_sweep) -> None:
