@@ -172,7 +172,25 @@ def _run_grid(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: Ce
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune_run_config(cfg, storage, "cells", [_as_tune_callback(logger), *extra_callbacks]),
     )
-    tuner.fit()
+    with _sigint_restored():
+        tuner.fit()
+
+
+@contextlib.contextmanager
+def _sigint_restored() -> Iterator[None]:
+    """Tune installs a SIGINT handler that stops its run gracefully and leaves it installed after `fit()`
+    returns, swallowing a later Ctrl-C (during the searches or the fine-tuning cells): put ours back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_search(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: CellLogger, storage: str,
