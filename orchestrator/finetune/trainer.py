@@ -88,6 +88,9 @@ def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple
     from ray.train.torch import TorchTrainer
 
     path, filesystem = _filesystem(storage)
+    # a worker group waits for CPUs the heads' trials hold: Ray Train's 60 s start-up timeout would count
+    # each wait as a controller error and retry, printing a traceback every minute (read by its controller)
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=job, scaling_config=scaling_config(ft),
         run_config=ray.train.RunConfig(name=_safe(name), storage_path=path, storage_filesystem=filesystem,
