@@ -17,7 +17,7 @@ from test_sweep_finetune import BACKBONE, cell_runs, sweep_config
 
 from orchestrator.sweep import run_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.soak]   # 90 s: `pytest --soak -m soak`
 
 DRIVER = """
 import sys
