@@ -4,7 +4,7 @@ verbs ask of the cluster (its nodes, whether it may still grow, a function run o
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -93,3 +93,40 @@ def on_each_node(function: Callable[..., Any], *args: Any, nodes: list[str]) -> 
 def node_id() -> str:
     """The Ray node id of this process ("" outside Ray)."""
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def on_driver_node(func: Callable[..., Any], calls: list[tuple[Any, tuple]], limit: int,
+                   stopping: Any = None) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """`func(*args)` for each (key, args) of `calls` as a Ray task on the driver's node (where the Tune
+    folders are), holding no CPU itself, at most `limit` at once; yields (key, result, None) or (key, None,
+    the task's exception) as each finishes. Leaving early — the consumer's exception, closing the generator,
+    or `stopping` (a threading.Event) set — cancels the tasks still running."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(func).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
+    waiting, running = list(calls), {}
+    try:
+        while (waiting or running) and not (stopping is not None and stopping.is_set()):
+            while waiting and len(running) < limit:
+                key, args = waiting.pop(0)
+                running[remote.remote(*args)] = key
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)   # bounded: `stopping` is seen
+            for ref in ready:
+                key = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # the task's error (RayTaskError, also an instance of its cause)
+                    yield key, None, exc
+                    continue
+                yield key, result, None
+    finally:
+        for ref in running:
+            ray.cancel(ref, force=True)   # its Tune driver's trials and Ray Train workers die with it
+
+
+def task_error(exc: BaseException) -> str:
+    """A failed task's message: its own exception (a RayTaskError carries it as `cause`), without Ray's wrapper."""
+    cause = getattr(exc, "cause", None)
+    exc = cause if isinstance(cause, BaseException) else exc
+    return f"{type(exc).__name__}: {exc}"

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.config import SweepConfig
+from orchestrator.errors import OrchestratorError
 from orchestrator.sweep.cells import Cell
 from orchestrator.sweep.trial import CellOutcome
 
@@ -30,19 +31,12 @@ def _finetune_task(cfg: SweepConfig, cell: Cell, storage: str, workdir: str) -> 
     return CellOutcome(cell.cell_id, **finetune_cell(cfg, cell.backbone, cell.task, cell.seed, storage))
 
 
-def _reason(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)   # a RayTaskError carries the task's own exception
-    exc = cause if isinstance(cause, BaseException) else exc
-    return f"{type(exc).__name__}: {exc}"
-
-
 class FinetuneCells:
     """Started with the cells before the heads' Tuner; `log_all` (after it) logs every outcome as it comes."""
 
     def __init__(self, cfg: SweepConfig, cells: Sequence[Cell], storage: str) -> None:
         self.cfg, self.cells, self.storage, self.workdir = cfg, list(cells), storage, os.getcwd()
         self.results: queue.Queue[Any] = queue.Queue()
-        self.running: dict[Any, Cell] = {}
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -53,28 +47,15 @@ class FinetuneCells:
         return self
 
     def _run(self) -> None:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        from orchestrator.raycluster import on_driver_node, task_error
 
+        calls = [(cell, (self.cfg, cell, self.storage, self.workdir)) for cell in self.cells]
         try:
-            # the Tuners' folders are on the driver's node: their tasks run there
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-            remote = ray.remote(_finetune_task).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
-            waiting, limit = list(self.cells), self.cfg.search.max_concurrent_cells
-            while (waiting or self.running) and not self.stopping.is_set():
-                while waiting and len(self.running) < limit:
-                    cell = waiting.pop(0)
-                    self.running[remote.remote(self.cfg, cell, self.storage, self.workdir)] = cell
-                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    cell = self.running.pop(ref)
-                    try:
-                        self.results.put((cell, ray.get(ref), None))
-                    except Exception as exc:  # OrchestratorError, TrainingFailedError, …: logged as failed
-                        self.results.put((cell, None, _reason(exc)))
-        except Exception as exc:  # the thread itself failed (Ray gone): every cell not yet reported fails
-            for cell in self.running.values():
-                self.results.put((cell, None, _reason(exc)))
+            for cell, outcome, error in on_driver_node(_finetune_task, calls, self.cfg.search.max_concurrent_cells,
+                                                       self.stopping):
+                self.results.put((cell, outcome, None if error is None else task_error(error)))
+        except Exception as exc:  # the thread itself failed (Ray gone): the cells not reported are not run
+            self.results.put((None, None, task_error(exc)))
         finally:
             self.results.put(_DONE)
 
@@ -92,6 +73,8 @@ class FinetuneCells:
                 if item is _DONE:
                     break
                 cell, outcome, error = item
+                if cell is None:
+                    raise OrchestratorError(f"fine-tuning cells: {error}")
                 if error is None:
                     on_outcome(cell, outcome)
                 else:
@@ -101,9 +84,8 @@ class FinetuneCells:
             raise
 
     def stop(self) -> None:
-        """Cancel the running cells (their Tune drivers' trials and Ray Train workers die with them)."""
-        import ray
-
+        """Cancel the running cells (their Tune drivers' trials and Ray Train workers die with them): the
+        thread sees `stopping` within a second and cancels them on its way out."""
         self.stopping.set()
-        for ref in list(self.running):
-            ray.cancel(ref, force=True)
+        if self.thread is not None:
+            self.thread.join(timeout=30)

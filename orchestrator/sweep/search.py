@@ -11,6 +11,7 @@ it again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
@@ -125,32 +126,16 @@ def search_cells(cfg: SweepConfig, cells: Sequence[Cell], ctx: TrialContext, sto
                  on_outcome: Callable[[Cell, CellOutcome], None], on_failure: Callable[[Cell, str], None]) -> int:
     """Search `cells` concurrently and hand each finished one to `on_outcome` (failed: `on_failure`) as
     it completes; returns how many stopped incomplete (not logged). Ctrl-C cancels every search."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from orchestrator.raycluster import on_driver_node, task_error
 
-    # the Tuners' folders (storage) are on the driver's node: their Ray tasks run there, taking no CPU
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    remote = ray.remote(_search_task).options(num_cpus=0, max_retries=0, scheduling_strategy=here)
-    waiting, running, incomplete = list(cells), {}, 0
-    limit = cfg.search.max_concurrent_cells
-    try:
-        while waiting or running:
-            while waiting and len(running) < limit:
-                cell = waiting.pop(0)
-                running[remote.remote(cfg, cell, ctx, storage)] = cell
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            cell = running.pop(ref)
-            try:
-                outcome = ray.get(ref)
-            except SearchIncomplete:
+    incomplete = 0
+    calls = [(cell, (cfg, cell, ctx, storage)) for cell in cells]
+    with contextlib.closing(on_driver_node(_search_task, calls, cfg.search.max_concurrent_cells)) as finished:
+        for cell, outcome, error in finished:
+            if isinstance(error, SearchIncomplete):
                 incomplete += 1
-                continue
-            except Exception as exc:  # OrchestratorError, RayTaskError, …: the cell is logged as failed
-                on_failure(cell, f"{type(exc).__name__}: {exc}")
-                continue
-            on_outcome(cell, outcome)
-    except KeyboardInterrupt:
-        for ref in running:
-            ray.cancel(ref, force=True)   # the Tune driver's trial actors die with it
-        raise
+            elif error is not None:   # OrchestratorError, RayTaskError, …: the cell is logged as failed
+                on_failure(cell, task_error(error))
+            else:
+                on_outcome(cell, outcome)
     return incomplete

@@ -30,12 +30,13 @@ run_sweep(cfg, cfg.all_tasks, progress=False)
 """
 
 
-def _train_workers() -> list[str]:
-    """Alive Ray Train actors, from the GCS (the state API needs the dashboard, which tests do not start)."""
+def _train_workers() -> dict[str, str]:
+    """Alive Ray Train actors (id -> class), from the GCS (the state API needs the dashboard, which tests do
+    not start)."""
     from ray._private.state import actors
 
-    return [a["ActorClassName"] for a in actors().values() if a["State"] == "ALIVE"
-            and any(name in a["ActorClassName"] for name in ("RayTrainWorker", "TrainController"))]
+    return {i: a["ActorClassName"] for i, a in actors().items() if a["State"] == "ALIVE"
+            and any(name in a["ActorClassName"] for name in ("RayTrainWorker", "TrainController"))}
 
 
 def test_ctrl_c_during_fine_tuning_stops_the_driver_and_a_rerun_finishes_every_cell_once(
@@ -46,6 +47,7 @@ def test_ctrl_c_during_fine_tuning_stops_the_driver_and_a_rerun_finishes_every_c
     task = fake_task(tmp_path / "task", classes=3, n_train=8, n_test=3, size=16)
     # 40 epochs of 24 images: long enough to be interrupted after the first checkpoints
     cfg = sweep_config(tmp_path, task, epochs=40, weight_decay=[0.0])
+    before = _train_workers()   # other tests' in this session's cluster
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                          os.environ.get("PYTHONPATH", "")])}
     log = open(tmp_path / "driver.log", "w")   # noqa: SIM115 (closed below)
@@ -72,8 +74,8 @@ def test_ctrl_c_during_fine_tuning_stops_the_driver_and_a_rerun_finishes_every_c
         log.close()
     assert child.returncode != 0
     deadline = time.monotonic() + 60
-    while _train_workers():   # the cancelled cell's trainer and workers die with its task
-        assert time.monotonic() < deadline, f"Ray Train actors outlived the driver: {_train_workers()}"
+    while left := {i: c for i, c in _train_workers().items() if i not in before}:   # die with the cell's task
+        assert time.monotonic() < deadline, f"Ray Train actors outlived the driver: {left}"
         time.sleep(0.5)
     runs = cell_runs(cfg)
     ft_cell = f"{BACKBONE}|{task.name}|finetune|0"
@@ -85,4 +87,4 @@ def test_ctrl_c_during_fine_tuning_stops_the_driver_and_a_rerun_finishes_every_c
     assert summary.failed == [] and summary.completed + summary.skipped == 2
     after = cell_runs(short)
     assert len(after) == 2 and all([r.info.status for r in v] == ["FINISHED"] for v in after.values())
-    print(f"driver stopped {stopped:.1f} s after Ctrl-C")
+    print(f"driver stopped {stopped:.1f} s after Ctrl-C; Ray Train actors alive before it: {len(before)}")
