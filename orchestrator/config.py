@@ -53,6 +53,19 @@ class TrainerConfig:
     bf16: bool = False
 
 
+SELECT_ON = ("last", "last_k")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """How a head cell selects and refits (sea.select_and_refit); reference mode ignores it."""
+
+    # last: the final epoch's validation metric; last_k: its mean over the last k epochs (robust to chaotic runs)
+    select_on: str = field(default="last_k", metadata=_choices(*SELECT_ON))
+    k: int | None = field(default=None, metadata={"min": 1})   # None: max(5, ceil(0.1 * trainer.epochs))
+    refits: int = field(default=1, metadata={"min": 1})        # refits of the winner, each its own batch order
+
+
 @dataclass(frozen=True)
 class ExtractionConfig:
     shard_size: int = field(default=4096, metadata={"min": 1})
@@ -133,6 +146,7 @@ class SweepConfig:
     max_failures: int = field(default=2, metadata={"min": 0})
     tune_dir: str | None = None            # Tune's own trial folders; None: a temporary folder
     search: SearchConfig = SearchConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
     grid: GridConfig = GridConfig()
     trainer: TrainerConfig = TrainerConfig()
     extraction: ExtractionConfig = ExtractionConfig()
@@ -206,6 +220,7 @@ def _check_cross_fields(cfg: SweepConfig) -> None:
     for i, method in enumerate(cfg.methods):
         check_meta({"choices": tuple(METHOD_AXES)}, method, f"methods[{i}]")
     _check_finetune(cfg)
+    _check_protocol(cfg)
     for key in ("backbones", "tasks", "optional_tasks", "methods", "seeds"):
         values = getattr(cfg, key)
         if len(set(values)) != len(values):
@@ -220,6 +235,14 @@ def _check_finetune(cfg: SweepConfig) -> None:
         raise OrchestratorError(f"config: 'finetune.batch_size' must be a multiple of finetune.num_workers={ft.num_workers}")
     if "finetune" in cfg.methods and cfg.mode != "select":   # the authors' script does not fine-tune
         raise OrchestratorError("config: 'methods' lists finetune, which has no reference mode; use mode=select")
+
+
+def _check_protocol(cfg: SweepConfig) -> None:
+    k = cfg.protocol.k
+    if k is not None and k > cfg.trainer.epochs:
+        raise OrchestratorError(f"config: 'protocol.k'={k} is more than trainer.epochs={cfg.trainer.epochs}: "
+                                "the mean of the last k epochs needs k ≤ epochs; lower protocol.k or leave it "
+                                "null for max(5, ⌈0.1·epochs⌉)")
 
 
 def _to_plain(value: object) -> Any:

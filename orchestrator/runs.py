@@ -18,6 +18,7 @@ PAGE_SIZE = 1000
 CELLS_ARTIFACT = "cells.json"            # parent run: cell_id -> the fingerprint of the current plan
 CANDIDATES_ARTIFACT = "candidates.csv"   # cell run: one row per candidate configuration
 UNITS_ARTIFACT = "units.csv"             # parent run: the extraction cost of each unit the sweep reads
+PREDICTIONS_ARTIFACT = "predictions.parquet"   # cell run: test labels and predictions (index, label, pred, …)
 
 
 def role_filter(role: str) -> str:
