@@ -85,6 +85,8 @@ class TrainSettings:
     momentum: float = 0.9
     schedule: str = "constant"
     seed: int = 0
+    # the batch order's own seed (None: `seed`); a refit repeated with another batch order changes only this
+    shuffle_seed: int | None = None
     device: str = "cpu"
     bf16: bool = False          # CUDA only (ignored on CPU): bfloat16 GEMMs, float32 residuals (see trainer)
     # float64 exists for fidelity checks: SeA's dynamics amplify float32 rounding (see trainer)
@@ -96,6 +98,9 @@ class TrainSettings:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise SeaError(f"TrainSettings.{name} must be an int, got {value!r}")
             object.__setattr__(self, name, int(value))
+        if self.shuffle_seed is not None and (isinstance(self.shuffle_seed, bool)
+                                              or not isinstance(self.shuffle_seed, numbers.Integral)):
+            raise SeaError(f"TrainSettings.shuffle_seed must be an int or None, got {self.shuffle_seed!r}")
         if self.epochs < 1:
             raise SeaError(f"TrainSettings.epochs={self.epochs} is invalid: train for at least 1 epoch")
         if self.batch_size < 1:

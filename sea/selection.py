@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,18 +24,96 @@ LOGREG = "logreg"
 SELECTION_METRICS: tuple[str, ...] = ("top1", "mean_per_class")
 
 
+SELECT_ON: tuple[str, ...] = ("last", "last_k")
+REFIT_SEED_STRIDE = 1_000_003   # refit i >= 1 shuffles with seed + i·stride (another batch order, same init)
+
+
+def default_k(epochs: int) -> int:
+    """The protocol's window: the last max(5, ⌈0.1·epochs⌉) epochs, never more than there are."""
+    return min(epochs, max(5, math.ceil(0.1 * epochs)))
+
+
+def resolve_k(select_on: str, k: int | None, epochs: int) -> int:
+    """Epochs the selection statistic averages: 1 for 'last', k (default `default_k`) for 'last_k'."""
+    if select_on not in SELECT_ON:
+        raise SeaError(f"select_on={select_on!r} is unknown; choose one of {', '.join(SELECT_ON)} "
+                       "(last: the final epoch's validation metric; last_k: its mean over the last k epochs)")
+    if select_on == "last":
+        return 1
+    if k is None:
+        return default_k(epochs)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SeaError(f"k={k!r} is invalid: the number of last epochs to average must be an int >= 1")
+    if k > epochs:
+        raise SeaError(f"k={k} is more than the {epochs} training epochs: use k <= epochs, or k=None for "
+                       f"max(5, ⌈0.1·epochs⌉) = {default_k(epochs)}")
+    return k
+
+
+def window_scores(val_history: list[list[dict]], k: int) -> list[dict]:
+    """Per candidate, both metrics averaged over the last k epochs of `val_history` (fewer if it is shorter)."""
+    window = val_history[-k:]
+    return [{name: sum(epoch[i][name] for epoch in window) / len(window) for name in SELECTION_METRICS}
+            for i in range(len(window[0]))]
+
+
+def window_spread(val_history: list[list[dict]], k: int, index: int, metric: str) -> float:
+    """max − min of candidate `index`'s validation `metric` over the last k epochs (points)."""
+    values = [epoch[index][metric] for epoch in val_history[-k:]]
+    return max(values) - min(values)
+
+
 @dataclass
 class SelectionResult:
     best_index: int
     best_config: HeadConfig | dict        # a HeadConfig, or {"method": "logreg", "c": C}
-    val_metrics: list[dict]               # per candidate: {"top1", "mean_per_class"} (+ "c" for logreg)
-    test_top1: float
+    # per candidate: {"top1", "mean_per_class"} of the selection statistic (+ "c" for logreg): the final
+    # epoch's scores (select_on="last") or their mean over the last `select_k` epochs ("last_k")
+    val_metrics: list[dict]
+    test_top1: float                      # the refit's test score (the mean over refits when refits > 1)
     test_mean_per_class: float
     seconds: float
     val_history: list[list[dict]] = field(default_factory=list)   # per epoch, per candidate (heads only)
     stopped_epoch: int = 0                # epochs the selection ran (and the refit runs); 0 for logreg
-    refit_weights: torch.Tensor | None = None   # the refit head (C×d, CPU); None for logreg
+    refit_weights: torch.Tensor | None = None   # the (first) refit head (C×d, CPU); None for logreg
     phase_seconds: dict[str, float] = field(default_factory=dict)   # wall (and "_cpu") s of select/refit/test
+    select_on: str = "last"
+    select_k: int = 1
+    val_spread: float = math.nan          # the selected candidate's max − min of `metric` over its last k epochs
+    selected_test_top1: float = math.nan  # the selected candidate's train-only head, same test pass (heads only)
+    selected_test_mean_per_class: float = math.nan
+    refit_train_top1: float = math.nan    # the (first) refit's final accuracy on train + validation
+    refit_train_mean_per_class: float = math.nan
+    refit_tests: list[dict] = field(default_factory=list)   # per refit: {"top1", "mean_per_class"} on test
+    refit_unstable: bool = False          # see `is_refit_unstable`
+    refit_noise: float = math.nan         # `paired_noise` of the refit against the selected head (points)
+    test_labels: torch.Tensor | None = None   # the test labels, and per head its predictions on them:
+    test_predictions: dict[str, torch.Tensor] = field(default_factory=dict)   # pred, pred_selected, pred_refit_<i>
+
+
+def paired_noise(pred_a: torch.Tensor, pred_b: torch.Tensor, y: torch.Tensor, metric: str) -> float:
+    """Two standard errors (points) of the difference in `metric` between two heads scored on the same test
+    examples: sqrt(Σ wᵢ² dᵢ²) with dᵢ = correct_a − correct_b and wᵢ each example's weight in the metric
+    (1/n for top-1; 1/(classes · class size) for mean per-class) — the McNemar bound on the paired error."""
+    d = (pred_a == y).double() - (pred_b == y).double()
+    if metric == "top1":
+        weight = torch.full_like(d, 1.0 / len(y))
+    else:
+        counts = torch.bincount(y)
+        weight = 1.0 / (int((counts > 0).sum()) * counts[y].double())
+    return 200.0 * float(torch.sqrt((weight.square() * d.square()).sum()))
+
+
+def is_refit_unstable(refit: float, selected: float, spread: float, noise: float = 0.0) -> bool:
+    """The refit scores below the selected train-only head on test (the selection metric) by more than both
+    the selected candidate's own validation spread over its last k epochs and the test set's paired noise
+    (`paired_noise`): neither the run's epoch-to-epoch jitter nor the test sample explains what the refit
+    lost. One-sided on purpose: the refit trains on more data (train + validation), so landing above the
+    train-only head is what it is for (measured on digits: +1 to +2 points for a stable candidate);
+    `refits` > 1 measures the refit's own spread in both directions."""
+    if math.isnan(refit) or math.isnan(selected):
+        return False
+    return selected - refit > max(0.0 if math.isnan(spread) else spread, noise)
 
 
 def _mark() -> tuple[float, float]:
@@ -63,14 +144,18 @@ def _logreg_grid(configs: Any) -> list[float] | None:
 
 
 def _test_once(loader: Callable[[], tuple[Any, Any]], dim: int,
-               predict_fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, float]:
+               heads: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loads the test split once and predicts it with every head of `heads`: (labels, name -> predictions)."""
     loaded = loader()
     if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
         raise SeaError("x_test_loader() must return a pair (x_test, y_test)")
     x_test = as_features(loaded[0], "test", dim)
     y_test = as_labels(loaded[1], "test", x_test.shape[0])
-    pred = predict_fn(x_test).cpu()
-    return top1_accuracy(pred, y_test), mean_per_class_accuracy(pred, y_test)
+    return y_test, {name: head(x_test).cpu() for name, head in heads.items()}
+
+
+def _scores(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
+    return {"top1": top1_accuracy(pred, y), "mean_per_class": mean_per_class_accuracy(pred, y, num_classes)}
 
 
 def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
@@ -78,49 +163,90 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
                      configs: Sequence[HeadConfig] | str | tuple,
                      settings: TrainSettings = DEFAULT_SETTINGS, metric: str = "top1",
                      num_classes: int | None = None, on_epoch: EpochCallback | None = None,
-                     progress: bool = False) -> SelectionResult:
-    """Chooses among `configs` on validation `metric` (the final epoch's score; ties: the first
-    candidate), retrains the winner on train+validation with the same settings, then calls
-    `x_test_loader()` exactly once and scores the refit model on it.
+                     progress: bool = False, select_on: str = "last_k", k: int | None = None,
+                     refits: int = 1) -> SelectionResult:
+    """Chooses among `configs` on validation `metric`, retrains the winner on train+validation with the
+    same settings, then calls `x_test_loader()` exactly once and scores the refit model on it.
+
+    The selection statistic (`select_on`) is the mean of the last k epochs' validation metric ("last_k",
+    k = max(5, ⌈0.1·epochs⌉) unless given; robust to a chaotic run whose last epoch is a draw) or the
+    final epoch's ("last"); ties go to the first candidate. The same test pass also scores the selected
+    candidate's train-only head (`selected_test_*`); when the refit falls below it by more than the
+    candidate's validation spread and the test set's paired noise, `refit_unstable` is set. `refits` > 1 retrains the winner that many
+    times with different batch orders and reports the mean (`refit_tests` has each).
 
     If `on_epoch` stops training early, the refit reproduces the selected run's schedule: the same
     horizon (settings.epochs, which a cosine schedule anneals over) stopped after the same epoch.
     `configs` is a sequence of HeadConfig (trained together in one pass), or 'logreg' /
-    ('logreg', cs) for the L-BFGS logistic-regression baseline (C chosen on the same metric).
+    ('logreg', cs) for the L-BFGS logistic-regression baseline (C chosen on the same metric, no curve).
     """
     started = time.perf_counter()
     begin = _mark()
     if metric not in SELECTION_METRICS:
         raise SeaError(f"metric={metric!r} is unknown; choose one of {', '.join(SELECTION_METRICS)}")
+    window = resolve_k(select_on, k, settings.epochs)
+    if isinstance(refits, bool) or not isinstance(refits, int) or refits < 1:
+        raise SeaError(f"refits={refits!r} is invalid: retrain the winner at least once (an int >= 1)")
     x, y = validate_features(x_train, y_train, name="train")
     xv, yv = validate_features(x_val, y_val, name="validation", dim=x.shape[1])
     num_classes = infer_num_classes(num_classes, y, yv)
     x_all, y_all = torch.cat([x, xv]), torch.cat([y, yv])
     grid = _logreg_grid(configs)
     if grid is not None:
-        device = settings.device
-        val_metrics = fit_logreg(x, y, xv, yv, num_classes, cs=grid, device=device, progress=progress).val_scores
-        scores = [m[metric] for m in val_metrics]
-        best_index = scores.index(max(scores))
-        c = val_metrics[best_index]["c"]
-        marks = [begin, _mark()]
-        refit = refit_logreg(x_all, y_all, c, num_classes, device=device, warm_path=[m["c"] for m in val_metrics])
-        marks.append(_mark())
-        test_top1, test_mpc = _test_once(x_test_loader, x.shape[1], refit.predict)
-        return SelectionResult(best_index, {"method": LOGREG, "c": c}, val_metrics, test_top1, test_mpc,
-                               time.perf_counter() - started, phase_seconds=_phases(*marks))
+        return _select_logreg(x, y, xv, yv, x_all, y_all, x_test_loader, grid, settings, metric, num_classes,
+                              progress, started, begin)
     heads = check_configs(configs)
     result = train_heads(x, y, heads, settings, num_classes, val=(xv, yv), on_epoch=on_epoch,
                          progress=progress)
-    val_metrics = result.val_history[-1]
+    window = min(window, len(result.val_history))
+    val_metrics = window_scores(result.val_history, window)
     scores = [m[metric] for m in val_metrics]
     best_index = scores.index(max(scores))
+    # the spread behind the stability flag always spans the protocol's window, whatever selects
+    spread = window_spread(result.val_history, min(resolve_k("last_k", k, settings.epochs), len(result.val_history)),
+                           best_index, metric)
     marks = [begin, _mark()]
     # an early stop (on_epoch) ends every head at once: the refit runs the same schedule, stopped there
-    refit = train_heads(x_all, y_all, [heads[best_index]], settings, num_classes, progress=progress,
-                        stop_after=result.stopped_epoch)
+    refit_weights = []
+    for i in range(refits):
+        run = settings if i == 0 else dataclasses.replace(settings, shuffle_seed=settings.seed + i * REFIT_SEED_STRIDE)
+        refit_weights.append(train_heads(x_all, y_all, [heads[best_index]], run, num_classes, progress=progress,
+                                         stop_after=result.stopped_epoch).weights[0])
+    train_scores = _scores(predict(refit_weights[0], x_all), y_all, num_classes)
     marks.append(_mark())
-    test_top1, test_mpc = _test_once(x_test_loader, x.shape[1], lambda t: predict(refit.weights[0], t))
-    return SelectionResult(best_index, heads[best_index], val_metrics, test_top1, test_mpc,
+    predictors = {"pred": refit_weights[0], "pred_selected": result.weights[best_index],
+                  **{f"pred_refit_{i}": w for i, w in enumerate(refit_weights) if i}}
+    y_test, preds = _test_once(x_test_loader, x.shape[1],
+                               {name: functools.partial(predict, w) for name, w in predictors.items()})
+    refit_tests = [_scores(preds["pred" if i == 0 else f"pred_refit_{i}"], y_test, num_classes) for i in range(refits)]
+    selected = _scores(preds["pred_selected"], y_test, num_classes)
+    test = {name: sum(r[name] for r in refit_tests) / refits for name in SELECTION_METRICS}
+    noise = paired_noise(preds["pred"], preds["pred_selected"], y_test, metric)
+    return SelectionResult(best_index, heads[best_index], val_metrics, test["top1"], test["mean_per_class"],
                            time.perf_counter() - started, result.val_history, result.stopped_epoch,
-                           refit.weights[0], _phases(*marks))
+                           refit_weights[0], _phases(*marks), select_on, window, spread,
+                           selected["top1"], selected["mean_per_class"], train_scores["top1"],
+                           train_scores["mean_per_class"], refit_tests,
+                           is_refit_unstable(test[metric], selected[metric], spread, noise), noise, y_test, preds)
+
+
+def _select_logreg(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, x_all: torch.Tensor,
+                   y_all: torch.Tensor, x_test_loader: Callable[[], tuple[Any, Any]], grid: list[float],
+                   settings: TrainSettings, metric: str, num_classes: int, progress: bool, started: float,
+                   begin: tuple[float, float]) -> SelectionResult:
+    """logreg: C chosen on validation by a warm-started L-BFGS path, refit on train + validation, tested once."""
+    device = settings.device
+    val_metrics = fit_logreg(x, y, xv, yv, num_classes, cs=grid, device=device, progress=progress).val_scores
+    scores = [m[metric] for m in val_metrics]
+    best_index = scores.index(max(scores))
+    c = val_metrics[best_index]["c"]
+    marks = [begin, _mark()]
+    refit = refit_logreg(x_all, y_all, c, num_classes, device=device, warm_path=[m["c"] for m in val_metrics])
+    train_scores = _scores(refit.predict(x_all).cpu(), y_all, num_classes)
+    marks.append(_mark())
+    y_test, preds = _test_once(x_test_loader, x.shape[1], {"pred": refit.predict})
+    test = _scores(preds["pred"], y_test, num_classes)
+    return SelectionResult(best_index, {"method": LOGREG, "c": c}, val_metrics, test["top1"], test["mean_per_class"],
+                           time.perf_counter() - started, phase_seconds=_phases(*marks),
+                           refit_train_top1=train_scores["top1"], refit_train_mean_per_class=train_scores["mean_per_class"],
+                           refit_tests=[test], test_labels=y_test, test_predictions=preds)

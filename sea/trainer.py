@@ -16,7 +16,7 @@ off inside `train_heads`.
 
 Determinism: W0 is nn.Linear(d, C, bias=False)'s default init drawn from a generator seeded by
 `settings.seed` (the same for every head); each epoch shuffles with torch.randperm from a second
-generator seeded by `settings.seed` (the last partial batch is kept); noise and mixup draw from a
+generator seeded by `settings.shuffle_seed` (default `settings.seed`; the last partial batch is kept); noise and mixup draw from a
 per-head stream seeded by (seed, method), documented in `sea.augment`. Hence K heads trained together equal the same heads
 trained one at a time, up to float rounding. Note that at large steps (lr ≈ 1, η ≈ 0.8) SeA's
 dynamics amplify rounding differences quickly (float32 vs float64 can drift by percents within a
@@ -191,7 +191,7 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     x, y = x.to(device, dtype), y.to(device)
     if xv is not None:
         xv, yv = xv.to(device, dtype), yv.to(device)
-    shuffle = torch.Generator().manual_seed(settings.seed)
+    shuffle = torch.Generator().manual_seed(settings.seed if settings.shuffle_seed is None else settings.shuffle_seed)
     batch = x.new_empty(min(settings.batch_size, n), d)
     factor = SCHEDULE_FACTORS[settings.schedule]
     history: list[list[dict]] = []

@@ -46,7 +46,7 @@ def _defaults(cls: type) -> dict[str, object]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sea import METHODS, SCHEDULES, HeadConfig, TrainSettings
-    from sea.selection import SELECTION_METRICS
+    from sea.selection import SELECT_ON, SELECTION_METRICS
 
     heads, training = _defaults(HeadConfig), _defaults(TrainSettings)
     parser.add_argument("--train", required=True, help=".npz or .pt file with 'features' (n x d) and 'labels'")
@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="logreg: inverse regularisation strengths to sweep (default: log-spaced)")
     parser.add_argument("--metric", choices=SELECTION_METRICS, default="top1",
                         help="validation metric that selects the configuration (default top1)")
+    parser.add_argument("--select-on", choices=SELECT_ON, default="last_k",
+                        help="selection statistic: the mean of the last k epochs' validation metric (last_k, "
+                        "default) or the final epoch's (last)")
+    parser.add_argument("--k", type=int, default=None, help="epochs averaged by last_k (default max(5, ⌈0.1·epochs⌉))")
+    parser.add_argument("--refits", type=int, default=1,
+                        help="refit the winner this many times with different batch orders; report the mean")
     parser.add_argument("--epochs", type=int, default=None, help=f"(default {training['epochs']})")
     parser.add_argument("--batch-size", type=int, default=None, help=f"(default {training['batch_size']})")
     parser.add_argument("--momentum", type=float, default=None, help=f"(default {training['momentum']})")
@@ -157,12 +163,24 @@ def _fit_selected(args, settings, train, val, test, num_classes: int) -> dict:
     candidates = "logreg" if args.method == "logreg" else _head_configs(args)
     if args.method == "logreg" and args.c is not None:
         candidates = ("logreg", tuple(args.c))
+    heads = args.method != "logreg"
+    protocol = {"select_on": args.select_on, "k": args.k, "refits": args.refits} if heads else {}
     result = select_and_refit(*train, *val, lambda: test, candidates, settings, metric=args.metric,
-                              num_classes=num_classes, progress=True)
+                              num_classes=num_classes, progress=True, **protocol)
     best = result.val_metrics[result.best_index]
     configs = [{"c": m["c"]} for m in result.val_metrics] if args.method == "logreg" else candidates
+    statistic = (f"mean of the last {result.select_k} epochs' validation {args.metric}" if result.select_on == "last_k"
+                 else f"last-epoch validation {args.metric}") if heads else f"validation {args.metric}"
+    extra = {} if not heads else {
+        "select_on": result.select_on, "select_k": result.select_k, "val_spread": result.val_spread,
+        "refit_noise": result.refit_noise,
+        "test_selected_top1": result.selected_test_top1,
+        "test_selected_mean_per_class": result.selected_test_mean_per_class,
+        "refit_train_top1": result.refit_train_top1, "refits": result.refit_tests,
+        "flags": ["refit_unstable"] if result.refit_unstable else []}
     return {
-        "protocol": f"select on validation {args.metric}, refit on train+val, test once",
+        "protocol": f"select on {statistic}, refit on train+val, test once",
+        **extra,
         "config": _shown(result.best_config, args.method),
         "n_candidates": len(result.val_metrics),
         "val_top1": best["top1"],
@@ -214,6 +232,13 @@ def _print_text(out: dict) -> None:
         print(f"validation: top-1 {out['val_top1']:.2f}%  mean per-class {out['val_mean_per_class']:.2f}%"
               f"  (best of {out['n_candidates']})")
     print(f"test: top-1 {out['test_top1']:.2f}%  mean per-class {out['test_mean_per_class']:.2f}%")
+    if "test_selected_top1" in out:
+        print(f"selected head (train only), same test pass: top-1 {out['test_selected_top1']:.2f}%  mean per-class "
+              f"{out['test_selected_mean_per_class']:.2f}%  (validation spread over the last {out['select_k']} "
+              f"epochs {out['val_spread']:.2f} points)")
+    if out.get("flags"):
+        print("flags: " + ", ".join(out["flags"]) + " — the refit and the selected head disagree on test by more "
+              "than the selected head's validation spread: the run is unstable at this configuration")
     print(f"{out['seconds']:.1f} s on {out['device']}", file=sys.stderr)
 
 

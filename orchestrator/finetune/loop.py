@@ -173,7 +173,10 @@ class Run:
                 "epochs_run": self.epoch, "steps": self.step, "train_loss": self.losses[-1] if self.losses else math.nan,
                 "train_wall_s": self.train_s, "eval_wall_s": eval_s, "cpu_s": cpu_total,
                 "images_per_s": self.images / self.train_s if self.train_s > 0 else math.nan,
-                "n_train": len(self.train_set), "n_eval": len(index)}
+                "n_train": len(self.train_set), "n_eval": len(index),
+                # the test phase's predictions travel to the cell's record (a report pairs them with the heads')
+                **({"predictions": {"index": index[order].tolist(), "label": y.tolist(), "pred": pred.tolist()}}
+                   if phase == "test" else {})}
 
 
 def train_in_process(job: dict[str, Any], shards: int = 1) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

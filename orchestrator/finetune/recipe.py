@@ -34,6 +34,8 @@ from orchestrator.errors import OrchestratorError
 
 CITATION = ('Ericsson, Gouk, Hospedales, "How Well Do Self-Supervised Models Transfer?", CVPR 2021 '
             "(ssl-transfer finetune.py)")
+# the recipe's published training budget: a run of fewer optimiser steps is flagged under_trained
+BUDGET_STEPS = 5000
 
 
 @dataclass(frozen=True)

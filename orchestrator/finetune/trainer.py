@@ -23,7 +23,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.finetune.loop import train_loop_per_worker
-from orchestrator.finetune.recipe import CITATION, Recipe
+from orchestrator.finetune.recipe import BUDGET_STEPS, CITATION, Recipe
 
 WALL_METRICS = ("train_wall_s", "eval_wall_s")
 
@@ -195,6 +195,7 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
         "cell_cpu_s": sum(r["cpu_s"] for r in runs) + time.process_time() - cpu0,
         "cell_gpu_s": sum(r[m] for r in runs for m in WALL_METRICS) * gpus,
         "images_per_s": final["images_per_s"],
+        "steps_run": int(final["steps"]), "steps_budget": BUDGET_STEPS,   # the refit's steps against the recipe's
     }
     params = {**grid[best], "epochs": int(final["epochs_run"]), "steps": int(final["steps"]),
               "batch_size": ft.batch_size, "image_size": ft.image_size or "backbone", "optimizer": ft.optimizer,
@@ -206,6 +207,8 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
     tags = {"primary_metric": spec.metric, "mode": "select", "skipped_images": "0", "recipe": CITATION,
             "precision_used": ft.precision if ft.gpus_per_worker > 0 else "fp32",
             "n_train": str(int(final["n_train"])), "n_test": str(int(final["n_eval"])),
-            "ray_nodes": ",".join(final["nodes"])}   # where the refit's workers ran
+            "ray_nodes": ",".join(final["nodes"]),   # where the refit's workers ran
+            "flags": "under_trained" if int(final["steps"]) < BUDGET_STEPS else ""}
     return {"params": params, "metrics": metrics, "tags": tags, "candidate_val_top1": [s["val_top1"] for s in scores],
-            "seconds": ended - began, "candidates": candidates, "started": started, "ended": time.time()}
+            "seconds": ended - began, "candidates": candidates, "started": started, "ended": time.time(),
+            "predictions": final.get("predictions", {})}

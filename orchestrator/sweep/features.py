@@ -59,20 +59,22 @@ def load_features(load: SplitLoader, backbone: str, task: str, split: str) -> Lo
     return LoadedSplit(x, first_y, ",".join(unit.key for unit in loaded), skipped)
 
 
-def phase_rows(task: str, phase: str, stored: dict[str, LoadedSplit]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a protocol phase (fit / val / trainval / test) gathered from the stored splits, less the
-    rows whose image was unreadable at extraction."""
+def phase_indices(task: str, phase: str, stored: dict[str, LoadedSplit]) -> list[tuple[str, np.ndarray]]:
+    """(stored split, row indices) of a protocol phase (fit / val / trainval / test), less the rows whose
+    image was unreadable at extraction: the rows `phase_rows` returns, in its order."""
     from tasks import protocol_split
 
     parts = protocol_split(task, phase, {s: unit.y for s, unit in stored.items()})
-    xs, ys = [], []
-    for split, idx in parts:
-        unit = stored[split]
-        if len(unit.skipped):
-            idx = idx[~np.isin(idx, unit.skipped)]
-        xs.append(unit.x[idx])
-        ys.append(unit.y[idx])
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    return [(split, idx[~np.isin(idx, stored[split].skipped)] if len(stored[split].skipped) else idx)
+            for split, idx in parts]
+
+
+def phase_rows(task: str, phase: str, stored: dict[str, LoadedSplit]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a protocol phase (fit / val / trainval / test) gathered from the stored splits, less the
+    rows whose image was unreadable at extraction."""
+    parts = phase_indices(task, phase, stored)
+    x = np.concatenate([stored[split].x[idx] for split, idx in parts])
+    y = np.concatenate([stored[split].y[idx] for split, idx in parts])
     if not len(y):
         raise OrchestratorError(f"{task}: the {phase} rows are empty once unreadable images are left out; "
                                 "fix the images and re-extract")

@@ -22,7 +22,17 @@ from typing import Any
 from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.sweep.cells import METHOD_AXES, Cell, search_space
-from orchestrator.sweep.trial import CellOutcome, TrialContext, prepare_worker, run_cell, train_on_validation
+from orchestrator.sweep.features import SplitLoader, load_features, phase_rows
+from orchestrator.sweep.trial import (
+    CellOutcome,
+    EpochReport,
+    TrialContext,
+    head_configs,
+    prepare_worker,
+    run_cell,
+    settings_for,
+    store_loader,
+)
 
 SCORE = "val_score"   # the trial's validation score on the task's primary metric
 
@@ -40,21 +50,54 @@ def tune_run_config(cfg: SweepConfig, storage: str, label: str, callbacks: Seque
                      failure_config=FailureConfig(max_failures=cfg.max_failures))
 
 
+def selection_window(ctx: TrialContext) -> int:
+    """Epochs the selection statistic averages under the sweep's protocol section (1 for select_on=last)."""
+    from sea.selection import resolve_k
+
+    return resolve_k(ctx.protocol.get("select_on", "last_k"), ctx.protocol.get("k"), int(ctx.trainer["epochs"]))
+
+
 def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: one sampled configuration; reports validation every epoch (for ASHA)."""
     from ray import tune
 
+    from sea.selection import window_scores
     from tasks import get_task
 
     prepare_worker(ctx)
     cell = Cell(**config["cell"])
     metric = get_task(cell.task).metric
     hyper = {k: config[k] for k in METHOD_AXES[cell.method]}
+    window = selection_window(ctx)
+    seen: list[list[dict]] = []
 
     def report(epoch: int, metrics: list[dict]) -> None:
-        tune.report({SCORE: metrics[0][metric], "val_top1": metrics[0]["top1"], "epoch": epoch})
+        # the score Tune (and ASHA) ranks by is the sweep's selection statistic, as in grid mode
+        seen.append(metrics)
+        (score,) = window_scores(seen, window)
+        tune.report({SCORE: score[metric], "val_top1": score["top1"], "val_mean_per_class": score["mean_per_class"],
+                     "epoch": epoch})
 
     train_on_validation(cell, ctx, hyper, on_epoch=report)
+
+
+def train_on_validation(cell: Cell, ctx: TrialContext, config: dict[str, Any], load: SplitLoader | None = None,
+                        on_epoch: EpochReport | None = None) -> list[dict]:
+    """Search mode: train one sampled configuration on the fit rows, scoring validation every epoch.
+
+    Never touches the test split; returns the per-epoch validation metrics of that configuration.
+    """
+    from sea import train_heads
+    from tasks import get_task
+
+    load = load or store_loader(ctx.store, ctx.keys)
+    spec = get_task(cell.task)
+    stored = {s: load_features(load, cell.backbone, cell.task, s) for s in spec.stored_splits if s != "test"}
+    x_fit, y_fit = phase_rows(cell.task, "fit", stored)
+    x_val, y_val = phase_rows(cell.task, "val", stored)
+    result = train_heads(x_fit, y_fit, head_configs(cell.method, [config]), settings_for(ctx, cell.seed),
+                         spec.num_classes, val=(x_val, y_val), on_epoch=on_epoch)
+    return [epoch[0] for epoch in result.val_history]
 
 
 def searcher(cfg: SweepConfig, seed: int) -> Any:

@@ -15,14 +15,22 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from orchestrator.sweep.cells import METHOD_AXES, Cell, reference_config
-from orchestrator.sweep.features import LoadedSplit, SplitLoader, load_features, phase_rows, unit_id
+from orchestrator.sweep.features import (
+    LoadedSplit,
+    SplitLoader,
+    load_features,
+    phase_indices,
+    phase_rows,
+    unit_id,
+)
 
 EpochReport = Callable[[int, list[dict]], Any]
+PROTOCOL_EPOCHS = 100   # benchmark-protocol.md: a head cell trained for fewer is flagged reduced_budget
 
 
 @dataclass
@@ -39,6 +47,8 @@ class CellOutcome:
     candidates: list[dict[str, Any]] = field(default_factory=list)  # one row per candidate configuration
     started: float = 0.0                        # epoch seconds: the cell's real start and end
     ended: float = 0.0
+    # the test split's row index, label and each head's prediction (pred, pred_selected, pred_refit_<i>)
+    predictions: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -60,6 +70,7 @@ class TrialContext:
     gpus: float = 0.0
     workdir: str = ""                                     # the driver's working directory
     keys: dict[str, str] = field(default_factory=dict)    # unit_id -> the feature key the trials must read
+    protocol: dict[str, Any] = field(default_factory=dict)   # select_on, k, refits (config's protocol section)
 
     def device(self) -> str:
         import torch
@@ -98,19 +109,20 @@ def store_loader(store_uri: str, keys: Mapping[str, str] | None = None) -> Split
     return load
 
 
-def _settings(ctx: TrialContext, seed: int) -> Any:
+def settings_for(ctx: TrialContext, seed: int) -> Any:
     from sea import TrainSettings
 
     return TrainSettings(**ctx.trainer, seed=seed, device=ctx.device())
 
 
-def _head_configs(method: str, candidates: list[dict[str, Any]]) -> list:
+def head_configs(method: str, candidates: list[dict[str, Any]]) -> list:
     from sea import HeadConfig
 
     return [HeadConfig(method=method, **c) for c in candidates]
 
 
-class Computed(NamedTuple):
+@dataclass
+class Computed:
     """What a protocol (select or reference) computed for one cell."""
 
     params: dict[str, Any]
@@ -119,11 +131,15 @@ class Computed(NamedTuple):
     per_epoch: list[float]              # best validation top-1 per epoch
     candidates: list[dict[str, Any]]    # the candidate table
     phases: dict[str, float]            # wall and CPU seconds of select / refit / test
+    predictions: dict[str, list[int]] = field(default_factory=dict)   # label and each head's test predictions
+    tags: dict[str, str] = field(default_factory=dict)                # select_on, …
+    unstable: bool = False              # the refit and the selected head disagree on test (refit_unstable)
 
 
 def run_cell(cell: Cell, ctx: TrialContext, load: SplitLoader | None = None,
              on_epoch: EpochReport | None = None) -> CellOutcome:
     """The cell's result: select mode (grid of ctx.candidates) or reference mode (fixed defaults)."""
+    from orchestrator.sweep.units import phase_costs  # units -> fingerprint -> trial: imported at call time
     from tasks import get_task
 
     started, began, cpu0 = time.time(), time.perf_counter(), time.process_time()
@@ -144,13 +160,25 @@ def run_cell(cell: Cell, ctx: TrialContext, load: SplitLoader | None = None,
     used = [*stored.values(), *test_unit]
     tags = {"feature_key": stored["train"].key, "test_feature_key": test_unit[0].key if test_unit else "",
             "primary_metric": spec.metric, "mode": ctx.mode,
-            "skipped_images": str(sum(len(unit.skipped) for unit in used)), "ray_node": _node()}
+            "skipped_images": str(sum(len(unit.skipped) for unit in used)), "ray_node": _node(),
+            **done.tags, "flags": ";".join(_flags(cell, ctx, done))}
     if "val" in stored:
         tags["val_feature_key"] = stored["val"].key
     wall = time.perf_counter() - began
-    metrics = {**done.metrics, **_cost(done.phases, wall, loaded - began, time.process_time() - cpu0, ctx)}
+    metrics = {**done.metrics, **phase_costs(done.phases, wall, loaded - began, time.process_time() - cpu0, ctx.gpus if ctx.device() == "cuda" else 0.0)}
+    predictions = {"index": np.concatenate([i for _, i in phase_indices(cell.task, "test", {"test": test_unit[0]})]).tolist(),
+                   **done.predictions} if done.predictions else {}
     return CellOutcome(cell.cell_id, done.params, metrics, tags, done.curve, done.per_epoch, wall,
-                       done.candidates, started, time.time())
+                       done.candidates, started, time.time(), predictions)
+
+
+def _flags(cell: Cell, ctx: TrialContext, done: Computed) -> list[str]:
+    """What makes this cell's number weaker than the protocol's: refit_unstable (see
+    sea.selection.is_refit_unstable), reduced_budget (a head trained for fewer than PROTOCOL_EPOCHS)."""
+    flags = ["refit_unstable"] if done.unstable else []
+    if cell.method != "logreg" and int(ctx.trainer.get("epochs", PROTOCOL_EPOCHS)) < PROTOCOL_EPOCHS:
+        flags.append("reduced_budget")
+    return flags
 
 
 def _node() -> str:
@@ -162,19 +190,6 @@ def _node() -> str:
     from orchestrator.raycluster import node_id
 
     return node_id()
-
-
-def _cost(phases: dict[str, float], wall: float, load: float, cpu: float, ctx: TrialContext) -> dict[str, float]:
-    """Cost metrics of a cell: wall, CPU- and GPU-seconds per phase (GPU-s = wall × the trial's GPU share
-    when it ran on CUDA), the feature loading, and the whole cell."""
-    gpu = ctx.gpus if ctx.device() == "cuda" else 0.0
-    out = {"load_wall_s": load, "cell_wall_s": wall, "cell_cpu_s": cpu, "cell_gpu_s": wall * gpu}
-    for phase in ("select", "refit", "test"):
-        if phase in phases:
-            out[f"{phase}_wall_s"] = phases[phase]
-            out[f"{phase}_cpu_s"] = phases[f"{phase}_cpu"]
-            out[f"{phase}_gpu_s"] = phases[phase] * gpu
-    return out
 
 
 def _config_params(method: str, best: Any, ctx: TrialContext, n_candidates: int) -> dict[str, Any]:
@@ -189,34 +204,74 @@ def _config_params(method: str, best: Any, ctx: TrialContext, n_candidates: int)
 
 
 def candidate_rows(method: str, grid: list[dict[str, Any]], val_metrics: list[dict], epochs_run: int,
-                   best_index: int) -> list[dict[str, Any]]:
-    """The candidate table: each configuration's knobs, validation top-1 and mean per-class, the epochs
-    it ran, and whether it was selected."""
-    return [{"candidate": i, **{axis: config[axis] for axis in METHOD_AXES[method]},
-             "val_top1": scores["top1"], "val_mean_per_class": scores["mean_per_class"],
-             "epochs_run": epochs_run, "selected": int(i == best_index)}
-            for i, (config, scores) in enumerate(zip(grid, val_metrics))]
+                   best_index: int, val_history: list[list[dict]] | None = None, k: int = 1,
+                   metric: str = "top1") -> list[dict[str, Any]]:
+    """The candidate table: each configuration's knobs, its validation top-1 and mean per-class (the
+    selection statistic), the epochs it ran and whether it was selected; with a curve (`val_history`),
+    also the final epoch's scores and the spread (max − min of `metric`) over the last k epochs."""
+    from sea.selection import window_spread
+
+    rows = []
+    for i, (config, scores) in enumerate(zip(grid, val_metrics)):
+        row = {"candidate": i, **{axis: config[axis] for axis in METHOD_AXES[method]},
+               "val_top1": scores["top1"], "val_mean_per_class": scores["mean_per_class"]}
+        if val_history:
+            row.update(val_last_top1=val_history[-1][i]["top1"],
+                       val_last_mean_per_class=val_history[-1][i]["mean_per_class"],
+                       val_spread=window_spread(val_history, k, i, metric))
+        rows.append({**row, "epochs_run": epochs_run, "selected": int(i == best_index)})
+    return rows
+
+
+def _predictions(result: Any) -> dict[str, list[int]]:
+    if result.test_labels is None:
+        return {}
+    return {"label": result.test_labels.tolist(), **{name: pred.tolist() for name, pred in result.test_predictions.items()}}
 
 
 def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader: Callable,
             on_epoch: EpochReport | None) -> Computed:
+    import statistics
+
     from sea import select_and_refit
 
     x_fit, y_fit = phase_rows(cell.task, "fit", stored)
     x_val, y_val = phase_rows(cell.task, "val", stored)
     grid = ctx.candidates[cell.method]
-    configs: Any = ("logreg", [c["c"] for c in grid]) if cell.method == "logreg" else _head_configs(cell.method, grid)
+    heads = cell.method != "logreg"
+    configs: Any = head_configs(cell.method, grid) if heads else ("logreg", [c["c"] for c in grid])
+    protocol = {"select_on": "last_k", "k": None, "refits": 1, **ctx.protocol}
     # every method, logreg included, selects on the task's primary metric
-    result = select_and_refit(x_fit, y_fit, x_val, y_val, test_loader, configs, _settings(ctx, cell.seed),
-                              metric=spec.metric, num_classes=spec.num_classes, on_epoch=on_epoch)
+    result = select_and_refit(x_fit, y_fit, x_val, y_val, test_loader, configs, settings_for(ctx, cell.seed),
+                              metric=spec.metric, num_classes=spec.num_classes, on_epoch=on_epoch,
+                              **(protocol if heads else {}))
     best = result.val_metrics[result.best_index]
     metrics = {"val_top1": best["top1"], "val_mean_per_class": best["mean_per_class"],
-               "test_top1": result.test_top1, "test_mean_per_class": result.test_mean_per_class}
+               "test_top1": result.test_top1, "test_mean_per_class": result.test_mean_per_class,
+               "refit_train_top1": result.refit_train_top1,
+               "refit_train_mean_per_class": result.refit_train_mean_per_class}
+    tags = {}
+    if heads:
+        metrics.update(test_selected_top1=result.selected_test_top1,
+                       test_selected_mean_per_class=result.selected_test_mean_per_class,
+                       val_spread=result.val_spread, refit_noise=result.refit_noise, select_k=result.select_k,
+                       refits=len(result.refit_tests))
+        if len(result.refit_tests) > 1:
+            for name in ("top1", "mean_per_class"):
+                metrics[f"test_refit_std_{name}"] = statistics.stdev(r[name] for r in result.refit_tests)
+        tags["select_on"] = result.select_on
     curve = [m["top1"] for m in result.val_metrics]
     per_epoch = [max(m["top1"] for m in epoch) for epoch in result.val_history]
-    rows = candidate_rows(cell.method, grid, result.val_metrics, result.stopped_epoch, result.best_index)
+    rows = candidate_rows(cell.method, grid, result.val_metrics, result.stopped_epoch, result.best_index,
+                          result.val_history, min(len(result.val_history), _window(ctx)), spec.metric)
     return Computed(_config_params(cell.method, result.best_config, ctx, len(grid)), metrics, curve, per_epoch,
-                    rows, result.phase_seconds)
+                    rows, result.phase_seconds, _predictions(result), tags, result.refit_unstable)
+
+
+def _window(ctx: TrialContext) -> int:
+    from sea.selection import resolve_k
+
+    return resolve_k("last_k", ctx.protocol.get("k"), int(ctx.trainer.get("epochs", PROTOCOL_EPOCHS)))
 
 
 def _reference(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader: Callable,
@@ -232,10 +287,10 @@ def _reference(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_load
         best: Any = {"c": fixed["c"]}
         trained, cpu1 = time.perf_counter(), time.process_time()
         x_test, y_test = test_loader()
-        pred = model.predict(x_test)
+        pred = model.predict(x_test).cpu()
     else:
-        (best,) = _head_configs(cell.method, [fixed])
-        result = train_heads(x_all, y_all, [best], _settings(ctx, cell.seed), spec.num_classes)
+        (best,) = head_configs(cell.method, [fixed])
+        result = train_heads(x_all, y_all, [best], settings_for(ctx, cell.seed), spec.num_classes)
         trained, cpu1 = time.perf_counter(), time.process_time()
         x_test, y_test = test_loader()
         pred = predict(result.weights[0], x_test)
@@ -244,23 +299,5 @@ def _reference(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_load
     # no selection in reference mode: the one training run is the "refit"
     phases = {"refit": trained - began, "refit_cpu": cpu1 - cpu0,
               "test": time.perf_counter() - trained, "test_cpu": time.process_time() - cpu1}
-    return Computed(_config_params(cell.method, best, ctx, 1), metrics, [], [], [], phases)
-
-
-def train_on_validation(cell: Cell, ctx: TrialContext, config: dict[str, Any], load: SplitLoader | None = None,
-                        on_epoch: EpochReport | None = None) -> list[dict]:
-    """Search mode: train one sampled configuration on the fit rows, scoring validation every epoch.
-
-    Never touches the test split; returns the per-epoch validation metrics of that configuration.
-    """
-    from sea import train_heads
-    from tasks import get_task
-
-    load = load or store_loader(ctx.store, ctx.keys)
-    spec = get_task(cell.task)
-    stored = {s: load_features(load, cell.backbone, cell.task, s) for s in spec.stored_splits if s != "test"}
-    x_fit, y_fit = phase_rows(cell.task, "fit", stored)
-    x_val, y_val = phase_rows(cell.task, "val", stored)
-    result = train_heads(x_fit, y_fit, _head_configs(cell.method, [config]), _settings(ctx, cell.seed),
-                         spec.num_classes, val=(x_val, y_val), on_epoch=on_epoch)
-    return [epoch[0] for epoch in result.val_history]
+    predictions = {"label": np.asarray(y_test).tolist(), "pred": pred.tolist()}
+    return Computed(_config_params(cell.method, best, ctx, 1), metrics, [], [], [], phases, predictions)

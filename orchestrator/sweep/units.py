@@ -70,3 +70,13 @@ def csv_table(costs: Mapping[str, UnitCost], keys: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def phase_costs(phases: dict[str, float], wall: float, load: float, cpu: float, gpu: float) -> dict[str, float]:
+    """Cost metrics of a cell: wall, CPU- and GPU-seconds per phase (GPU-s = wall × the trial's GPU share
+    when it ran on CUDA, else 0), the feature loading, and the whole cell."""
+    out = {"load_wall_s": load, "cell_wall_s": wall, "cell_cpu_s": cpu, "cell_gpu_s": wall * gpu}
+    for phase in ("select", "refit", "test"):
+        if phase in phases:
+            out[f"{phase}_wall_s"] = phases[phase]
+            out[f"{phase}_cpu_s"] = phases[f"{phase}_cpu"]
+            out[f"{phase}_gpu_s"] = phases[phase] * gpu
+    return out
