@@ -72,6 +72,17 @@ def test_the_finetune_cell_is_one_mlflow_run_with_fingerprint_candidates_and_cos
     assert all(metrics[k] >= 0 for k in COST) and metrics["cell_wall_s"] >= metrics["select_wall_s"] > 0
     assert metrics["cell_gpu_s"] == 0.0 and 0 <= metrics["test_top1"] <= 100
     assert tags["n_test"] == str(task.sizes["test"])   # the test split, evaluated once, whole
+    # one epoch of 24 images in batches of 4 is 6 steps of the recipe's 5 000: flagged, and its predictions kept
+    assert metrics["steps_run"] == 6 and metrics["steps_budget"] == 5000 and tags["flags"] == "under_trained"
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient as _Client
+
+    from orchestrator.runs import PREDICTIONS_ARTIFACT
+
+    table = pq.read_table(_Client(cfg.tracking_uri).download_artifacts(run.info.run_id, PREDICTIONS_ARTIFACT))
+    assert table.column_names == ["index", "label", "pred"] and table.num_rows == task.sizes["test"]
+    assert 100 * float((table.column("pred").to_numpy() == table.column("label").to_numpy()).mean()) == \
+        pytest.approx(metrics["test_top1"])
     assert params["n_candidates"] == "2" and params["epochs"] == "1" and float(params["lr"]) == 0.05
     from mlflow import MlflowClient
 

@@ -75,3 +75,51 @@ def test_reference_mode_uses_the_authors_defaults_without_validation(store: str,
     assert results == {"test_top1", "test_mean_per_class"} and out.tags["mode"] == "reference"
     assert {"refit_wall_s", "test_wall_s", "cell_wall_s"} <= set(out.metrics) and "select_wall_s" not in out.metrics
     assert out.candidates == []
+
+
+def test_a_head_cell_records_the_selected_head_flags_and_its_test_predictions(store: str, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, store, methods=["linear", "sea", "logreg"], protocol={"k": 2, "refits": 2})
+    ctx = trial_context(cfg)
+    outs = {m: run_cell(Cell("bb", "digits", m, 0), ctx) for m in ("linear", "sea", "logreg")}
+    sea = outs["sea"]
+    assert {"test_selected_top1", "test_selected_mean_per_class", "refit_train_top1", "val_spread",
+            "refit_noise", "test_refit_std_top1"} <= set(sea.metrics)
+    assert sea.metrics["select_k"] == 2 and sea.metrics["refits"] == 2 and sea.tags["select_on"] == "last_k"
+    assert "reduced_budget" in sea.tags["flags"].split(";")   # 3 epochs of the protocol's 100
+    assert set(sea.predictions) == {"index", "label", "pred", "pred_selected", "pred_refit_1"}
+    pred, label = np.asarray(sea.predictions["pred_selected"]), np.asarray(sea.predictions["label"])
+    assert 100 * float((pred == label).mean()) == pytest.approx(sea.metrics["test_selected_top1"])
+    # every method of a (backbone, task) lists the same test rows in the same order: they pair by index
+    assert outs["linear"].predictions["index"] == sea.predictions["index"] == outs["logreg"].predictions["index"]
+    assert sea.predictions["index"] == list(range(60))
+    logreg = outs["logreg"]
+    assert logreg.tags["flags"] == "" and "test_selected_top1" not in logreg.metrics
+    assert set(logreg.predictions) == {"index", "label", "pred"}
+    rows = {row["candidate"]: row for row in sea.candidates}
+    assert {"val_last_top1", "val_spread"} <= set(rows[0])
+
+
+def test_a_full_budget_cell_has_no_budget_flag(store: str, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, store, methods=["linear"], trainer={"epochs": 100, "batch_size": 128})
+    out = run_cell(Cell("bb", "digits", "linear", 0), trial_context(cfg))
+    assert "reduced_budget" not in out.tags["flags"]
+
+
+def test_predictions_are_logged_as_a_parquet_artifact(store: str, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from orchestrator.runs import PREDICTIONS_ARTIFACT
+    from orchestrator.sweep.tracking import SweepTracker
+
+    cfg = make_config(tmp_path, store)
+    cell = Cell("bb", "digits", "sea", 0)
+    out = run_cell(cell, trial_context(cfg))
+    tracker = SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
+    tracker.start()
+    run_id = tracker.log_cell(cell, out)
+    path = tracker.client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, str(tmp_path / "dl"))
+    table = pq.read_table(path)
+    assert table.column_names == list(out.predictions)
+    assert table.column("pred_selected").to_pylist() == out.predictions["pred_selected"]
+    assert str(table.schema.field("index").type) == "int64" and str(table.schema.field("pred").type) == "int32"
+    assert tracker.client.get_run(run_id).data.tags["flags"] == out.tags["flags"]
