@@ -197,3 +197,20 @@ def test_the_seabench_entry_point_imports_only_the_fit_verb(digits_files):
     bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "fit", "--train", str(digits_files / "nope.npz"),
                           "--test", str(digits_files / "nope.npz")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "seabench fit: error:" in bad.stderr and "nope.npz" in bad.stderr
+
+
+def test_fit_json_has_the_selected_heads_test_score_and_the_stability_flag(digits_files, capsys):
+    common = ["--train", str(digits_files / "train.npz"), "--val", str(digits_files / "val.npz"),
+              "--test", str(digits_files / "test.pt"), "--method", "sea", "--lr", "0.4,1.6", "--eta", "0.2",
+              "--epochs", "6", "--batch-size", "64"]
+    out = _fit_json(capsys, *common, "--k", "3", "--refits", "2")
+    assert out["select_on"] == "last_k" and out["select_k"] == 3 and "last 3 epochs" in out["protocol"]
+    assert 0 < out["test_selected_top1"] <= 100 and 0 < out["refit_train_top1"] <= 100
+    assert len(out["refits"]) == 2 and out["flags"] in ([], ["refit_unstable"])
+    assert out["test_top1"] == pytest.approx(np.mean([r["top1"] for r in out["refits"]]))
+    unstable = (out["test_selected_top1"] - out["test_top1"]) > max(out["val_spread"], out["refit_noise"])
+    assert out["flags"] == (["refit_unstable"] if unstable else [])
+    last = _fit_json(capsys, *common, "--select-on", "last")
+    assert last["select_k"] == 1 and "last-epoch validation" in last["protocol"]
+    assert main(["fit", *common, "--k", "9"]) == 2
+    assert "k=9 is more than the 6 training epochs" in capsys.readouterr().err

@@ -94,6 +94,9 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({**MINIMAL, "resources": 4}, "'resources' expects a mapping"),
     ({"backbones": ["a"], "tasks": ["digits"]}, "required key 'name' is missing"),
     ({**MINIMAL, "tasks": []}, "needs at least one task"),
+    ({**MINIMAL, "protocol": {"select_on": "best"}}, "'protocol.select_on' must be one of last, last_k"),
+    ({**MINIMAL, "protocol": {"k": 200}}, "'protocol.k'=200 is more than trainer.epochs=100"),
+    ({**MINIMAL, "protocol": {"refits": 0}}, "'protocol.refits' must be ≥ 1"),
 ])
 def test_bad_values_name_the_key_and_the_fix(data: dict, message: str) -> None:
     with pytest.raises(OrchestratorError) as err:
