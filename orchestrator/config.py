@@ -14,13 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract import DTYPES
 from orchestrator.names import check_safe_name
 from orchestrator.runs import DEFAULT_TRACKING_URI
-from orchestrator.schema import CUSTOM_BUILDERS, build, check_meta, coerce, unknown_key, where_of
+from orchestrator.schema import (
+    CUSTOM_BUILDERS,
+    apply_override,
+    build,
+    check_meta,
+    coerce,
+    read_yaml,
+    set_path,
+    unknown_key,
+    where_of,
+)
 from orchestrator.sweep import AXIS_DEFAULTS, METHOD_AXES
 
 MODES = ("select", "reference")
@@ -258,45 +266,6 @@ def _to_plain(value: object) -> Any:
 
 
 # ---------------------------------------------------------------- loading and overrides
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `key.sub=value` override (value parsed as YAML) to the raw mapping, in place."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise OrchestratorError(f"--set {assignment!r}: expected key.sub=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise OrchestratorError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from exc
-    set_path(data, key.strip(), value)
-
-
-def set_path(data: dict[str, Any], key: str, value: object) -> None:
-    """Set `data[a][b]... = value` for the dotted `key`, creating mappings on the way."""
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise OrchestratorError(f"config override {key!r}: {'.'.join(parts[:i + 1])!r} is not a mapping")
-        node = child
-    node[parts[-1]] = value
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise OrchestratorError(f"config {path}: cannot read ({exc.strerror or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise OrchestratorError(f"config {path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise OrchestratorError(f"config {path}: expected a mapping at the top level")
-    return data
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,

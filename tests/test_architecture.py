@@ -174,11 +174,29 @@ def test_every_exported_name_exists():
         assert not missing, f"orchestrator.{folder} exports missing names {missing}"
 
 
+def _sub_folders() -> list[str]:
+    """Packages below an orchestrator folder (e.g. orchestrator.report.evidence): how a folder grows past
+    MAX_MODULES (issue #23), each one a layer of its folder."""
+    return sorted(_module_name(p) for p in (REPO_ROOT / "orchestrator").glob("*/*/__init__.py"))
+
+
+@pytest.mark.parametrize("sub", _sub_folders())
+def test_a_sub_folder_is_a_layer_its_folder_imports_one_way(sub):
+    """No module of the sub-folder reaches, even indirectly, a module outside it that imports it: the folder
+    uses the layer, never the other way round. Its __init__ says which layer it is."""
+    graph = _graph()
+    inside = {m for m in graph if m == sub or m.startswith(sub + ".")}
+    users = {m for m in graph if m not in inside and graph[m] & inside}
+    offenders = {m: sorted(_reachable(graph, m) & users) for m in inside if _reachable(graph, m) & users}
+    assert not offenders, f"{sub} imports modules that import it: {offenders}"
+    assert ast.get_docstring(ast.parse(_path(sub).read_text())), f"{sub}/__init__.py must say which layer it is"
+
+
 def test_modules_are_readable_in_one_sitting_and_folders_stay_small():
     long = {str(p.relative_to(REPO_ROOT)): n for pkg in PACKAGES for p in _sources(pkg)
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
-    folders = {p.parent for pkg in PACKAGES for p in _sources(pkg)}
+    folders = {p.parent for pkg in PACKAGES for p in _sources(pkg)}   # a sub-folder counts on its own
     crowded = {str(f.relative_to(REPO_ROOT)): n for f in folders
                if (n := len([p for p in f.glob("*.py") if p.name != "__init__.py"])) > MAX_MODULES}
     assert not crowded, f"folders with more than {MAX_MODULES} modules: {crowded}"

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from orchestrator.report.cost import COST_METRICS, by_method, cell_costs, cost_blocks, cost_plot
 from orchestrator.report.data import ExperimentData, load_experiment, log_report
+from orchestrator.report.evidence.claims import finetune_label
+from orchestrator.report.evidence.predictions import cell_bootstraps, load_predictions, run_details
+from orchestrator.report.evidence.stability import gather_evidence
 from orchestrator.report.plots import difference_heatmap, task_bars
 from orchestrator.report.reference import finetune_blocks, finetune_claim, load_reference
 from orchestrator.report.render import render_html, render_latex, render_markdown
@@ -110,6 +113,9 @@ def build_report(
     candidates = load_candidates(uri, data.results)  # so is every candidate table
     sensitivity = sensitivity_data(candidates)
     costs = cell_costs(data.results, runs)
+    # predictions are read once per run, for the SeA − linear claim's methods only
+    bootstrap = cell_bootstraps(data.results, load_predictions(uri, data.results))
+    evidence = gather_evidence(data.results, run_details(runs, data.results["run_id"].unique()), bootstrap)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -118,7 +124,7 @@ def build_report(
     cost_figure = cost_plot(by_method(costs)) if has_costs else None
     plots = [p for p in (difference_heatmap(board.differences), *task_bars(board.summary), *curves, cost_figure)
              if p is not None]
-    sections = [finetune_blocks(board.finetune), sensitivity_blocks(candidates, curves), cost_blocks(costs, cost_figure),
+    sections = [finetune_blocks(board.finetune, finetune_label(evidence)), sensitivity_blocks(candidates, curves), cost_blocks(costs, cost_figure),
                 sources_blocks(data.results, sources)]
     plot_paths = tuple(write_atomic(out / p.filename, p.png) for p in plots)
     tables = []
@@ -127,8 +133,8 @@ def build_report(
     if has_costs:
         tables.append(write_atomic(out / "cost.csv", costs.to_csv(index=False, lineterminator="\n")))
     csv_path = write_atomic(out / "results.csv", data.results.to_csv(index=False, lineterminator="\n"))
-    md_path = write_atomic(out / "leaderboard.md", render_markdown(board, plots, sections))
-    html_path = write_atomic(out / "leaderboard.html", render_html(board, plots, sections))
+    md_path = write_atomic(out / "leaderboard.md", render_markdown(board, plots, sections, evidence))
+    html_path = write_atomic(out / "leaderboard.html", render_html(board, plots, sections, evidence))
     tex_path = write_atomic(out / "leaderboard.tex", render_latex(board))
 
     o = board.overall

@@ -2,10 +2,12 @@
 
 Every cell run records (where its sweep did) `select_wall_s`, `refit_wall_s`, `test_wall_s`,
 `cell_wall_s`, `cell_cpu_s`, `cell_gpu_s` and `extract_s` — the seconds spent extracting the feature
-units the cell read. Every cell of a (backbone, task) reads the same units, so a cell's share of the
-extraction is its `extract_s` divided by the number of cells of that (backbone, task) in the report.
-A metric no cell recorded is shown as "–" and named in a note; cells of a `finetune` method (when a
-sweep has them) are one more row.
+units the cell read, summed over them (an ensemble `ensemble:A+B` reads A's and B's units, so its
+`extract_s` is their sum). Each unit — a (stored backbone, task) — is charged once: its seconds (a cell of
+that backbone's `extract_s`) are spread evenly over every cell that reads it, ensemble cells included, and
+a cell's share is the sum over the units it reads. `finetune` cells train on the images, not the stored
+features: they read no unit and get no share. A metric no cell recorded is shown as "–" and named in a
+note; cells of a `finetune` method (when a sweep has them) are one more row.
 """
 
 from __future__ import annotations
@@ -21,12 +23,44 @@ from orchestrator.report.plots import Plot, _png, _pyplot
 from orchestrator.report.stats import ordered_methods
 
 COST_METRICS = ("select_wall_s", "refit_wall_s", "test_wall_s", "cell_wall_s", "cell_cpu_s", "cell_gpu_s", "extract_s")
-SHARE = "extract_share_s"  # extract_s / cells sharing the (backbone, task)
+SHARE = "extract_share_s"  # the sum over the cell's units of unit seconds / cells reading that unit
 TOTAL = "total_s"  # cell_wall_s + the cell's share of the extraction
 LABELS = {"select_wall_s": "selection", "refit_wall_s": "refit", "test_wall_s": "test", "cell_wall_s": "cell (wall)",
           "cell_cpu_s": "cell (CPU)", "cell_gpu_s": "cell (GPU)", SHARE: "extraction share", TOTAL: "total"}
 CELL = ["backbone", "task", "method", "seed"]
 STACK = ("select_wall_s", "refit_wall_s", "test_wall_s", SHARE)  # the parts of a cell's time in the plot
+ENSEMBLE_PREFIX = "ensemble:"  # orchestrator.extract's spelling of a virtual backbone (report never imports extract)
+NO_FEATURES = ("finetune",)  # methods trained on images: they read no stored unit
+
+
+def unit_parts(backbone: str) -> tuple[str, ...]:
+    """The stored backbones whose units a cell of `backbone` reads (an ensemble's parts, else itself)."""
+    if backbone.startswith(ENSEMBLE_PREFIX):
+        return tuple(p for p in backbone[len(ENSEMBLE_PREFIX):].split("+") if p)
+    return (backbone,)
+
+
+def unit_table(costs: pd.DataFrame) -> pd.DataFrame:
+    """Per unit (stored backbone, task): its extraction seconds, the cells reading it, the share per reader.
+    A unit's seconds are the `extract_s` of a cell of that very backbone; a unit read only by ensembles gets
+    what remains of an ensemble's `extract_s` once its other parts are counted (split evenly when several
+    parts have no cell of their own)."""
+    own = costs[~costs["backbone"].str.startswith(ENSEMBLE_PREFIX)]
+    seconds = own.groupby(["backbone", "task"])["extract_s"].max().dropna().to_dict()
+    readers: dict[tuple[str, str], int] = {}
+    for r in costs[~costs["method"].isin(NO_FEATURES)].itertuples(index=False):
+        for part in unit_parts(r.backbone):
+            readers[(part, r.task)] = readers.get((part, r.task), 0) + 1
+    for r in costs[costs["backbone"].str.startswith(ENSEMBLE_PREFIX)].dropna(subset=["extract_s"]).itertuples(index=False):
+        unknown = [(p, r.task) for p in unit_parts(r.backbone) if (p, r.task) not in seconds]
+        if unknown:
+            rest = r.extract_s - sum(seconds.get((p, r.task), 0.0) for p in unit_parts(r.backbone))
+            seconds.update({u: max(rest, 0.0) / len(unknown) for u in unknown})
+    rows = [{"backbone": b, "task": t, "extract_s": seconds.get((b, t), math.nan), "cells": n}
+            for (b, t), n in sorted(readers.items())]
+    out = pd.DataFrame(rows, columns=["backbone", "task", "extract_s", "cells"])
+    out[SHARE] = out["extract_s"] / out["cells"]
+    return out
 
 
 def cell_costs(results: pd.DataFrame, runs: Mapping[str, object]) -> pd.DataFrame:
@@ -38,8 +72,9 @@ def cell_costs(results: pd.DataFrame, runs: Mapping[str, object]) -> pd.DataFram
         metrics = run.data.metrics if run is not None else {}
         rows.append({**cell, **{m: float(metrics[m]) if m in metrics else math.nan for m in COST_METRICS}})
     out = pd.DataFrame(rows, columns=[*cells.columns, *COST_METRICS])
-    sharing = out.groupby(["backbone", "task"])["method"].transform("size")
-    out[SHARE] = out["extract_s"] / sharing
+    units = unit_table(out).set_index(["backbone", "task"])[SHARE].to_dict()
+    out[SHARE] = [0.0 if m in NO_FEATURES else sum(units.get((p, t), math.nan) for p in unit_parts(b))
+                  for b, t, m in zip(out["backbone"], out["task"], out["method"])]
     out[TOTAL] = out["cell_wall_s"] + out[SHARE]
     return out.sort_values(CELL, ignore_index=True)
 
@@ -53,14 +88,6 @@ def by_method(costs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"method": method, "cells": len(part), **{c: part[c].mean() for c in columns},
                      **{f"{c}_n": int(part[c].notna().sum()) for c in columns}})
     return pd.DataFrame(rows)
-
-
-def by_unit(costs: pd.DataFrame) -> pd.DataFrame:
-    """Per (backbone, task): the extraction seconds of its units, the cells sharing them, the share per cell."""
-    grouped = costs.groupby(["backbone", "task"], sort=True)
-    out = grouped.agg(extract_s=("extract_s", "max"), cells=("method", "size")).reset_index()
-    out[SHARE] = out["extract_s"] / out["cells"]
-    return out
 
 
 def cost_plot(table: pd.DataFrame) -> Plot | None:
@@ -105,9 +132,12 @@ def cost_blocks(costs: pd.DataFrame, plot: Plot | None = None) -> list:
     rows = tuple((TableCell(r["method"]), TableCell(str(r["cells"])), *(_cost_cell(r, c) for c in columns))
                  for _, r in table.iterrows())
     blocks += [Para("Seconds per cell, mean over the method's cells (all tasks, backbones and seeds). Extraction "
-                    "share: the seconds spent extracting the cell's feature units divided by the number of cells "
-                    "of its (backbone, task) that share them; total: cell wall time plus that share. A method "
-                    "'finetune', when present, is a row like the others."),
+                    "share: each unit's extraction seconds are charged once, spread evenly over every cell that "
+                    "reads that unit — an ensemble cell reads its parts' units, so it shares their seconds with "
+                    "the parts' own cells instead of being charged them again — and a cell's share is the sum "
+                    "over the units it reads; finetune cells train on the images and get no share (0). Total: "
+                    "cell wall time plus that share. A method 'finetune', when present, is a row like the "
+                    "others."),
                Table(("method", "cells", *(LABELS[c] for c in columns)), rows, caption="compute per cell (s)")]
     notes = [f"{m} was not recorded by any cell (shown as {MISSING})" for m in COST_METRICS if m not in recorded]
     for _, r in table.iterrows():
@@ -116,11 +146,11 @@ def cost_blocks(costs: pd.DataFrame, plot: Plot | None = None) -> list:
     if notes:
         blocks.append(Para("Not recorded: " + "; ".join(notes) + "."))
     if "extract_s" in recorded:
-        units = by_unit(costs)
-        blocks.append(Table(("backbone", "task", "extraction (s)", "cells sharing", "per cell (s)"), tuple(
+        units = unit_table(costs)
+        blocks.append(Table(("backbone", "task", "extraction (s)", "cells reading it", "per cell (s)"), tuple(
             (TableCell(r.backbone), TableCell(r.task), TableCell(seconds(r.extract_s)), TableCell(str(r.cells)),
              TableCell(seconds(getattr(r, SHARE)))) for r in units.itertuples(index=False)),
-            caption="extraction per (backbone, task) unit"))
+            caption="extraction per unit (stored backbone, task), charged once"))
     if plot is not None:
         blocks.append(Figure(plot))
     return blocks

@@ -32,8 +32,10 @@ logger = logging.getLogger(__name__)
 
 PRIMARY_METRICS = ("top1", "mean_per_class")
 # final metrics only: curves (candidate_val_top1, val_best_top1) are not results
-RESULT_METRIC = re.compile(r"^(?P<split>val|test)_(?P<metric>top1|mean_per_class)$")
-RESULT_COLUMNS = ["backbone", "task", "method", "seed", "metric", "split", "value", "run_id", "primary"]
+# split test_selected: the selected candidate's train-only head, scored in the same test pass as the refit
+RESULT_METRIC = re.compile(r"^(?P<split>val|test|test_selected)_(?P<metric>top1|mean_per_class)$")
+RESULT_COLUMNS = ["backbone", "task", "method", "seed", "metric", "split", "value", "run_id", "primary", "flags"]
+FLAG_SEPARATOR = ";"
 FAILED_COLUMNS = ["backbone", "task", "method", "seed", "error", "run_id", "attempts"]
 SKIPPED_COLUMNS = ["backbone", "task", "skipped_images"]
 
@@ -119,9 +121,15 @@ def _cell_id(fields: dict) -> str:
     return "|".join(str(fields[t]) for t in CELL_TAGS)
 
 
+def run_flags(tag: str | None) -> str:
+    """The run's `flags` tag as results.csv holds it: ";"-joined, blanks dropped, "" when none (older runs)."""
+    return FLAG_SEPARATOR.join(f.strip() for f in (tag or "").split(FLAG_SEPARATOR) if f.strip())
+
+
 def result_rows(run, fields: dict) -> list[dict]:
-    """Long-format rows of one finished cell run: one per (split, metric) it logged."""
+    """Long-format rows of one finished cell run: one per (split, metric) it logged, each with the run's flags."""
     primary = primary_metric_for(fields["task"], run.data.tags.get("primary_metric"))
+    flags = run_flags(run.data.tags.get("flags"))
     rows = []
     for key, value in sorted(run.data.metrics.items()):
         match = RESULT_METRIC.match(key)
@@ -136,6 +144,7 @@ def result_rows(run, fields: dict) -> list[dict]:
                 "value": float(value),
                 "run_id": run.info.run_id,
                 "primary": metric == primary and split == "test",
+                "flags": flags,
             }
         )
     return rows

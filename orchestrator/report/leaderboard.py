@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.report.blocks import MISSING, Heading, Para, Table, TableCell, interval, mean_std, num
+from orchestrator.report.evidence.flags import legend, mark, marked
 from orchestrator.report.stats import CONFIDENCE, Leaderboard, ordered_methods, t_interval
 
 CONVENTIONS = {"top1": "top-1 accuracy", "mean_per_class": "mean per-class accuracy"}
@@ -65,6 +66,7 @@ def convention_table(board: Leaderboard, metric: str) -> Table:
     columns = {b: _columns(summary, differences, b) for b in backbones}
     cells = {(r.task, r.backbone, r.method): r for r in summary.itertuples(index=False)}
     diffs = {(r.task, r.backbone): r for r in differences.itertuples(index=False)}
+    shown = marked(summary, board.results)  # this table's flags only: its legend explains its own marks
     rows = []
     for task in tasks:
         row = [TableCell(f"{task} ({metric})")]
@@ -75,7 +77,8 @@ def convention_table(board: Leaderboard, metric: str) -> Table:
                     row.append(TableCell(MISSING) if d is None else TableCell(f"{num(d.mean, True)} {interval(d.ci_low, d.ci_high)}"))
                 else:
                     r = cells.get((task, b, column))
-                    row.append(TableCell(MISSING) if r is None else TableCell(mean_std(r.mean, r.std), bool(r.best)))
+                    row.append(TableCell(MISSING) if r is None else TableCell(
+                        mean_std(r.mean, r.std) + mark(getattr(r, "flags", ""), shown), bool(r.best)))
         rows.append(tuple(row))
     average = [TableCell(f"{AVERAGE} ({len(tasks)})")]
     for b in backbones:
@@ -86,7 +89,7 @@ def convention_table(board: Leaderboard, metric: str) -> Table:
     caption = (f"{CONVENTIONS.get(metric, metric)} (%, test): mean ± std over seeds; bold: the best method of the "
                f"task and backbone; {DIFF}: mean paired difference over seeds (points) and its {CONFIDENCE:.0%} "
                f"t-interval; {AVERAGE}: the mean of the task rows (its {DIFF} interval is over tasks), shown "
-               f"for columns with every task")
+               f"for columns with every task{f'; {legend(shown)} (see Stability)' if shown else ''}")
     return Table(header, tuple(rows), caption=caption, groups=groups, summary_rows=1)
 
 
@@ -97,7 +100,12 @@ def leaderboard_tables(board: Leaderboard) -> list[Table]:
 def leaderboard_blocks(board: Leaderboard) -> list:
     blocks: list = [Heading("Leaderboard"), Para(
         "One table per metric convention: each task is ranked by its primary metric (test split), as in the "
-        "transfer-learning literature. The per-method tables are in the details at the end.")]
+        "transfer-learning literature. The per-method tables are in the details at the end."), Para(
+        "Definitions: mean ± std is over seeds, std the sample standard deviation (ddof = 1). A seed varies the "
+        "head's initialisation, the batch order and the augmentation draws (SeA's, FGSM's, noise's and mixup's); "
+        "it does not vary the train/validation carve, which is fixed (one seeded split for every seed). logreg "
+        "(full-batch L-BFGS from a fixed start) is therefore the same on every seed: its ± 0.00 says the carve "
+        "is fixed, not that logreg has no variance — its variance over carves is not measured.")]
     for metric, table in zip(conventions(board), leaderboard_tables(board)):
         blocks += [Heading(f"Tasks ranked by {CONVENTIONS.get(metric, metric)}", 3), table]
     return blocks

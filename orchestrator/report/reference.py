@@ -158,13 +158,16 @@ def _external_rows(comparison: FinetuneComparison) -> tuple:
         for r in comparison.table.itertuples(index=False))
 
 
-def finetune_blocks(comparison: FinetuneComparison | None) -> list:
-    """The report's fine-tuning section: where the fine-tuning numbers come from, and the comparison in full."""
+def finetune_blocks(comparison: FinetuneComparison | None, label: str = "") -> list:
+    """The report's fine-tuning section: where the fine-tuning numbers come from, and the comparison in full;
+    `label` (e.g. "under-trained (20 of 5 000 steps): a check of the machinery, not a verdict") heads it."""
     from orchestrator.report.blocks import Heading, Para, Table  # blocks → plots → stats → this module
 
     if comparison is None:
         return []
     blocks: list = [Heading("SeA vs fine-tuning")]
+    if label and comparison.source == "sweep":
+        blocks.append(Para(f"{label[0].upper()}{label[1:]}.", strong=True))
     external = comparison if comparison.source == "external" else comparison.external
     if comparison.source == "sweep":
         blocks += [

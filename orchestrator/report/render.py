@@ -12,6 +12,7 @@ import html
 from collections.abc import Iterable, Sequence
 
 from orchestrator.report.blocks import Details, Document, Figure, Heading, Para, Table, TableCell
+from orchestrator.report.evidence.stability import Evidence
 from orchestrator.report.leaderboard import leaderboard_tables
 from orchestrator.report.plots import Plot
 from orchestrator.report.sections import document
@@ -80,8 +81,9 @@ def _html_table(table: Table) -> str:
     first_summary = len(table.rows) - table.summary_rows
     body = "\n".join(("<tr class=\"summary\">" if i >= first_summary else "<tr>") + "".join(_html_cell(c) for c in row)
                      + "</tr>" for i, row in enumerate(table.rows))
-    return (f'<table class="{_html(table.css)}">{caption}<thead>{groups}<tr>{head}</tr></thead>'
-            f"<tbody>\n{body}\n</tbody></table>")
+    # the box scrolls a table wider than the page instead of the page: the page always fits its window
+    return (f'<div class="scroll"><table class="{_html(table.css)}">{caption}<thead>{groups}<tr>{head}</tr></thead>'
+            f"<tbody>\n{body}\n</tbody></table></div>")
 
 
 def _html_block(block) -> str:
@@ -105,7 +107,7 @@ def _html_block(block) -> str:
 
 # inline only: the page must open offline, from a mail attachment or an MLflow artifact view
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
        padding: 0 1em; color: #1f2328; line-height: 1.45; }
 h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
 h2 { margin-top: 1.8em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
@@ -115,8 +117,14 @@ th, td { border: 1px solid #d0d7de; padding: .3em .7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f6f8fa; }
 th.group { text-align: center; }
-table.board { display: block; overflow-x: auto; max-width: 100%; }  /* wide leaderboards scroll, never squeeze */
-table.board td { white-space: nowrap; }
+/* a wide leaderboard (3 backbones × 7 columns) fits by wrapping "mean ± std" and long names onto two lines
+   at a smaller size; one still wider scrolls inside its own box (div.scroll), never the page */
+div.scroll { max-width: 100%; overflow-x: auto; margin: .8em 0 1.4em; }
+div.scroll > table { margin: 0; }
+table.board { font-size: .78em; }
+table.board th, table.board td { padding: .25em .3em; text-wrap: balance; }  /* "64.48" over "± 9.02" */
+table.board th.group { overflow-wrap: anywhere; }  /* "ensemble:A+B" is one long word */
+table.failed td { overflow-wrap: anywhere; }
 tr.summary td { border-top: 2px solid #57606a; font-style: italic; }
 td.best { font-weight: 700; background: #dafbe1; }
 table.failed th { text-align: left; }
@@ -147,7 +155,8 @@ _TEX = str.maketrans({
     "[": "{[}", "]": "{]}",  # braced: a cell opening with "[" would be read as the optional argument of \\
     "±": r"\ensuremath{\pm}", "−": r"\ensuremath{-}", "–": "--", "·": r"\ensuremath{\cdot}",
     "≈": r"\ensuremath{\approx}", "η": r"\ensuremath{\eta}", "α": r"\ensuremath{\alpha}",
-    "λ": r"\ensuremath{\lambda}",
+    "λ": r"\ensuremath{\lambda}", "†": r"\ensuremath{\dagger}", "‡": r"\ensuremath{\ddagger}",
+    "°": r"\ensuremath{^{\circ}}", "√": r"\ensuremath{\surd}",
 })
 
 
@@ -189,14 +198,16 @@ def to_latex(tables: Iterable[Table], title: str = "") -> str:
     return "\n".join(head) + "\n\n" + "\n\n".join(body or [r"% (no results)"]) + "\n"
 
 
-def render_markdown(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[list] = ()) -> str:
+def render_markdown(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[list] = (),
+                    evidence: Evidence | None = None) -> str:
     """The leaderboard as Markdown; figures are linked by file name (they sit beside the .md file)."""
-    return to_markdown(document(board, plots, sections))
+    return to_markdown(document(board, plots, sections, evidence))
 
 
-def render_html(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[list] = ()) -> str:
+def render_html(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[list] = (),
+                evidence: Evidence | None = None) -> str:
     """The leaderboard as one self-contained HTML page (CSS inline, figures as data: URIs)."""
-    return to_html(document(board, plots, sections))
+    return to_html(document(board, plots, sections, evidence))
 
 
 def render_latex(board: Leaderboard) -> str:

@@ -23,6 +23,8 @@ from orchestrator.report.blocks import (
     mean_std,
     num,
 )
+from orchestrator.report.evidence.claims import finetune_paras, headline_paras, interval_blocks
+from orchestrator.report.evidence.stability import Evidence, gather_evidence, stability_blocks
 from orchestrator.report.leaderboard import leaderboard_blocks
 from orchestrator.report.plots import Plot
 from orchestrator.report.stats import CONFIDENCE, Leaderboard, ordered_methods
@@ -63,7 +65,7 @@ def _details(board: Leaderboard) -> Details:
     return Details("Details: the leaderboard per method", tuple(blocks))
 
 
-def _difference_section(board: Leaderboard, plots: Sequence[Plot]) -> list:
+def _difference_section(board: Leaderboard, plots: Sequence[Plot], evidence: Evidence) -> list:
     blocks: list = [Heading("SeA − linear (paired over seeds)")]
     if board.differences.empty:
         return [*blocks, Para("Not available: no cell has results for both sea and linear on the same seed.")]
@@ -72,32 +74,13 @@ def _difference_section(board: Leaderboard, plots: Sequence[Plot]) -> list:
         f"(mean ± t·sd/√n over seeds; {NA} when only one seed is paired); the numbers are the leaderboard's "
         "SeA − linear columns, the number of paired seeds is in the details."))
     blocks += [Figure(p) for p in plots if p.filename == "sea_minus_linear.png"]
-    return blocks
+    return [*blocks, *interval_blocks(evidence)]
 
 
-def _finetune_blocks(board: Leaderboard) -> list:
-    comparison = board.finetune
-    if comparison is None:
-        return [Para("Fine-tuning: no reference supplied (--reference ft.csv); the paper's claim that SeA "
-                     "is comparable to fine-tuning on 6 of 11 tasks is not checked.")]
-    got, of = comparison.paper
-    text = (f"Fine-tuning: SeA is within 1 point of (or above) fine-tuning on {comparison.within} of "
-            f"{comparison.compared} tasks compared (paper: {got} of {of}).")
-    rows = tuple(
-        (TableCell(r.task), TableCell(r.backbone), TableCell(r.metric), TableCell(num(r.sea)), TableCell(num(r.finetune)),
-         TableCell(num(r.gap, True)), TableCell(NA if r.within is None else ("yes" if r.within else "no"), bool(r.within)))
-        for r in comparison.table.itertuples(index=False)
-    )
-    header = ("task", "backbone", "compared on", "SeA", "fine-tuning", "SeA − FT", "within 1 point")
-    return [Para(text, strong=True), Table(header, rows, caption="SeA (test, mean over seeds) vs the reference")]
-
-
-def _claims(board: Leaderboard) -> list:
-    o = board.overall
-    numbers = (f"Mean SeA − linear over {o.n_cells} (task, backbone) cells: {num(o.mean, True)} points, "
-               f"{CONFIDENCE:.0%} CI {interval(o.ci_low, o.ci_high)} (t-interval over the cells' mean paired "
-               f"differences); paper: ≈ +{o.paper:g} points.")
-    return [Heading("Claims"), Para(o.verdict, strong=True), Para(numbers), *_finetune_blocks(board)]
+def _claims(board: Leaderboard, evidence: Evidence) -> list:
+    small_print = headline_paras(board, evidence) if board.overall.n_cells else []
+    return [Heading("Claims"), Para(board.overall.verdict, strong=True), *small_print,
+            *finetune_paras(board, evidence)]
 
 
 def _error_tail(error: str) -> str:
@@ -134,8 +117,13 @@ def _skipped(board: Leaderboard) -> list:
             Table(("backbone", "task", "images left out"), rows, css="failed")]
 
 
-def document(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[list] = ()) -> Document:
-    """The whole report; `sections` (lists of blocks: sensitivity, cost, sources) follow the per-task bars."""
+def document(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[list] = (),
+             evidence: Evidence | None = None) -> Document:
+    """The whole report; `sections` (lists of blocks: sensitivity, cost, sources) follow the per-task bars.
+    Without `evidence` (the runs' details and per-cell bootstraps), it is computed from the results alone."""
+    if evidence is None:
+        evidence = gather_evidence(board.results if board.results is not None else pd.DataFrame(
+            columns=["backbone", "task", "method", "seed", "metric", "split", "value", "run_id", "primary"]))
     n_cells = int(board.summary["n"].sum())
     n_skipped = 0 if board.skipped is None or board.skipped.empty else int(board.skipped["skipped_images"].sum())
     overview = (f"Experiment {board.experiment or '(unnamed)'}"
@@ -144,7 +132,8 @@ def document(board: Leaderboard, plots: Sequence[Plot] = (), sections: Iterable[
                 f"{f' · {n_skipped} unreadable image(s) left out' if n_skipped else ''}"
                 f"{f' · {board.superseded} finished run(s) of older configurations left out (other fingerprints: the sweep was rerun with another config or other features; they stay in MLflow)' if board.superseded else ''}.")
     bars = [Figure(p) for p in plots if p.filename.startswith("bars_")]
-    blocks = [Para(overview), *_claims(board), *leaderboard_blocks(board), *_difference_section(board, plots)]
+    blocks = [Para(overview), *_claims(board, evidence), *leaderboard_blocks(board),
+              *_difference_section(board, plots, evidence), *stability_blocks(evidence)]
     if bars:
         blocks += [Heading("Per task"), Para("Bars: mean over seeds; error bars: std over seeds."), *bars]
     for section in sections:

@@ -44,10 +44,21 @@ def primary_values(results: pd.DataFrame) -> pd.DataFrame:
     return results[results["primary"].astype(bool)]
 
 
+def flag_union(flags: Iterable[str]) -> str:
+    """The flags any of these runs carries (each a ";"-joined string, "" or NaN for none), sorted, ";"-joined."""
+    found = {f for text in flags if isinstance(text, str) for f in text.split(";") if f}
+    return ";".join(sorted(found))
+
+
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, task, backbone): mean, sample std (ddof=1, NaN for one seed) and n over seeds."""
-    grouped = primary_values(results).groupby(["method", *CELL], sort=True)["value"]
-    out = grouped.agg(mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else math.nan, n="count")
+    """Per (method, task, backbone): mean, sample std (ddof=1, NaN for one seed) and n over seeds, and the
+    flags any of its seeds carries ("" when none)."""
+    values = primary_values(results)
+    if "flags" not in values.columns:  # a frame built by hand, or results from before flags existed
+        values = values.assign(flags="")
+    grouped = values.groupby(["method", *CELL], sort=True)
+    out = grouped["value"].agg(mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else math.nan, n="count")
+    out["flags"] = grouped["flags"].agg(flag_union)
     out = out.reset_index()
     out["best"] = out.groupby(CELL)["mean"].transform(lambda m: np.isclose(m, m.max(), rtol=0, atol=1e-9))
     return out
@@ -90,6 +101,11 @@ class OverallDifference:
         if self.n_cells < 2 or math.isnan(self.ci_low):
             return None
         return self.ci_low > 0 and self.ci_high >= self.paper
+
+    @property
+    def kind(self) -> str:
+        """The verdict's category (what "the verdict holds" compares): its words before the colon."""
+        return self.verdict.split(":", 1)[0]
 
     @property
     def verdict(self) -> str:
@@ -140,6 +156,7 @@ class Leaderboard:
     finetune: FinetuneComparison | None = None  # set when a fine-tuning reference was given
     skipped: pd.DataFrame | None = None  # (backbone, task, skipped_images) with unreadable images left out
     superseded: int = 0  # finished runs of older configurations (other fingerprints), not used
+    results: pd.DataFrame | None = None  # the long table it was computed from (flags, test_selected rows)
 
 
 def compute_leaderboard(
@@ -165,4 +182,5 @@ def compute_leaderboard(
         mode=mode,
         finetune=finetune,
         skipped=skipped,
+        results=results,
     )

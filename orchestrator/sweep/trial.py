@@ -188,7 +188,6 @@ def _node() -> str:
     if "ray" not in sys.modules:
         return ""
     from orchestrator.raycluster import node_id
-
     return node_id()
 
 
@@ -221,12 +220,6 @@ def candidate_rows(method: str, grid: list[dict[str, Any]], val_metrics: list[di
                        val_spread=window_spread(val_history, k, i, metric))
         rows.append({**row, "epochs_run": epochs_run, "selected": int(i == best_index)})
     return rows
-
-
-def _predictions(result: Any) -> dict[str, list[int]]:
-    if result.test_labels is None:
-        return {}
-    return {"label": result.test_labels.tolist(), **{name: pred.tolist() for name, pred in result.test_predictions.items()}}
 
 
 def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader: Callable,
@@ -265,7 +258,8 @@ def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader:
     rows = candidate_rows(cell.method, grid, result.val_metrics, result.stopped_epoch, result.best_index,
                           result.val_history, min(len(result.val_history), _window(ctx)), spec.metric)
     return Computed(_config_params(cell.method, result.best_config, ctx, len(grid)), metrics, curve, per_epoch,
-                    rows, result.phase_seconds, _predictions(result), tags, result.refit_unstable)
+                    rows, result.phase_seconds, {"label": result.test_labels.tolist(),
+                    **{n: p.tolist() for n, p in result.test_predictions.items()}}, tags, result.refit_unstable)
 
 
 def _window(ctx: TrialContext) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from report_fixture import TASK_XSS, make_sweep
-from report_sweeps import enrich
+from report_sweeps import enrich, log_sweep, values_for
 
 from orchestrator.report.build import build_report
 
@@ -33,6 +33,9 @@ window.addEventListener("load", () => {
       t => t.querySelector("th.group") && t.querySelector("tr.summary") && t.offsetHeight > 0).length,
     raw_markup: ["<td", "<table", "|---|", "&lt;"].filter(s => text.includes(s)).length,
     xss_as_text: text.includes("SCRIPT_TASK"),
+    page_width: [document.documentElement.scrollWidth, window.innerWidth],
+    overflowing_boxes: Array.from(document.querySelectorAll("div.scroll, table")).filter(
+      d => d.offsetHeight > 0 && (d.scrollWidth > d.clientWidth || d.getBoundingClientRect().right > window.innerWidth)).length,
   });
 });
 </script>"""
@@ -67,7 +70,7 @@ def page(report) -> Path:
     return report.leaderboard_html
 
 
-def test_tables_and_embedded_images_render_without_visible_markup(report, page, tmp_path):
+def _probe(page: Path, tmp_path: Path) -> dict:
     probed = tmp_path / "probed.html"
     marker = json.dumps(TASK_XSS)[1:-1]
     probe = PROBE.replace("SCRIPT_TASK", marker.replace("/", "\\/"))
@@ -75,7 +78,11 @@ def test_tables_and_embedded_images_render_without_visible_markup(report, page, 
     dom = _browser(tmp_path, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()).stdout
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found and found.group(1), "the probe script did not run"
-    result = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    return json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+
+
+def test_tables_and_embedded_images_render_without_visible_markup(report, page, tmp_path):
+    result = _probe(page, tmp_path)
     assert result["tables"] >= 5
     # every figure of the report folder is on the page, decoded and laid out (none hidden in collapsed details)
     kinds = {p.name.split("_")[0] for p in report.plots}
@@ -84,6 +91,21 @@ def test_tables_and_embedded_images_render_without_visible_markup(report, page, 
     assert result["combined"] == 2  # the leaderboard per metric convention, shown
     assert result["raw_markup"] == 0
     assert result["xss_as_text"] is True  # shown as its literal name, not executed
+    width, window = result["page_width"]
+    assert width <= window and result["overflowing_boxes"] == 0
+
+
+def test_the_demos_three_backbones_by_seven_columns_fit_a_1280_pixel_window(tmp_path):
+    """The demo's shape (issue #19): 3 backbones, an ensemble among them, × 6 methods and SeA − linear."""
+    backbones = ("efficientnet-lite0", "efficientnet-lite1", "ensemble:efficientnet-lite0+efficientnet-lite1")
+    cells = [(b, "digits", m, s) for b in backbones for m in ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
+             for s in (0, 1, 2)]
+    sweep = log_sweep(tmp_path, "wide", values_for(np.random.default_rng(1), cells), {"digits": "top1"})
+    paths = build_report(sweep.experiment, tmp_path / "out", tracking_uri=sweep.tracking_uri)
+    result = _probe(paths.leaderboard_html, tmp_path)
+    width, window = result["page_width"]
+    assert width <= window, f"the page is {width} px wide in a {window} px window"
+    assert result["overflowing_boxes"] == 0  # every table shown whole: none clipped or needing its scroll bar
 
 
 def test_dumped_dom_has_no_escaped_markup_or_injected_script(page, tmp_path):

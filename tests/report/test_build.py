@@ -65,7 +65,7 @@ def _mean_std(x):
 def test_results_csv_holds_every_mlflow_metric_of_finished_cells(sweep, report):
     results = pd.read_csv(report.results_csv, keep_default_na=False)
     assert list(results.columns) == ["backbone", "task", "method", "seed", "metric", "split", "value", "run_id", "primary",
-                                     "source"]
+                                     "flags", "source"]
     assert set(results["source"]) == {sweep.experiment}  # every number names the experiment it came from
     client = MlflowClient(tracking_uri=sweep.tracking_uri)
     assert len(results) == len(sweep.values) * len(METRICS)

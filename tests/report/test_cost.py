@@ -43,11 +43,16 @@ def report(sweep, tmp_path_factory):
     return build_report(sweep.experiment, tmp_path_factory.mktemp("out"), tracking_uri=sweep.tracking_uri)
 
 
+def _readers(unit) -> int:
+    return sum(1 for c in CELLS if c[:2] == unit and c[2] != "finetune")  # finetune reads images, not features
+
+
 def _expected(sweep) -> pd.DataFrame:
-    """Per cell, from the logged metrics alone: share = extract_s / cells of the same (backbone, task)."""
+    """Per cell, from the logged metrics alone: share = extract_s / the head cells of the same (backbone, task);
+    finetune cells read no unit and get none."""
     frame = pd.DataFrame([{"backbone": b, "task": t, "method": m, "seed": s, **c} for (b, t, m, s), c in sweep.costs.items()])
-    per_unit = {unit: sum(1 for c in CELLS if c[:2] == unit) for unit in EXTRACT}
-    frame["share"] = [EXTRACT[(b, t)] / per_unit[(b, t)] for b, t in zip(frame["backbone"], frame["task"])]
+    frame["share"] = [0.0 if m == "finetune" else EXTRACT[(b, t)] / _readers((b, t))
+                      for b, t, m in zip(frame["backbone"], frame["task"], frame["method"])]
     frame["total"] = frame["cell_wall_s"] + frame["share"]
     return frame
 
@@ -80,7 +85,7 @@ def test_missing_and_partial_metrics_are_named(report):
 def test_extraction_per_unit_is_shared_by_the_cells_that_read_it(report):
     md = report.leaderboard_md.read_text()
     for (backbone, task), seconds in EXTRACT.items():
-        n = sum(1 for c in CELLS if c[:2] == (backbone, task))
+        n = _readers((backbone, task))
         assert f"| {backbone} | {task} | {_s(seconds)} | {n} | {_s(seconds / n)} |" in md
 
 
@@ -111,3 +116,30 @@ def test_sweeps_without_cost_metrics_say_so(tmp_path):
     assert "No cell run recorded cost metrics" in paths.leaderboard_md.read_text()
     assert not (tmp_path / "out" / "cost.csv").exists()
     assert "cost_per_cell.png" not in {p.name for p in paths.plots}
+
+
+ENSEMBLE = "ensemble:bb-a+bb-b"
+PART_SECONDS = {"bb-a": 241.0, "bb-b": 157.0}  # the issue's demo: the ensemble's 398 s are these two again
+
+
+def test_each_unit_is_charged_once_over_every_cell_reading_it(tmp_path):
+    rng = np.random.default_rng(6)
+    cells = [(b, "toy-a", m, s) for b in ("bb-a", "bb-b", ENSEMBLE) for m in ("linear", "sea") for s in (0, 1)]
+    cells += [("bb-a", "toy-a", "finetune", s) for s in (0, 1)]
+    costs = {c: {"cell_wall_s": 10.0, "extract_s": PART_SECONDS["bb-a"] + PART_SECONDS["bb-b"] if c[0] == ENSEMBLE
+                 else PART_SECONDS[c[0]]} for c in cells}
+    sweep = log_sweep(tmp_path, "ensemble", values_for(rng, cells), PRIMARY, costs=costs)
+    paths = build_report(sweep.experiment, tmp_path / "out", tracking_uri=sweep.tracking_uri)
+    table = pd.read_csv(paths.out_dir / "cost.csv").set_index(["backbone", "task", "method", "seed"])
+    # bb-a's unit is read by its 4 head cells and the ensemble's 4 (never by the 2 finetune cells): 241 / 8
+    per_a, per_b = 241.0 / 8, 157.0 / 8
+    assert table.loc[("bb-a", "toy-a", "sea", 0), "extract_share_s"] == pytest.approx(per_a)
+    assert table.loc[("bb-b", "toy-a", "linear", 1), "extract_share_s"] == pytest.approx(per_b)
+    assert table.loc[(ENSEMBLE, "toy-a", "sea", 1), "extract_share_s"] == pytest.approx(per_a + per_b)
+    assert table.loc[("bb-a", "toy-a", "finetune", 0), "extract_share_s"] == 0.0
+    # every second of extraction is charged exactly once: 241 + 157, not 241 + 157 + 398
+    assert table["extract_share_s"].sum() == pytest.approx(241.0 + 157.0)
+    md = paths.leaderboard_md.read_text()
+    assert "| bb-a | toy-a | 241.0 | 8 | 30.12 |" in md and "| bb-b | toy-a | 157.0 | 8 | 19.62 |" in md
+    assert ENSEMBLE not in md.split("extraction per unit")[1].split("\n\n")[1]  # no unit of its own
+    assert "charged once" in md and "finetune cells train on the images and get no share" in md

@@ -177,7 +177,8 @@ def test_each_cell_records_its_candidates_cost_and_real_times(store: str, tmp_pa
         table = pd.read_csv(client.download_artifacts(run.info.run_id, "candidates.csv", str(tmp_path / cell_id)))
         method = run.data.tags["method"]
         knobs = ["c"] if method == "logreg" else ["lr", "weight_decay", "lamda", "eta", "alpha"]
-        assert list(table.columns) == ["candidate", *knobs, "val_top1", "val_mean_per_class", "epochs_run",
+        curve = [] if method == "logreg" else ["val_last_top1", "val_last_mean_per_class", "val_spread"]
+        assert list(table.columns) == ["candidate", *knobs, "val_top1", "val_mean_per_class", *curve, "epochs_run",
                                        "selected"]
         assert len(table) == 2 and table["selected"].sum() == 1
         chosen = table[table["selected"] == 1].iloc[0]
