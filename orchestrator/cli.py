@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "list": "listing",
     "extract": "extract",
     "run": "run",
+    "status": "status",
     "report": "report",
 }
 DESCRIPTION = "Linear evaluation of frozen features with and without SeA, at cluster scale."

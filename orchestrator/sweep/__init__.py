@@ -9,6 +9,8 @@ _EXPORTS = {
     "CellOutcome": "trial", "TrialContext": "trial", "run_cell": "trial",
     "SweepSummary": "driver", "run_sweep": "driver", "trial_context": "driver",
     "SweepTracker": "tracking", "code_version": "tracking",
+    "Fingerprint": "fingerprint", "cell_fingerprints": "fingerprint", "changed_parts": "fingerprint",
+    "image_identity": "fingerprint",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

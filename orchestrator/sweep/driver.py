@@ -33,7 +33,7 @@ from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.sweep.cells import Cell, candidate_configs, expand_backbones, plan_cells
 from orchestrator.sweep.finetuning import FinetuneCells
-from orchestrator.sweep.fingerprint import cell_fingerprint, current_keys
+from orchestrator.sweep.fingerprint import cell_fingerprints, current_keys, parts_tag
 from orchestrator.sweep.search import search_cells, tune_run_config
 from orchestrator.sweep.tracking import SweepTracker
 from orchestrator.sweep.trial import CellOutcome, TrialContext, prepare_worker, run_cell
@@ -61,7 +61,8 @@ def trial_context(cfg: SweepConfig, keys: Mapping[str, str] | None = None) -> Tr
     trainer = {k: v for k, v in cfg.trainer.__dict__.items()}
     return TrialContext(store=store_uri(cfg), mode=cfg.mode, trainer=trainer,
                         candidates={m: candidate_configs(cfg, m) for m in cfg.methods},
-                        cpus=cfg.resources.cpu, gpus=cfg.resources.gpu, workdir=os.getcwd(), keys=dict(keys or {}))
+                        cpus=cfg.resources.cpu, gpus=cfg.resources.gpu, workdir=os.getcwd(), keys=dict(keys or {}),
+                        protocol=dict(cfg.protocol.__dict__))
 
 
 def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -100,7 +101,8 @@ class CellLogger:
 
     def log_outcome(self, cell: Cell, outcome: CellOutcome, attempts: int = 1) -> None:
         outcome.tags["attempts"] = str(attempts)
-        outcome.tags["fingerprint"] = self.fingerprints.get(cell.cell_id, "")
+        fingerprint = outcome.tags["fingerprint"] = self.fingerprints.get(cell.cell_id, "")
+        outcome.tags["fingerprint_parts"] = parts_tag(fingerprint)   # what a later plan diffs
         outcome.metrics.update(cell_extract_metrics(cell, self.costs))
         self.tracker.log_cell(cell, outcome)
         self.summary.completed += 1
@@ -108,8 +110,8 @@ class CellLogger:
         self.on_cell(cell.cell_id)
 
     def log_failure(self, cell: Cell, error: str, attempts: int = 1) -> None:
-        self.tracker.log_failed(cell, error, {"attempts": str(attempts),
-                                              "fingerprint": self.fingerprints.get(cell.cell_id, "")})
+        fingerprint = self.fingerprints.get(cell.cell_id, "")   # its parts too: a later plan diffs them
+        self.tracker.log_failed(cell, error, {"attempts": str(attempts), "fingerprint": fingerprint, "fingerprint_parts": parts_tag(fingerprint)})
         self.summary.failed.append(cell.cell_id)
         self.on_cell(cell.cell_id)
 
@@ -216,7 +218,7 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
     cfg = replace(cfg, backbones=expand_backbones(cfg.backbones))
     cells = plan_cells(cfg, tasks)
     keys = dict(keys) if keys is not None else current_keys(store_uri(cfg), cells)
-    fingerprints = {c.cell_id: cell_fingerprint(cfg, c, keys) for c in cells}
+    fingerprints = cell_fingerprints(cfg, cells, keys)
     tracker = tracker or SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
     tracker.start(fingerprints)
     costs = unit_costs(store_uri(cfg), keys)
