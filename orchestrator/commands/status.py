@@ -39,14 +39,14 @@ def _stored_key(store: Any, backbone: str, task: str, split: str, split_hash: st
     import timm
 
     from orchestrator.errors import OrchestratorError
-    from orchestrator.extract import FeatureKey
+    from orchestrator.extract import FeatureKey, extraction_code
 
     try:
         stored = store.feature_key(backbone, task, split)
     except OrchestratorError:
         return None   # not extracted, or recorded by another format version
     meta = {**stored.metadata(), "split_hash": split_hash, "dtype": dtype, "compute": compute,
-            "timm_version": timm.__version__}
+            "timm_version": timm.__version__, "code": extraction_code()}
     meta.pop("format_version")   # the current format's: a unit of an older one is extracted again
     return stored if FeatureKey(**meta).key == stored.key else None
 

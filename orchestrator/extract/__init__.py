@@ -7,7 +7,7 @@ _EXPORTS = {
     "ActorSettings": "extraction", "DEFAULT_DATA_ROOT": "extraction", "DEFAULT_STORE": "extraction",
     "extract_features": "extraction", "preflight_inputs": "extraction",
     "UnitCache": "cache",
-    "ENSEMBLE_PREFIX": "plan", "Unit": "plan", "backbone_parts": "plan", "compute_of": "plan", "feature_key": "plan",
+    "ENSEMBLE_PREFIX": "plan", "Unit": "plan", "backbone_parts": "plan", "compute_of": "plan", "extraction_code": "plan", "feature_key": "plan",
     "plan_units": "plan",
     "DTYPES": "manifest", "MANIFEST": "manifest", "FeatureKey": "manifest", "Manifest": "manifest",
     "ShardRecord": "manifest",

@@ -44,6 +44,7 @@ class FeatureKey:
     dtype: str
     compute: str = COMPUTE_FLOAT32
     format_version: int = FEATURE_FORMAT_VERSION
+    code: str = ""   # digest of the code and libraries that turn images into features (extract.plan.extraction_code)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

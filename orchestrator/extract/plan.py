@@ -7,8 +7,11 @@ what is missing.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,29 @@ def compute_of(num_gpus_per_actor: float) -> str:
     return COMPUTE_BF16 if num_gpus_per_actor > 0 else COMPUTE_FLOAT32
 
 
+# the code that turns an image into a feature: decoding and datasets, the backbone's build, adapters and
+# feature choice, the actor's forward pass; and the libraries whose kernels and decoders compute it
+EXTRACTION_MODULES = ("tasks/imagedata.py", "tasks/loaders.py", "tasks/offline.py", "tasks/datasets.py",
+                      "tasks/backbones.py", "tasks/adapters.py", "orchestrator/extract/actor.py")
+EXTRACTION_LIBRARIES = ("torch", "torchvision", "pillow", "numpy")
+
+
+@functools.cache
+def extraction_code() -> str:
+    """A 16-hex digest of EXTRACTION_MODULES' source and EXTRACTION_LIBRARIES' versions: a change to how
+    features are computed gives every unit a new key, so no cell ever reads features of older code."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for name in EXTRACTION_MODULES:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    for lib in EXTRACTION_LIBRARIES:
+        try:
+            digest.update(f"{lib}=={version(lib)}\0".encode())
+        except PackageNotFoundError:
+            digest.update(f"{lib}==absent\0".encode())
+    return digest.hexdigest()[:16]
+
+
 def feature_key(backbone: tasks.Backbone, task: str, split: str, data: tasks.TaskData, dtype: str,
                 compute: str = COMPUTE_FLOAT32) -> FeatureKey:
     """The key of the features `backbone` gives on `task`/`split` (built as `data`: its images' identity,
@@ -58,6 +84,7 @@ def feature_key(backbone: tasks.Backbone, task: str, split: str, data: tasks.Tas
         backbone=backbone.spec.name, weights_sha256=backbone.weights_sha256, timm_version=timm.__version__,
         preprocessing=backbone.preprocessing, feature=backbone.spec.feature, task=task, split=split,
         split_hash=tasks.stored_split_hash(task, split, data), dtype=dtype, compute=compute,
+        code=extraction_code(),
     )
 
 

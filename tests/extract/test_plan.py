@@ -52,3 +52,25 @@ def test_how_the_backbone_computed_is_part_of_the_key(make_fake_task, backbone) 
 def test_ensembles_are_read_from_their_stored_parts() -> None:
     assert backbone_parts("ensemble:a+b+c") == ("a", "b", "c")
     assert backbone_parts("efficientnet-lite0") == ("efficientnet-lite0",)
+
+
+def test_the_extraction_code_and_libraries_are_part_of_every_feature_key(monkeypatch) -> None:
+    from orchestrator.extract import plan
+
+    digest = plan.extraction_code()
+    assert len(digest) == 16
+    plan.extraction_code.cache_clear()
+    # a different set of modules (as if one had changed) gives another digest, hence another key
+    monkeypatch.setattr(plan, "EXTRACTION_MODULES", plan.EXTRACTION_MODULES[:-1])
+    assert plan.extraction_code() != digest
+    plan.extraction_code.cache_clear()
+    monkeypatch.setattr(plan, "EXTRACTION_LIBRARIES", (*plan.EXTRACTION_LIBRARIES, "timm"))
+    assert plan.extraction_code() != digest
+    plan.extraction_code.cache_clear()
+    monkeypatch.undo()
+    assert plan.extraction_code() == digest
+    from orchestrator.extract import FeatureKey
+
+    base = dict(backbone="bb", weights_sha256="w", timm_version="-", preprocessing={}, feature="pooled",
+                task="digits", split="train", split_hash="0" * 16, dtype="float32")
+    assert FeatureKey(**base, code=digest).key != FeatureKey(**base, code="other").key
