@@ -2,6 +2,8 @@
 
 Idempotent and resumable: extraction skips verified units, the sweep skips cells MLflow holds as
 complete, and the report is rebuilt from MLflow. Rerunning after an interruption finishes the rest.
+One sweep per experiment at a time: a second run of a live sweep's experiment exits with code 2,
+naming the holder; `--takeover` takes a stale lease over (orchestrator.sweep.lease).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of refusing what no node has yet (same as $SEABENCH_AUTOSCALING=1)")
     parser.add_argument("--out", default=None, help="report folder (default reports/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--takeover", action="store_true",
+                        help="take over the experiment's lease from a sweep whose heartbeat is stale (its machine "
+                             "died); refused while the holder's heartbeat is fresh. One sweep per experiment at a time")
 
 
 def check_names(cfg: SweepConfig, where: str) -> tuple[str, ...]:
@@ -91,11 +96,13 @@ def run(args: argparse.Namespace) -> int:
 
     from orchestrator.extract import backbone_parts, preflight_inputs
     from orchestrator.raycluster import AUTOSCALING_ENV, check_address, init_ray
-    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep import SweepTracker, run_sweep
 
     cfg = load_config(args.config, args.overrides, store=args.store, tracking_uri=args.tracking_uri,
                       address=args.address, out=args.out)
     check_address(cfg.address)
+    # one sweep per experiment at a time: refuse within seconds, before Ray starts and extraction runs
+    SweepTracker(cfg.tracking_uri, cfg.name, takeover=args.takeover).check_lease()
     if args.autoscaling:
         os.environ[AUTOSCALING_ENV] = "1"
     progress = not args.no_progress
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     preflight_inputs(list(dict.fromkeys(p for b in backbones for p in backbone_parts(b))), tasks, cfg.data_root)
     init_ray(cfg.address, cfg.num_cpus)
     keys = _extract(cfg, tasks, backbones, progress)
-    summary = run_sweep(cfg, tasks, keys=keys, progress=progress)
+    summary = run_sweep(cfg, tasks, keys=keys, progress=progress, takeover=args.takeover)
     print(f"sweep {cfg.name!r}: {summary.cells} cells; {summary.skipped} already complete, "
           f"{summary.completed} computed, {len(summary.failed)} failed, in {summary.seconds:.1f} s "
           f"(MLflow {cfg.tracking_uri}, experiment {cfg.name!r})")

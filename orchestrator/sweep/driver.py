@@ -206,12 +206,13 @@ def _run_search(cfg: SweepConfig, cells: list[Cell], ctx: TrialContext, logger: 
 
 def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | None = None, *,
               keys: Mapping[str, str] | None = None, progress: bool = True,
-              extra_callbacks: Sequence[Any] = ()) -> SweepSummary:
+              extra_callbacks: Sequence[Any] = (), takeover: bool = False) -> SweepSummary:
     """Run every cell of `cfg` over `tasks` that MLflow does not hold with its current fingerprint.
 
     `keys` (unit id "backbone|task|split" -> feature key) are the units the trials must read, as the
     sweep's extraction returned them; without them, the keys the store's pointers name now.
     `extra_callbacks` are further Tune callbacks on the driver (called after the MLflow logger).
+    `takeover`: take over a stale lease on the experiment (orchestrator.sweep.lease).
     """
     from orchestrator.raycluster import init_ray
 
@@ -219,17 +220,16 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
     cells = plan_cells(cfg, tasks)
     keys = dict(keys) if keys is not None else current_keys(store_uri(cfg), cells)
     fingerprints = cell_fingerprints(cfg, cells, keys)
-    tracker = tracker or SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
-    tracker.start(fingerprints)
-    costs = unit_costs(store_uri(cfg), keys)
-    tracker.log_units(unit_metrics(costs), csv_table(costs, keys))
-    done = tracker.completed()
-    pending = [c for c in cells if fingerprints[c.cell_id] not in done.get(c.cell_id, ())]
-    summary = SweepSummary(cells=len(cells), skipped=len(cells) - len(pending))
-    if not pending:
-        tracker.finish("FINISHED")
-        return summary
-    tracker.discard_unfinished(c.cell_id for c in pending)
+    tracker = tracker or SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict(), takeover=takeover)
+    with tracker.finish_on_error():   # start() takes the experiment's lease, finish() releases it
+        done = tracker.start(fingerprints)
+        tracker.log_units(unit_metrics(costs := unit_costs(store_uri(cfg), keys)), csv_table(costs, keys))
+        pending = [c for c in cells if fingerprints[c.cell_id] not in done.get(c.cell_id, ())]
+        summary = SweepSummary(cells=len(cells), skipped=len(cells) - len(pending))
+        if not pending:
+            tracker.finish("FINISHED")
+            return summary
+        tracker.discard_unfinished(c.cell_id for c in pending)
     bar = _progress_bar(len(cells), summary.skipped, enabled=progress)
     logger = CellLogger(tracker, summary, lambda cell_id: bar.update(1), fingerprints, costs)
     started = time.perf_counter()

@@ -5,17 +5,22 @@ Schema (see the contract): one experiment per sweep, a parent run (`seabench.rol
 child run with its `cell_id` is FINISHED with tag `status=ok`; any other child run of a cell about to
 be (re)computed — RUNNING after a killed driver, or failed — is terminated as KILLED and deleted, so
 the experiment always holds exactly one active run per cell.
+
+One sweep per experiment at a time: a sweep's tracker takes a lease on the parent run before it
+touches any cell run (orchestrator.sweep.lease), tags each cell run with its lease token, and its
+clean-up never touches a run tagged with another live holder's token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +30,8 @@ from orchestrator.runs import (
     CELL_ROLE,
     CELLS_ARTIFACT,
     PARENT_TAG,
+    PREDICTIONS_ARTIFACT,
     ROLE_TAG,
-    SWEEP_ROLE,
     UNITS_ARTIFACT,
     is_complete,
     role_filter,
@@ -34,6 +39,7 @@ from orchestrator.runs import (
 )
 from orchestrator.sweep.cells import Cell
 from orchestrator.sweep.fingerprint import config_hash
+from orchestrator.sweep.lease import TOKEN_TAG, Lease, Timing, check_experiment, open_sweep, read_state
 from orchestrator.sweep.trial import CellOutcome
 
 logger = logging.getLogger(__name__)
@@ -109,7 +115,8 @@ def _metric_list(outcome: CellOutcome, now: int) -> list:
 class SweepTracker:
     """The sweep's experiment and parent run; logs one child run per finished or failed cell."""
 
-    def __init__(self, tracking_uri: str, experiment: str, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, config: dict[str, Any] | None = None, *,
+                 takeover: bool = False, timing: Timing | None = None) -> None:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -119,27 +126,25 @@ class SweepTracker:
         self.code_version = code_version()
         self.experiment_id = ""
         self.parent_id = ""
+        self.takeover, self.timing = takeover, timing or Timing.from_env()
+        self.lease: Lease | None = None   # a sweep's tracker holds it from start() to finish()
 
     @_retry
-    def start(self, fingerprints: Mapping[str, str] | None = None) -> None:
-        """Create or reopen the experiment and its parent run (one per sweep, reused on resume).
+    def start(self, fingerprints: Mapping[str, str] | None = None) -> dict[str, set[str]]:
+        """Create or reopen the experiment and its parent run (one per sweep, reused on resume); a sweep's
+        tracker (one with a config) then takes the experiment's lease, or raises naming its holder.
+        Returns `completed()`.
 
         The resolved config is an artifact `configs/config-<hash>.json` of the parent run, never
         truncated and never overwritten (a rerun with another config adds its own); `cells.json`
-        maps each planned cell to its current fingerprint, which is what the report reads.
+        maps each planned cell to its current fingerprint, which is what the report reads. Both are
+        written by the lease holder only.
         """
-        found = self.client.get_experiment_by_name(self.experiment)
-        if found is not None and found.lifecycle_stage == "deleted":
-            raise OrchestratorError(f"MLflow experiment {self.experiment!r} is deleted; restore it "
-                                    "(mlflow experiments restore) or choose another sweep name")
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
-        parents = search_runs(self.client, self.experiment_id, role_filter(SWEEP_ROLE))
-        if parents:
-            self.parent_id = parents[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-        else:
-            run = self.client.create_run(self.experiment_id, run_name="sweep", tags={ROLE_TAG: SWEEP_ROLE})
-            self.parent_id = run.info.run_id
+        self.experiment_id, self.parent_id = open_sweep(self.client, self.experiment)
+        if self.config:
+            self.lease = self.lease or Lease(self.client, self.parent_id, self.experiment, self.timing)
+            self.lease.acquire(self.takeover)
+        self.client.update_run(self.parent_id, status="RUNNING")
         if self.config:   # a tracker opened only to read (no config) records nothing
             digest = config_hash(self.config)
             logged = {f.path for f in self.client.list_artifacts(self.parent_id, "configs")}
@@ -151,6 +156,22 @@ class SweepTracker:
         if fingerprints is not None:
             self.client.log_text(self.parent_id, json.dumps(dict(fingerprints), indent=1, sort_keys=True),
                                  CELLS_ARTIFACT)
+        return self.completed()
+
+    @contextlib.contextmanager
+    def finish_on_error(self) -> Iterator[None]:
+        """A block whose failure (Ctrl-C included) ends the sweep: parent run FAILED, lease released."""
+        try:
+            yield
+        except BaseException:
+            self.finish("FAILED")
+            raise
+
+    @_retry
+    def check_lease(self) -> None:
+        """Raise at once, naming the holder, when another live sweep holds this experiment's lease (reads
+        only: `seabench run` asks before it starts Ray and extracts; the sweep itself claims it later)."""
+        check_experiment(self.client, self.experiment, self.timing, self.takeover)
 
     @_retry
     def cell_runs(self) -> list:
@@ -166,25 +187,39 @@ class SweepTracker:
 
     @_retry
     def discard_unfinished(self, cell_ids: Iterable[str]) -> int:
-        """Mark KILLED and delete every unfinished or failed child run of these cells; returns how many.
+        """Mark KILLED and delete the unfinished or failed child runs of these cells; returns how many.
 
-        FINISHED results of a cell's older fingerprints stay: they are another config's record."""
-        wanted, count = set(cell_ids), 0
+        A run tagged with the token of another live lease holder is never touched (that sweep is writing
+        it); runs of a dead holder (stale, or taken over) and untagged ones are discarded. FINISHED results
+        of a cell's older fingerprints stay: they are another config's record."""
+        state = read_state(self.client, self.parent_id)
+        live = state.live(self.timing) and not (self.lease and state.holder.token == self.lease.token)
+        protected, holder = (state.holder.token, state.holder.describe()) if live else ("", "")
+        wanted, count, kept = set(cell_ids), 0, 0
         for run in self.cell_runs():
             if run.data.tags.get("cell_id") in wanted and not is_complete(run):
+                if protected and run.data.tags.get(TOKEN_TAG) == protected:
+                    kept += 1
+                    continue
                 if run.info.status == "RUNNING":
                     self.client.set_terminated(run.info.run_id, status="KILLED")
                 self.client.delete_run(run.info.run_id)
                 count += 1
+        if kept:
+            logger.warning("experiment %r: %d unfinished run(s) of the live sweep of %s left alone",
+                           self.experiment, kept, holder)
         return count
 
     def _cell_tags(self, cell: Cell, extra: dict[str, str]) -> dict[str, str]:
         return {ROLE_TAG: CELL_ROLE, PARENT_TAG: self.parent_id, "cell_id": cell.cell_id,
                 "backbone": cell.backbone, "task": cell.task, "method": cell.method, "seed": str(cell.seed),
-                "code_version": self.code_version, **{k: str(v) for k, v in extra.items()}}
+                "code_version": self.code_version, **({TOKEN_TAG: self.lease.token} if self.lease else {}),
+                **{k: str(v) for k, v in extra.items()}}
 
     @_retry
     def _create(self, cell: Cell, tags: dict[str, str], start_ms: int | None = None) -> str:
+        if self.lease:
+            self.lease.ensure_held()   # a sweep taken over while frozen writes no more cell runs
         return self.client.create_run(self.experiment_id, tags=tags, run_name=cell.cell_id,
                                       start_time=start_ms).info.run_id
 
@@ -200,6 +235,22 @@ class SweepTracker:
     def _log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
+    @_retry
+    def _log_predictions(self, run_id: str, predictions: Mapping[str, list[int]]) -> None:
+        """The cell's test predictions as a small Parquet artifact (index int64, the rest int32), so that a
+        report can pair two cells example by example (its bootstrap over test images)."""
+        import tempfile
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({name: pa.array(values, pa.int64() if name == "index" else pa.int32())
+                          for name, values in predictions.items()})
+        with tempfile.TemporaryDirectory(prefix="seabench-predictions-") as tmp:
+            path = Path(tmp) / PREDICTIONS_ARTIFACT
+            pq.write_table(table, path, compression="zstd")
+            self.client.log_artifact(run_id, str(path))
+
     def log_cell(self, cell: Cell, outcome: CellOutcome) -> str:
         """One FINISHED child run with status=ok, spanning the cell's real compute time; returns its run id."""
         from mlflow.entities import Param
@@ -213,6 +264,8 @@ class SweepTracker:
             self._log_batch(run_id, metrics[start:start + MAX_BATCH_METRICS], params if start == 0 else [])
         if outcome.candidates:
             self._log_text(run_id, candidates_csv(outcome.candidates), CANDIDATES_ARTIFACT)
+        if outcome.predictions:
+            self._log_predictions(run_id, outcome.predictions)
         self._terminate(run_id, "FINISHED", end_ms)
         return run_id
 
@@ -233,7 +286,13 @@ class SweepTracker:
         self._terminate(run_id, "FAILED")
         return run_id
 
-    @_retry
     def finish(self, status: str = "FINISHED") -> None:
-        if self.parent_id:
-            self.client.set_terminated(self.parent_id, status=status)
+        """End the parent run with `status` and release the lease (heartbeat stopped), on every path. A
+        sweep refused or taken over leaves the parent run alone: it is another holder's."""
+        try:
+            if self.parent_id and (self.lease is None or (self.lease.held and not self.lease.lost)):
+                self._terminate(self.parent_id, status)
+        finally:
+            lease, self.lease = self.lease, None   # a later start() claims a fresh epoch
+            if lease:
+                lease.release()
