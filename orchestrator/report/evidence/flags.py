@@ -1,7 +1,7 @@
 """The runs' flags (issue #19's contract) and what a claim does with them, pure functions of the long table.
 
-- `refit_unstable`: the refit and the selected candidate's head differ on test by more than the selected
-  candidate's validation spread over its last k epochs (at least 1 point): the number is a draw.
+- `refit_unstable`: the refit scores below the selected candidate's head on test by more than both that
+  candidate's validation spread over its last k epochs and the test's paired noise: the number is a draw.
 - `under_trained`: a fine-tuning cell that ran fewer optimiser steps than its recipe's budget: a toy run.
 - `reduced_budget`: a head trained for fewer than the protocol's 100 epochs.
 A claim is recomputed without the cell runs flagged `refit_unstable` or `under_trained` (EXCLUDED); a

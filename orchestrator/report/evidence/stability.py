@@ -134,9 +134,10 @@ def stability_blocks(evidence: Evidence) -> list:
     blocks: list = [Heading("Stability"), Para(
         "Every head cell tests two heads in one pass: the refit on train + validation (the reported number) and "
         "the selected candidate's train-only head (results.csv split test_selected). A run is flagged "
-        f"refit_unstable ({MARKS['refit_unstable']}) when the two differ on test (primary metric) by more than "
-        "max(val spread, 1 point), val spread being the selected candidate's max − min validation score over "
-        f"its last k epochs; under_trained ({MARKS['under_trained']}): a fine-tuning cell that ran fewer "
+        f"refit_unstable ({MARKS['refit_unstable']}) when the refit scores below the selected head on test "
+        "(primary metric) by more than both the val spread (the selected candidate's max − min validation score "
+        "over its last k epochs) and the test set's paired noise (two standard errors of the paired difference); "
+        "one-sided, since the refit trains on more data; under_trained ({MARKS['under_trained']}): a fine-tuning cell that ran fewer "
         f"optimiser steps than its recipe's budget; reduced_budget ({MARKS['reduced_budget']}): a head trained "
         f"for fewer than the protocol's {PROTOCOL_EPOCHS} epochs. Claims are recomputed without the "
         f"{' and '.join(EXCLUDED)} runs; {' '.join(CAVEAT)} is stated as a budget caveat."), Para(_moved(runs))]
