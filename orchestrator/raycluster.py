@@ -15,6 +15,7 @@ from orchestrator.errors import OrchestratorError
 # that no node has *yet* is asked for (ray.autoscaler.sdk.request_resources), not refused.
 AUTOSCALING_ENV = "SEABENCH_AUTOSCALING"
 NODE_CHECK_TIMEOUT_S = 300.0
+RAY_ADDRESS_ENV = "RAY_ADDRESS"   # Ray's own variable: set by `ray job submit` for its driver, or by a user
 
 
 def check_address(address: str | None) -> None:
@@ -28,22 +29,43 @@ def check_address(address: str | None) -> None:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address`, or start a local one (the embedded default); no-op if already up.
+    """Join the cluster at `address`, else at $RAY_ADDRESS (what `ray job submit` gives its driver), else
+    start a local Ray of this process's own (`address="local"`, the embedded default); no-op if already up.
 
-    The local cluster runs without the dashboard so nothing listens beyond loopback.
+    Never "whatever `ray start` left on this machine": Ray's own default joins the cluster named in its
+    temporary folder's `ray_current_cluster`, which a crashed `ray start` leaves pointing at a dead
+    cluster and which, on a shared workstation, may be a colleague's. Pass `--address auto` to join that
+    one on purpose. The local cluster runs without the dashboard so nothing listens beyond loopback.
     """
+    address = address or os.environ.get(RAY_ADDRESS_ENV) or None
     check_address(address)
     if ray.is_initialized():
         return
     try:
-        if address:
+        if address and address != "local":
+            _check_reachable(address)
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
-        hint = "check the address (e.g. 'auto' or 'HOST:6379')" if address else "check free memory and /tmp space"
+        joining = address and address != "local"
+        where = f"the Ray cluster at {address!r}" if joining else "a local Ray cluster"
+        hint = "check the address (e.g. 'auto' or 'HOST:6379')" if joining else "check free memory and /tmp space"
         raise OrchestratorError(f"cannot start or join {where}: {exc}; {hint}") from exc
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT address must accept a TCP connection within `timeout_s`: Ray itself retries a dead GCS
+    for minutes before it gives up. ('auto' and other forms are left to Ray.)"""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc})") from exc
 
 
 def autoscaling() -> bool:

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feature store: a folder or an fsspec URI such as s3://bucket/features (default: %(default)s)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto', 'HOST:6379'; not ray://, submit with `ray job submit` "
-                             "instead); default: start a local one")
+                             "instead); default: $RAY_ADDRESS if set, else a local one of its own (auto joins "
+                             "the one `ray start` left)")
     parser.add_argument("--autoscaling", action="store_true",
                         help="the cluster's autoscaler may add nodes: ask it for the actors' GPUs/CPUs instead of "
                              "refusing what no node has yet (same as $SEABENCH_AUTOSCALING=1)")

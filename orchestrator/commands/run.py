@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI, e.g. http://host:5000 (default sqlite:///mlflow.db)")
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto', 'HOST:6379'; not ray://, "
-                        "submit with `ray job submit` instead); default: start a local cluster")
+                        "submit with `ray job submit` instead); default: $RAY_ADDRESS if set, else a local cluster "
+                        "of its own (never one a `ray start` left behind: pass auto for that)")
     parser.add_argument("--autoscaling", action="store_true",
                         help="the cluster's autoscaler may add nodes: ask it for the GPUs/CPUs the config needs "
                              "instead of refusing what no node has yet (same as $SEABENCH_AUTOSCALING=1)")
