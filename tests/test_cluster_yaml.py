@@ -68,3 +68,39 @@ def test_mlflow_and_the_dashboard_listen_on_loopback_only(config):
 
 def test_the_documented_run_tells_seabench_the_cluster_autoscales():
     assert "--autoscaling" in CLUSTER_YAML.read_text()
+
+
+def test_ssh_is_never_opened_to_the_internet_by_rays_default_security_group(config):
+    """Ray's AWS bootstrap creates a group with SSH from 0.0.0.0/0 for every node type without
+    SecurityGroupIds; with a group on each type its own code leaves them alone (no AWS call made)."""
+    from ray.autoscaler._private.aws.config import _configure_security_group
+
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["node_config"].get("SecurityGroupIds"), f"{name} would get Ray's SSH-from-anywhere group"
+    configured = _configure_security_group(copy.deepcopy(config))
+    assert configured["available_node_types"] == config["available_node_types"]
+    text = CLUSTER_YAML.read_text()
+    assert "--port 22 --cidr 203.0.113.0/24" in text and "--source-group $SG" in text   # documented rules
+
+
+def test_workers_get_an_instance_profile_for_s3(config):
+    types = config["available_node_types"]
+    for name, node_type in types.items():
+        if name != config["head_node_type"]:   # Ray gives the head its own ray-autoscaler-v1 profile
+            assert node_type["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::"), name
+
+
+def test_every_node_gets_the_seabench_environment_the_code_reads(config):
+    """Each SEABENCH_* variable that the package reads on a worker is set in every container."""
+    import re
+
+    options = " ".join(config["docker"]["run_options"])
+    assert not config["docker"].get("worker_run_options") and not config["docker"].get("head_run_options")
+    given = set(re.findall(r"--env (SEABENCH_[A-Z_]+)=", options))
+    package = CLUSTER_YAML.parent
+    read = set()
+    for folder in ("orchestrator", "tasks", "sea"):
+        for path in (package / folder).rglob("*.py"):
+            read |= set(re.findall(r"\"(SEABENCH_[A-Z_]+)\"", path.read_text()))
+    lease_only = {name for name in read if name.startswith("SEABENCH_LEASE_")}   # read by the driver only
+    assert read - lease_only <= given, f"not set on the nodes: {sorted(read - lease_only - given)}"
