@@ -88,13 +88,18 @@ UNSTABLE_GRID = [STABLE, *(HeadConfig(method="sea", lr=lr, eta=0.2) for lr in (2
 
 
 def test_last_epoch_selection_is_a_lottery_that_last_k_and_the_flag_catch(digits_split):
-    """Over 25 seeds, `last` picks a chaotic learning rate for its lucky final epoch several times and its
+    """Over 30 seeds, `last` picks a chaotic learning rate for its lucky final epoch several times and its
     refit then scores lower than the stable pick of `last_k`; the flag fires on a refit that lost what
-    selection found, and never on the stable picks (their refit on more data lands above the train-only head)."""
+    selection found, and never on the stable picks (their refit on more data lands above the train-only head).
+
+    In float64: the chaos amplifies rounding, and float32's differs between CPUs (kernel paths), so in float32
+    which seeds win and lose moved from one machine to the next (in float32 the flag fired on the machine
+    this test was written on and on none of 9 lottery wins on the next); float64's rounding is nine orders
+    smaller (here: 13 lottery wins, 3 flagged)."""
     (x, y), (xv, yv), test = digits_split
     lottery, flagged = [], 0
-    for seed in range(25):
-        settings = TrainSettings(epochs=20, batch_size=64, seed=seed)
+    for seed in range(30):
+        settings = TrainSettings(epochs=20, batch_size=64, seed=seed, dtype="float64")
         last = select_and_refit(x, y, xv, yv, lambda: test, UNSTABLE_GRID, settings, select_on="last")
         assert last.select_k == 1 and last.select_on == "last"
         if last.best_index == 0:
