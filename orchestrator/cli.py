@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "extract": "extract",
     "run": "run",
     "status": "status",
+    "plan": "plan",
     "report": "report",
 }
 DESCRIPTION = "Linear evaluation of frozen features with and without SeA, at cluster scale."

@@ -41,6 +41,12 @@ def _choices(*values: str, help: str = "") -> dict:
 
 
 @dataclass(frozen=True)
+class HalvingConfig:   # successive halving in a grid cell's K-batch (sea.halving): rungs min_epochs·factor^i < epochs
+    factor: int = field(default=3, metadata={"min": 2})                 # the best 1/factor go on at each rung
+    min_epochs: int | None = field(default=None, metadata={"min": 1})   # None: epochs // factor^⌈log_factor K⌉
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     algorithm: str = field(default="grid", metadata=_choices(*ALGORITHMS))
     num_samples: int = field(default=16, metadata={"min": 1, "help": "trials per cell (random/optuna)"})
@@ -50,6 +56,7 @@ class SearchConfig:
     max_concurrent: int | None = field(default=None, metadata={"min": 1})
     # cells searched at once: each is one Tune driver process on the head node
     max_concurrent_cells: int = field(default=4, metadata={"min": 1})
+    halving: HalvingConfig | None = None   # grid mode: successive halving of each cell's heads (null: off)
 
 
 @dataclass(frozen=True)
@@ -245,12 +252,18 @@ def _check_finetune(cfg: SweepConfig) -> None:
         raise OrchestratorError("config: 'methods' lists finetune, which has no reference mode; use mode=select")
 
 
-def _check_protocol(cfg: SweepConfig) -> None:
-    k = cfg.protocol.k
-    if k is not None and k > cfg.trainer.epochs:
-        raise OrchestratorError(f"config: 'protocol.k'={k} is more than trainer.epochs={cfg.trainer.epochs}: "
+def _check_protocol(cfg: SweepConfig) -> None:   # what selection reads of the epochs: k, the halving rungs
+    k, halving, epochs = cfg.protocol.k, cfg.search.halving, cfg.trainer.epochs
+    if k is not None and k > epochs:
+        raise OrchestratorError(f"config: 'protocol.k'={k} is more than trainer.epochs={epochs}: "
                                 "the mean of the last k epochs needs k ≤ epochs; lower protocol.k or leave it "
                                 "null for max(5, ⌈0.1·epochs⌉)")
+    if halving is not None and (cfg.search.algorithm != "grid" or cfg.mode != "select"):
+        raise OrchestratorError(f"config: 'search.halving' halves a grid cell's heads (search.algorithm=grid, mode="
+                                f"select), not algorithm={cfg.search.algorithm}, mode={cfg.mode}; use search.asha")
+    if halving is not None and (halving.min_epochs or 1) >= epochs:   # the default is at least 1
+        raise OrchestratorError(f"config: 'search.halving.min_epochs'={halving.min_epochs} leaves no rung before the "
+                                f"last of trainer.epochs={epochs} (rungs: min_epochs·factor^i < epochs)")
 
 
 def _to_plain(value: object) -> Any:

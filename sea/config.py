@@ -132,6 +132,9 @@ DEFAULT_SETTINGS = TrainSettings()
 class TrainResult:
     weights: torch.Tensor                       # K x C x d in settings.dtype (float32 by default), on CPU
     configs: tuple[HeadConfig, ...]
-    val_history: list[list[dict]] = field(default_factory=list)  # per epoch, per config
+    # per epoch, per config: {"top1", "mean_per_class"}, or None where not measured (the head stopped at
+    # a halving rung before that epoch, or nothing read that epoch's validation)
+    val_history: list[list[dict | None]] = field(default_factory=list)
     seconds: float = 0.0
     stopped_epoch: int = 0                      # epochs actually run
+    stopped_at: list[int] = field(default_factory=list)   # per config: epochs it trained (a rung, if dropped)

@@ -14,53 +14,16 @@ from typing import Any
 import torch
 
 from sea.config import DEFAULT_SETTINGS, HeadConfig, TrainSettings
+from sea.curves import SELECTION_METRICS, resolve_k, window_scores, window_spread, window_statistic
 from sea.errors import SeaError
+from sea.halving import Halving, RungPruner, read_epochs
 from sea.logreg import DEFAULT_CS, fit_logreg, refit_logreg
 from sea.metrics import mean_per_class_accuracy, top1_accuracy
 from sea.trainer import EpochCallback, predict, train_heads
 from sea.validation import as_features, as_labels, check_configs, infer_num_classes, validate_features
 
 LOGREG = "logreg"
-SELECTION_METRICS: tuple[str, ...] = ("top1", "mean_per_class")
-
-
-SELECT_ON: tuple[str, ...] = ("last", "last_k")
 REFIT_SEED_STRIDE = 1_000_003   # refit i >= 1 shuffles with seed + i·stride (another batch order, same init)
-
-
-def default_k(epochs: int) -> int:
-    """The protocol's window: the last max(5, ⌈0.1·epochs⌉) epochs, never more than there are."""
-    return min(epochs, max(5, math.ceil(0.1 * epochs)))
-
-
-def resolve_k(select_on: str, k: int | None, epochs: int) -> int:
-    """Epochs the selection statistic averages: 1 for 'last', k (default `default_k`) for 'last_k'."""
-    if select_on not in SELECT_ON:
-        raise SeaError(f"select_on={select_on!r} is unknown; choose one of {', '.join(SELECT_ON)} "
-                       "(last: the final epoch's validation metric; last_k: its mean over the last k epochs)")
-    if select_on == "last":
-        return 1
-    if k is None:
-        return default_k(epochs)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise SeaError(f"k={k!r} is invalid: the number of last epochs to average must be an int >= 1")
-    if k > epochs:
-        raise SeaError(f"k={k} is more than the {epochs} training epochs: use k <= epochs, or k=None for "
-                       f"max(5, ⌈0.1·epochs⌉) = {default_k(epochs)}")
-    return k
-
-
-def window_scores(val_history: list[list[dict]], k: int) -> list[dict]:
-    """Per candidate, both metrics averaged over the last k epochs of `val_history` (fewer if it is shorter)."""
-    window = val_history[-k:]
-    return [{name: sum(epoch[i][name] for epoch in window) / len(window) for name in SELECTION_METRICS}
-            for i in range(len(window[0]))]
-
-
-def window_spread(val_history: list[list[dict]], k: int, index: int, metric: str) -> float:
-    """max − min of candidate `index`'s validation `metric` over the last k epochs (points)."""
-    values = [epoch[index][metric] for epoch in val_history[-k:]]
-    return max(values) - min(values)
 
 
 @dataclass
@@ -73,7 +36,7 @@ class SelectionResult:
     test_top1: float                      # the refit's test score (the mean over refits when refits > 1)
     test_mean_per_class: float
     seconds: float
-    val_history: list[list[dict]] = field(default_factory=list)   # per epoch, per candidate (heads only)
+    val_history: list[list[dict | None]] = field(default_factory=list)   # per epoch, per candidate (sea.curves)
     stopped_epoch: int = 0                # epochs the selection ran (and the refit runs); 0 for logreg
     refit_weights: torch.Tensor | None = None   # the (first) refit head (C×d, CPU); None for logreg
     phase_seconds: dict[str, float] = field(default_factory=dict)   # wall (and "_cpu") s of select/refit/test
@@ -89,6 +52,8 @@ class SelectionResult:
     refit_noise: float = math.nan         # `paired_noise` of the refit against the selected head (points)
     test_labels: torch.Tensor | None = None   # the test labels, and per head its predictions on them:
     test_predictions: dict[str, torch.Tensor] = field(default_factory=dict)   # pred, pred_selected, pred_refit_<i>
+    stopped_at: list[int] = field(default_factory=list)   # per candidate: epochs trained (halving: its rung)
+    rungs: list[int] = field(default_factory=list)        # the halving rungs (empty: the full grid)
 
 
 def paired_noise(pred_a: torch.Tensor, pred_b: torch.Tensor, y: torch.Tensor, metric: str) -> float:
@@ -164,7 +129,8 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
                      settings: TrainSettings = DEFAULT_SETTINGS, metric: str = "top1",
                      num_classes: int | None = None, on_epoch: EpochCallback | None = None,
                      progress: bool = False, select_on: str = "last_k", k: int | None = None,
-                     refits: int = 1) -> SelectionResult:
+                     refits: int = 1, halving: Halving | None = None,
+                     val_every_epoch: bool = True) -> SelectionResult:
     """Chooses among `configs` on validation `metric`, retrains the winner on train+validation with the
     same settings, then calls `x_test_loader()` exactly once and scores the refit model on it.
 
@@ -174,6 +140,12 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
     candidate's train-only head (`selected_test_*`); when the refit falls below it by more than the
     candidate's validation spread and the test set's paired noise, `refit_unstable` is set. `refits` > 1 retrains the winner that many
     times with different batch orders and reports the mean (`refit_tests` has each).
+
+    `halving` (`sea.halving`): at each rung the heads still training are ranked by the same statistic,
+    ending at that epoch, and only the best 1/factor go on; the winner is the survivor with the best final
+    statistic (`stopped_at` says where each candidate stopped). `val_every_epoch=False` scores validation
+    only at the epochs the statistic, the spread and the rungs read (`val_history` holds None elsewhere);
+    with `on_epoch` every epoch is scored.
 
     If `on_epoch` stops training early, the refit reproduces the selected run's schedule: the same
     horizon (settings.epochs, which a cosine schedule anneals over) stopped after the same epoch.
@@ -196,15 +168,19 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
         return _select_logreg(x, y, xv, yv, x_all, y_all, x_test_loader, grid, settings, metric, num_classes,
                               progress, started, begin)
     heads = check_configs(configs)
+    # the spread behind the stability flag always spans the protocol's window, whatever selects
+    spread_k = resolve_k("last_k", k, settings.epochs)
+    rungs = [] if halving is None else halving.rungs_for(len(heads), settings.epochs)
+    prune = None if halving is None else RungPruner(rungs, halving.factor, functools.partial(
+        window_statistic, k=window, metric=metric))
+    read = None if val_every_epoch else read_epochs(settings.epochs, spread_k, rungs, window)
     result = train_heads(x, y, heads, settings, num_classes, val=(xv, yv), on_epoch=on_epoch,
-                         progress=progress)
+                         progress=progress, prune=prune, val_epochs=read)
     window = min(window, len(result.val_history))
     val_metrics = window_scores(result.val_history, window)
-    scores = [m[metric] for m in val_metrics]
-    best_index = scores.index(max(scores))
-    # the spread behind the stability flag always spans the protocol's window, whatever selects
-    spread = window_spread(result.val_history, min(resolve_k("last_k", k, settings.epochs), len(result.val_history)),
-                           best_index, metric)
+    alive = [i for i, stop in enumerate(result.stopped_at) if stop == result.stopped_epoch]
+    best_index = max(alive, key=lambda i: (val_metrics[i][metric], -i))   # ties: the first candidate
+    spread = window_spread(result.val_history, min(spread_k, len(result.val_history)), best_index, metric)
     marks = [begin, _mark()]
     # an early stop (on_epoch) ends every head at once: the refit runs the same schedule, stopped there
     refit_weights = []
@@ -227,7 +203,8 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
                            refit_weights[0], _phases(*marks), select_on, window, spread,
                            selected["top1"], selected["mean_per_class"], train_scores["top1"],
                            train_scores["mean_per_class"], refit_tests,
-                           is_refit_unstable(test[metric], selected[metric], spread, noise), noise, y_test, preds)
+                           is_refit_unstable(test[metric], selected[metric], spread, noise), noise, y_test, preds,
+                           result.stopped_at, rungs)
 
 
 def _select_logreg(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, x_all: torch.Tensor,

@@ -18,16 +18,17 @@ Determinism: W0 is nn.Linear(d, C, bias=False)'s default init drawn from a gener
 `settings.seed` (the same for every head); each epoch shuffles with torch.randperm from a second
 generator seeded by `settings.shuffle_seed` (default `settings.seed`; the last partial batch is kept); noise and mixup draw from a
 per-head stream seeded by (seed, method), documented in `sea.augment`. Hence K heads trained together equal the same heads
-trained one at a time, up to float rounding. Note that at large steps (lr ≈ 1, η ≈ 0.8) SeA's
-dynamics amplify rounding differences quickly (float32 vs float64 can drift by percents within a
-few epochs); `TrainSettings(dtype="float64")` runs the same algorithm in double precision.
+trained one at a time, up to float rounding — and a head that survives a `prune` (successive
+halving, `sea.halving`) trains as it does in the full batch: dropping heads only slices them out.
+Note that at large steps (lr ≈ 1, η ≈ 0.8) SeA's dynamics amplify rounding differences quickly
+(float32 vs float64 can drift by percents within a few epochs); `TrainSettings(dtype="float64")` runs the same algorithm in double precision.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,9 @@ from sea.metrics import batched_scores
 from sea.progress import progress_bar
 from sea.validation import as_features, check_configs, check_val_classes, infer_num_classes, validate_features
 
-EpochCallback = Callable[[int, list[dict]], "bool | None"]
+EpochCallback = Callable[[int, list["dict | None"]], "bool | None"]
+# (epoch, val_history so far, caller indices still training) -> those that go on, or None for all
+PruneCallback = Callable[[int, list[list["dict | None"]], list[int]], "list[int] | None"]
 
 # learning-rate multiplier for epoch e of E
 SCHEDULE_FACTORS: dict[str, Callable[[int, int], float]] = {
@@ -84,19 +87,31 @@ class _Heads:
               dtype: torch.dtype = torch.float32, bf16: bool = False) -> _Heads:
         keys = [group_of(c.method, c.eta) for c in configs]
         order = sorted(range(len(configs)), key=lambda i: (GROUP_ORDER.index(keys[i]), i))
-        groups: list[tuple[str, slice]] = []
-        for pos, i in enumerate(order):
-            if groups and groups[-1][0] == keys[i]:
-                groups[-1] = (keys[i], slice(groups[-1][1].start, pos + 1))
-            else:
-                groups.append((keys[i], slice(pos, pos + 1)))
-        shared = [hs.stop for key, hs in groups if key == "linear" or key in MIXING]
-        n_shared = max(shared, default=0)
         names = ("lr", "weight_decay", "eta", "alpha", "lamda", "delta")
         params = {name: torch.tensor([getattr(configs[i], name) for i in order], dtype=dtype,
                                      device=device).view(-1, 1, 1) for name in names}
         random = [HeadRandom.create(seed, configs[i].method, device) for i in order]
-        return cls(order, groups, n_shared, params, random, Workspace(bf16))
+        return cls(order, *_grouped([keys[i] for i in order]), params, random, Workspace(bf16))
+
+    def subset(self, positions: list[int]) -> _Heads:
+        """The heads at these training positions (ascending): same relative order, their streams continue."""
+        keys = [key for key, hs in self.groups for _ in range(hs.start, hs.stop)]
+        index = torch.tensor(positions, device=self.params["lr"].device)
+        return _Heads([self.order[p] for p in positions], *_grouped([keys[p] for p in positions]),
+                      {name: p.index_select(0, index) for name, p in self.params.items()},
+                      [self.random[p] for p in positions], self.workspace)
+
+
+def _grouped(keys: list[str]) -> tuple[list[tuple[str, slice]], int]:
+    """Contiguous runs of one augmentation in training order, and how many leading heads share the batch."""
+    groups: list[tuple[str, slice]] = []
+    for pos, key in enumerate(keys):
+        if groups and groups[-1][0] == key:
+            groups[-1] = (key, slice(groups[-1][1].start, pos + 1))
+        else:
+            groups.append((key, slice(pos, pos + 1)))
+    shared = [hs.stop for key, hs in groups if key == "linear" or key in MIXING]
+    return groups, max(shared, default=0)
 
 
 def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Tensor, heads: _Heads,
@@ -142,26 +157,34 @@ def predict(weights: torch.Tensor, x: Any) -> torch.Tensor:
 
 
 def _scores(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-            order: list[int]) -> list[dict]:
+            order: list[int], k: int) -> list[dict | None]:
+    """Per caller index (k of them): the head's scores, None for a head no longer training."""
     # heads in chunks so that the K×n×C logits never exceed ~2**26 elements
     chunk = max(1, (1 << 26) // max(1, x.shape[0] * num_classes))
     pred = torch.cat([torch.matmul(x, w.transpose(1, 2)).argmax(-1) for w in weight.split(chunk)])
-    scores = batched_scores(pred, y, num_classes)
-    position = {i: pos for pos, i in enumerate(order)}
-    return [scores[position[i]] for i in range(len(order))]
+    out: list[dict | None] = [None] * k
+    for i, scores in zip(order, batched_scores(pred, y, num_classes)):
+        out[i] = scores
+    return out
 
 
 def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
                 settings: TrainSettings = DEFAULT_SETTINGS, num_classes: int | None = None,
                 val: tuple[Any, Any] | None = None, on_epoch: EpochCallback | None = None,
-                progress: bool = False, stop_after: int | None = None) -> TrainResult:
+                progress: bool = False, stop_after: int | None = None, prune: PruneCallback | None = None,
+                val_epochs: Collection[int] | None = None) -> TrainResult:
     """Trains every configuration in `configs` in one pass over (x_train, y_train).
 
     Features are L2-normalised here. With `val`, each epoch appends per-config {"top1",
-    "mean_per_class"} (percent, clean validation features) to `val_history`; `on_epoch(epoch,
+    "mean_per_class"} (percent, clean validation features) to `val_history`, None for a head that no
+    longer trains and, when `val_epochs` (1-based) is given and there is no `on_epoch`, for every head
+    at an epoch outside it (nothing reads that epoch: no validation pass is spent on it). `on_epoch(epoch,
     metrics)` is called after every epoch (epoch counts from 1; metrics is [] without `val`) and
     may return True to stop. `stop_after` ends training after that many epochs of the
     `settings.epochs`-epoch schedule (the horizon stays settings.epochs, as for an early stop).
+    `prune(epoch, val_history, active)` (needs `val`; `sea.halving.RungPruner`) may return the caller
+    indices of `active` that go on: the others stop there (`stopped_at`, their weights as they were) and
+    leave the batch, so later epochs cost less; the survivors train exactly as in the full batch.
     `progress` shows a tqdm bar over epochs when stderr is a terminal.
     """
     started = time.perf_counter()
@@ -182,6 +205,8 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     num_classes = infer_num_classes(num_classes, y, *([yv] if yv is not None else []))
     if yv is not None:
         check_val_classes(y, yv)
+    if prune is not None and yv is None:
+        raise SeaError("prune ranks heads on validation: pass val=(x_val, y_val) with it")
     device = torch.device(settings.device)
     dtype = DTYPES[settings.dtype]
     heads = _Heads.build(configs, settings.seed, device, dtype, bf16=settings.bf16 and device.type == "cuda")
@@ -194,7 +219,9 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     shuffle = torch.Generator().manual_seed(settings.seed if settings.shuffle_seed is None else settings.shuffle_seed)
     batch = x.new_empty(min(settings.batch_size, n), d)
     factor = SCHEDULE_FACTORS[settings.schedule]
-    history: list[list[dict]] = []
+    history: list[list[dict | None]] = []
+    stopped = [last] * k                    # per caller index: the epochs it trained
+    dropped: dict[int, torch.Tensor] = {}   # caller index -> its weights when a rung dropped it
     epochs_run = 0
     # precision is chosen per operation (see the module docstring), never by a caller's autocast
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
@@ -208,16 +235,28 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
                 xb = torch.index_select(x, 0, idx, out=batch[: len(idx)])
                 _step(weight, buf, xb, y.index_select(0, idx), heads, lr, settings.momentum)
             epochs_run = epoch + 1
-            metrics = [] if xv is None else _scores(weight, xv, yv, num_classes, heads.order)
-            if metrics:
+            metrics: list[dict | None] = []
+            if xv is not None:
+                read = val_epochs is None or on_epoch is not None or epochs_run in val_epochs
+                metrics = _scores(weight, xv, yv, num_classes, heads.order, k) if read else [None] * k
                 history.append(metrics)
-                if hasattr(epochs, "set_postfix"):
-                    epochs.set_postfix(best_val_top1=f"{max(m['top1'] for m in metrics):.2f}")
+                if read and hasattr(epochs, "set_postfix"):
+                    epochs.set_postfix(best_val_top1=f"{max(m['top1'] for m in metrics if m):.2f}")
+            keep = None if prune is None else prune(epochs_run, history, list(heads.order))
+            if keep is not None and len(set(keep)) < len(heads.order):
+                kept = set(keep)
+                for pos, i in enumerate(heads.order):
+                    if i not in kept:
+                        dropped[i], stopped[i] = weight[pos].clone(), epochs_run
+                positions = [pos for pos, i in enumerate(heads.order) if i in kept]
+                index = torch.tensor(positions, device=device)
+                weight, buf, heads = weight.index_select(0, index), buf.index_select(0, index), heads.subset(positions)
             if on_epoch is not None and on_epoch(epochs_run, metrics):
                 break
         if hasattr(epochs, "close"):
             epochs.close()
-    inverse = torch.empty(k, dtype=torch.long)
-    inverse[torch.tensor(heads.order)] = torch.arange(k)
-    weights = weight[inverse.to(device)].cpu()
-    return TrainResult(weights, configs, history, time.perf_counter() - started, epochs_run)
+    final = {**dropped, **{i: weight[pos] for pos, i in enumerate(heads.order)}}
+    for i in heads.order:   # an early stop (on_epoch) ends the survivors there
+        stopped[i] = epochs_run
+    weights = torch.stack([final[i] for i in range(k)]).cpu()
+    return TrainResult(weights, configs, history, time.perf_counter() - started, epochs_run, stopped)

@@ -24,6 +24,7 @@ from tasks.datasets import (
 from tasks.errors import TaskError
 from tasks.imagedata import TaskData
 from tasks.preflight import Missing, preflight
+from tasks.sizes import OFFICIAL_SIZES, official_sizes
 from tasks.splits import (
     VAL_FRACTION,
     VAL_SEED,
@@ -36,6 +37,7 @@ from tasks.staging import is_uri, stage
 __all__ = [
     "BACKBONES",
     "IMAGEFOLDER_PREFIX",
+    "OFFICIAL_SIZES",
     "PRESETS",
     "TASKS",
     "VAL_FRACTION",
@@ -53,6 +55,7 @@ __all__ = [
     "is_uri",
     "list_backbones",
     "list_tasks",
+    "official_sizes",
     "per_class_split",
     "preflight",
     "protocol_split",

@@ -214,3 +214,35 @@ def test_fit_json_has_the_selected_heads_test_score_and_the_stability_flag(digit
     assert last["select_k"] == 1 and "last-epoch validation" in last["protocol"]
     assert main(["fit", *common, "--k", "9"]) == 2
     assert "k=9 is more than the 6 training epochs" in capsys.readouterr().err
+
+
+def test_fit_halving_selects_among_the_survivors_and_lists_where_each_candidate_stopped(digits_files, capsys):
+    grid = [*_files(digits_files), "--val", str(digits_files / "val.npz"), "--method", "sea", "--lr", "0.001,0.01,0.8",
+            "--eta", "0.1,0.2,0.4", "--epochs", "10", "--schedule", "cosine", "--batch-size", "64"]
+    full = _fit_json(capsys, *grid)
+    halved = _fit_json(capsys, *grid, "--halving", "3")
+    assert halved["halving"] == {"factor": 3, "rungs": [1, 3, 9], "head_epochs": 22, "full_grid_head_epochs": 90}
+    ran = [c["epochs_run"] for c in halved["candidates"]]
+    assert sorted(ran) == [1] * 6 + [3] * 2 + [10] and all(c["epochs_run"] == 10 for c in full["candidates"])
+    winner = ran.index(10)
+    assert halved["candidates"][winner]["config"] == halved["config"] == full["config"]
+    assert halved["test_top1"] == full["test_top1"] and "halving" not in full
+    assert main(["fit", *grid, "--halving", "3", "--halving-min-epochs", "2"]) == 0
+    assert "halving: factor 3, rungs at epochs 2, 6: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--halving", "1"], "--halving=1 is invalid"),
+    (["--halving", "3", "--halving-min-epochs", "4"], "--halving-min-epochs=4 leaves no rung"),
+    (["--halving", "3", "--halving-min-epochs", "0"], "--halving-min-epochs=0 is invalid"),
+    (["--halving-min-epochs", "2"], "pass --halving too"),
+])
+def test_fit_refuses_bad_halving_naming_the_flag(digits_files, capsys, extra, message):
+    code = main(["fit", *_files(digits_files), "--val", str(digits_files / "val.npz"), "--method", "linear",
+                 "--lr", "0.1,0.4", "--epochs", "4", *extra])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_fit_halving_needs_a_validation_split(digits_files, capsys):
+    assert main(["fit", *_files(digits_files), "--method", "linear", "--epochs", "2", "--halving", "3"]) == 2
+    assert "pass --val" in capsys.readouterr().err

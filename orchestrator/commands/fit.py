@@ -46,7 +46,7 @@ def _defaults(cls: type) -> dict[str, object]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sea import METHODS, SCHEDULES, HeadConfig, TrainSettings
-    from sea.selection import SELECT_ON, SELECTION_METRICS
+    from sea.curves import SELECT_ON, SELECTION_METRICS
 
     heads, training = _defaults(HeadConfig), _defaults(TrainSettings)
     parser.add_argument("--train", required=True, help=".npz or .pt file with 'features' (n x d) and 'labels'")
@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=None, help="epochs averaged by last_k (default max(5, ⌈0.1·epochs⌉))")
     parser.add_argument("--refits", type=int, default=1,
                         help="refit the winner this many times with different batch orders; report the mean")
+    parser.add_argument("--halving", type=int, default=None, metavar="FACTOR",
+                        help="successive halving of the grid (needs --val): at rungs min_epochs·FACTOR^i < epochs "
+                        "only the best 1/FACTOR of the heads go on (e.g. 3; default off)")
+    parser.add_argument("--halving-min-epochs", type=int, default=None, metavar="N",
+                        help="the first rung (default epochs // FACTOR^⌈log_FACTOR K⌉ for K candidates)")
     parser.add_argument("--epochs", type=int, default=None, help=f"(default {training['epochs']})")
     parser.add_argument("--batch-size", type=int, default=None, help=f"(default {training['batch_size']})")
     parser.add_argument("--momentum", type=float, default=None, help=f"(default {training['momentum']})")
@@ -95,7 +100,8 @@ def _ignored(args: argparse.Namespace) -> list[str]:
     used = set(METHOD_KNOBS.get(args.method, ()))
     flags = [f"--{flag}" for flag, name in GRID_FLAGS.items() if name not in used and getattr(args, flag) is not None]
     if args.method == "logreg":
-        flags += [f"--{flag.replace('_', '-')}" for flag in TRAINING_FLAGS if getattr(args, flag) is not None]
+        flags += [f"--{flag.replace('_', '-')}" for flag in (*TRAINING_FLAGS, "halving", "halving_min_epochs")
+                  if getattr(args, flag) is not None]
     elif args.c is not None:
         flags.append("--c")
     return flags
@@ -141,6 +147,8 @@ def _fit_reference(args, settings, train, test, num_classes: int) -> dict:
 
     if args.method == "logreg":
         raise OrchestratorError("--method logreg selects its regularisation on a validation split: pass --val")
+    if args.halving is not None or args.halving_min_epochs is not None:
+        raise OrchestratorError("--halving halves a grid selected on validation: pass --val VAL")
     configs = _head_configs(args)
     if len(configs) > 1:
         raise OrchestratorError(
@@ -164,7 +172,9 @@ def _fit_selected(args, settings, train, val, test, num_classes: int) -> dict:
     if args.method == "logreg" and args.c is not None:
         candidates = ("logreg", tuple(args.c))
     heads = args.method != "logreg"
-    protocol = {"select_on": args.select_on, "k": args.k, "refits": args.refits} if heads else {}
+    # nothing here reads the per-epoch curve: only the epochs the selection reads are scored on validation
+    protocol = {"select_on": args.select_on, "k": args.k, "refits": args.refits, "halving": _halving(args),
+                "val_every_epoch": False} if heads else {}
     result = select_and_refit(*train, *val, lambda: test, candidates, settings, metric=args.metric,
                               num_classes=num_classes, progress=True, **protocol)
     best = result.val_metrics[result.best_index]
@@ -178,6 +188,9 @@ def _fit_selected(args, settings, train, val, test, num_classes: int) -> dict:
         "test_selected_mean_per_class": result.selected_test_mean_per_class,
         "refit_train_top1": result.refit_train_top1, "refits": result.refit_tests,
         "flags": ["refit_unstable"] if result.refit_unstable else []}
+    if heads and result.rungs:
+        extra["halving"] = {"factor": args.halving, "rungs": result.rungs, "head_epochs": sum(result.stopped_at),
+                            "full_grid_head_epochs": len(result.stopped_at) * settings.epochs}
     return {
         "protocol": f"select on {statistic}, refit on train+val, test once",
         **extra,
@@ -188,8 +201,20 @@ def _fit_selected(args, settings, train, val, test, num_classes: int) -> dict:
         "test_top1": result.test_top1,
         "test_mean_per_class": result.test_mean_per_class,
         "candidates": [{"config": _shown(c, args.method), "val_top1": m["top1"],
-                        "val_mean_per_class": m["mean_per_class"]} for c, m in zip(configs, result.val_metrics)],
+                        "val_mean_per_class": m["mean_per_class"], **({"epochs_run": e} if heads else {})}
+                       for c, m, e in itertools.zip_longest(configs, result.val_metrics, result.stopped_at)],
     }
+
+
+def _halving(args: argparse.Namespace):
+    """--halving / --halving-min-epochs as a sea.Halving (None: off); its errors name the flags."""
+    from sea import Halving
+
+    if args.halving is None:
+        if args.halving_min_epochs is not None:
+            raise OrchestratorError("--halving-min-epochs sets the first rung of --halving FACTOR: pass --halving too")
+        return None
+    return Halving(args.halving, args.halving_min_epochs, keys=("--halving", "--halving-min-epochs"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,6 +257,10 @@ def _print_text(out: dict) -> None:
         print(f"validation: top-1 {out['val_top1']:.2f}%  mean per-class {out['val_mean_per_class']:.2f}%"
               f"  (best of {out['n_candidates']})")
     print(f"test: top-1 {out['test_top1']:.2f}%  mean per-class {out['test_mean_per_class']:.2f}%")
+    if "halving" in out:
+        h = out["halving"]
+        print(f"halving: factor {h['factor']}, rungs at epochs {', '.join(map(str, h['rungs']))}: "
+              f"{h['head_epochs']} head-epochs of the full grid's {h['full_grid_head_epochs']}")
     if "test_selected_top1" in out:
         print(f"selected head (train only), same test pass: top-1 {out['test_selected_top1']:.2f}%  mean per-class "
               f"{out['test_selected_mean_per_class']:.2f}%  (validation spread over the last {out['select_k']} "

@@ -80,14 +80,25 @@ def planned_keys(cfg: SweepConfig, task_names: Sequence[str],
     return keys, images, missing
 
 
+def tracking_store_absent(tracking_uri: str) -> bool:
+    """True where opening `tracking_uri` would create an empty store: a SQLite file or a local folder that
+    does not exist (a server's store is never absent from here)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return not Path(tracking_uri[len("sqlite:///"):]).is_file()
+    if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        return not Path(tracking_uri.removeprefix("file://").removeprefix("file:")).exists()
+    return False
+
+
 def stored_runs(tracking_uri: str, experiment: str) -> dict[str, list] | None:
     """cell_id -> the experiment's cell runs, or None when there is no such experiment (nothing is created)."""
+    if tracking_store_absent(tracking_uri):
+        return None   # opening it would create an empty store
+
     from mlflow import MlflowClient
 
     from orchestrator.runs import CELL_ROLE, role_filter, search_runs
 
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        return None   # opening it would create an empty store
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage == "deleted":
@@ -125,20 +136,28 @@ def cell_status(cell_id: str, fingerprint: Any, runs: Mapping[str, list] | None)
     return {**out, "changed": {k: list(v) for k, v in changed.items()}, "why": f"changed: {why}"}
 
 
+def cell_rows(cfg: SweepConfig, task_names: Sequence[str], cells: Sequence[Any],
+              runs: Mapping[str, list] | None) -> tuple[list[dict[str, Any]], dict[str, str], list[str]]:
+    """`cell_status` of each of `cells` (over `task_names`, with the config's stored backbones) against `runs`,
+    the unit id -> feature key they were fingerprinted with, and the unit ids still to extract."""
+    from orchestrator.sweep import cell_fingerprints
+
+    keys, images, missing = planned_keys(cfg, task_names, cfg.backbones)
+    fingerprints = cell_fingerprints(cfg, cells, keys, images)
+    return [cell_status(c.cell_id, fingerprints[c.cell_id], runs) for c in cells], keys, missing
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from orchestrator.commands.run import available_tasks, check_names
-    from orchestrator.sweep import cell_fingerprints, plan_cells
+    from orchestrator.sweep import plan_cells
 
     cfg = load_config(args.config, args.overrides, store=args.store, tracking_uri=args.tracking_uri)
     cfg = replace(cfg, backbones=check_names(cfg, args.config))
     task_names = available_tasks(cfg)
-    keys, images, missing = planned_keys(cfg, task_names, cfg.backbones)
     cells = plan_cells(cfg, task_names)
-    fingerprints = cell_fingerprints(cfg, cells, keys, images)
-    runs = stored_runs(cfg.tracking_uri, cfg.name)
-    rows = [cell_status(c.cell_id, fingerprints[c.cell_id], runs) for c in cells]
+    rows, keys, missing = cell_rows(cfg, task_names, cells, stored_runs(cfg.tracking_uri, cfg.name))
     reused = sum(r["state"] == REUSED for r in rows)
     summary = {"experiment": cfg.name, "tracking_uri": cfg.tracking_uri, "store": cfg.store, "cells": rows,
                "reused": reused, "to_compute": len(rows) - reused, "units": len(keys), "units_to_extract": missing}

@@ -11,6 +11,10 @@ _EXPORTS = {
     "SweepTracker": "tracking", "code_version": "tracking",
     "Fingerprint": "fingerprint", "cell_fingerprints": "fingerprint", "changed_parts": "fingerprint",
     "image_identity": "fingerprint",
+    "TaskSize": "budget", "feature_dim": "budget", "input_size": "budget", "sweep_budget": "budget",
+    "task_size": "budget",
+    "estimate_seconds": "calibrate",
+    "FinetuneCells": "finetuning",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -84,6 +84,28 @@ def candidate_configs(cfg: SweepConfig, method: str) -> list[dict[str, Any]]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*grids)]
 
 
+def candidate_rows(method: str, grid: list[dict[str, Any]], val_metrics: list[dict], epochs_run: int | list[int],
+                   best_index: int, val_history: list[list[dict | None]] | None = None, k: int = 1,
+                   metric: str = "top1") -> list[dict[str, Any]]:
+    """The candidate table: each configuration's knobs, its validation top-1 and mean per-class (the
+    selection statistic), the epochs it ran (per candidate: a halving rung where it stopped there) and
+    whether it was selected; with a curve (`val_history`, see sea.curves), also the scores of the last
+    epoch it was scored in and the spread (max − min of `metric`) over its last k epochs."""
+    from sea.curves import last_scores, window_spread
+
+    ran = [epochs_run] * len(grid) if isinstance(epochs_run, int) else list(epochs_run)
+    rows = []
+    for i, (config, scores) in enumerate(zip(grid, val_metrics)):
+        row = {"candidate": i, **{axis: config[axis] for axis in METHOD_AXES[method]},
+               "val_top1": scores["top1"], "val_mean_per_class": scores["mean_per_class"]}
+        last = last_scores(val_history, i) if val_history else None
+        if last is not None:
+            row.update(val_last_top1=last["top1"], val_last_mean_per_class=last["mean_per_class"],
+                       val_spread=window_spread(val_history, k, i, metric))
+        rows.append({**row, "epochs_run": ran[i], "selected": int(i == best_index)})
+    return rows
+
+
 def reference_config(method: str) -> dict[str, Any]:
     """The authors' fixed configuration: HeadConfig defaults (η=0.8, α=0.01, λ=0.1, lr 1.6, wd 1e-6)."""
     return {"c": REFERENCE_LOGREG_C} if method == "logreg" else {}

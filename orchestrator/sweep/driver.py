@@ -36,7 +36,7 @@ from orchestrator.sweep.finetuning import FinetuneCells
 from orchestrator.sweep.fingerprint import cell_fingerprints, current_keys, parts_tag
 from orchestrator.sweep.search import search_cells, tune_run_config
 from orchestrator.sweep.tracking import SweepTracker
-from orchestrator.sweep.trial import CellOutcome, TrialContext, prepare_worker, run_cell
+from orchestrator.sweep.trial import CellOutcome, TrialContext, halving_settings, prepare_worker, run_cell
 from orchestrator.sweep.units import UnitCost, cell_extract_metrics, csv_table, unit_costs, unit_metrics
 
 
@@ -62,7 +62,7 @@ def trial_context(cfg: SweepConfig, keys: Mapping[str, str] | None = None) -> Tr
     return TrialContext(store=store_uri(cfg), mode=cfg.mode, trainer=trainer,
                         candidates={m: candidate_configs(cfg, m) for m in cfg.methods},
                         cpus=cfg.resources.cpu, gpus=cfg.resources.gpu, workdir=os.getcwd(), keys=dict(keys or {}),
-                        protocol=dict(cfg.protocol.__dict__))
+                        protocol=dict(cfg.protocol.__dict__), halving=halving_settings(cfg.search))
 
 
 def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:

@@ -32,7 +32,11 @@ def _finetune_task(cfg: SweepConfig, cell: Cell, storage: str, workdir: str) -> 
 
 
 class FinetuneCells:
-    """Started with the cells before the heads' Tuner; `log_all` (after it) logs every outcome as it comes."""
+    """Started with the cells before the heads' Tuner; `log_all` (after it) logs every outcome as it comes.
+    `task` is a cell's body, run as a Ray task on the driver's node (benchmarks/bench_orchestration.py puts a
+    cheap stand-in there to time the driver's path without Ray Train)."""
+
+    task = staticmethod(_finetune_task)
 
     def __init__(self, cfg: SweepConfig, cells: Sequence[Cell], storage: str) -> None:
         self.cfg, self.cells, self.storage, self.workdir = cfg, list(cells), storage, os.getcwd()
@@ -51,7 +55,7 @@ class FinetuneCells:
 
         calls = [(cell, (self.cfg, cell, self.storage, self.workdir)) for cell in self.cells]
         try:
-            for cell, outcome, error in on_driver_node(_finetune_task, calls, self.cfg.search.max_concurrent_cells,
+            for cell, outcome, error in on_driver_node(self.task, calls, self.cfg.search.max_concurrent_cells,
                                                        self.stopping):
                 self.results.put((cell, outcome, None if error is None else task_error(error)))
         except Exception as exc:  # the thread itself failed (Ray gone): the cells not reported are not run

@@ -5,7 +5,8 @@ Resume skips a cell only when MLflow holds a FINISHED run of it with the same fi
 reads none of it), the protocol (select_on, k, refits), the search settings that change what is
 searched (not how many run at once), the features (each unit's key; for fine-tuning, which images
 and weights it starts from, not how features were stored), a digest of each module whose code decides
-a number (`sea`, the trial, the features and split code, fine-tuning), the carve's fraction and seed
+a number (`sea`, the trial, the features and split code, fine-tuning), grid mode's successive halving
+(`search.halving`, its min_epochs resolved; absent when off), the carve's fraction and seed
 by value, and the library versions. Each run records its parts as a JSON tag, so that a later plan
 can say which inputs changed (`seabench status`).
 """
@@ -143,7 +144,8 @@ def fingerprint_parts(cfg: SweepConfig, cell: Cell, keys: Mapping[str, str],
     """Component name -> the value that enters `cell`'s fingerprint under `cfg`, reading the units whose
     keys are `keys` (and, for a fine-tuning cell, whose image identities are `images`)."""
     import tasks.splits
-    from sea.selection import default_k
+    from sea.curves import default_k
+    from sea.halving import default_min_epochs
     from tasks import get_task
 
     spec = get_task(cell.task)
@@ -173,8 +175,12 @@ def fingerprint_parts(cfg: SweepConfig, cell: Cell, keys: Mapping[str, str],
     if select:
         k = cfg.protocol.k if cfg.protocol.k is not None else default_k(cfg.trainer.epochs)   # explicit = default
         parts.update(_prefixed("protocol", {**cfg.to_dict()["protocol"], "k": k}))
-    if select and cfg.search.algorithm != "grid":
-        search = {k: v for k, v in cfg.to_dict()["search"].items() if k not in SEARCH_SCHEDULING}
+    halving = cfg.search.halving
+    if select and halving is not None:   # a halved grid cell is another result; absent when off (keys unchanged)
+        first = halving.min_epochs or default_min_epochs(len(parts["candidates"]), cfg.trainer.epochs, halving.factor)
+        parts.update({"search.halving.factor": halving.factor, "search.halving.min_epochs": first})
+    if select and cfg.search.algorithm != "grid":   # halving is grid mode's only (keyed above)
+        search = {k: v for k, v in cfg.to_dict()["search"].items() if k not in (*SEARCH_SCHEDULING, "halving")}
         parts.update({**_prefixed("search", search),
                       **_prefixed("code", {n: module_digest(m) for n, m in SEARCH_CODE.items()})})
     return parts

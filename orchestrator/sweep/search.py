@@ -52,7 +52,7 @@ def tune_run_config(cfg: SweepConfig, storage: str, label: str, callbacks: Seque
 
 def selection_window(ctx: TrialContext) -> int:
     """Epochs the selection statistic averages under the sweep's protocol section (1 for select_on=last)."""
-    from sea.selection import resolve_k
+    from sea.curves import resolve_k
 
     return resolve_k(ctx.protocol.get("select_on", "last_k"), ctx.protocol.get("k"), int(ctx.trainer["epochs"]))
 
@@ -61,7 +61,7 @@ def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: one sampled configuration; reports validation every epoch (for ASHA)."""
     from ray import tune
 
-    from sea.selection import window_scores
+    from sea.curves import window_scores
     from tasks import get_task
 
     prepare_worker(ctx)

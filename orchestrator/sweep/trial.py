@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.sweep.cells import METHOD_AXES, Cell, reference_config
+from orchestrator.sweep.cells import METHOD_AXES, Cell, candidate_rows, reference_config
 from orchestrator.sweep.features import (
     LoadedSplit,
     SplitLoader,
@@ -71,6 +71,7 @@ class TrialContext:
     workdir: str = ""                                     # the driver's working directory
     keys: dict[str, str] = field(default_factory=dict)    # unit_id -> the feature key the trials must read
     protocol: dict[str, Any] = field(default_factory=dict)   # select_on, k, refits (config's protocol section)
+    halving: dict[str, Any] | None = None                 # search.halving (grid mode): factor, min_epochs; None: off
 
     def device(self) -> str:
         import torch
@@ -107,6 +108,12 @@ def store_loader(store_uri: str, keys: Mapping[str, str] | None = None) -> Split
         return LoadedSplit(unit.features, unit.labels, unit.key, unit.skipped_rows)
 
     return load
+
+
+def halving_settings(search: Any) -> dict[str, Any] | None:
+    """TrialContext.halving from a SweepConfig's `search` section: {"factor", "min_epochs"}, or None (off)."""
+    halving = getattr(search, "halving", None)
+    return None if halving is None else {"factor": halving.factor, "min_epochs": halving.min_epochs}
 
 
 def settings_for(ctx: TrialContext, seed: int) -> Any:
@@ -202,26 +209,6 @@ def _config_params(method: str, best: Any, ctx: TrialContext, n_candidates: int)
     return params
 
 
-def candidate_rows(method: str, grid: list[dict[str, Any]], val_metrics: list[dict], epochs_run: int,
-                   best_index: int, val_history: list[list[dict]] | None = None, k: int = 1,
-                   metric: str = "top1") -> list[dict[str, Any]]:
-    """The candidate table: each configuration's knobs, its validation top-1 and mean per-class (the
-    selection statistic), the epochs it ran and whether it was selected; with a curve (`val_history`),
-    also the final epoch's scores and the spread (max − min of `metric`) over the last k epochs."""
-    from sea.selection import window_spread
-
-    rows = []
-    for i, (config, scores) in enumerate(zip(grid, val_metrics)):
-        row = {"candidate": i, **{axis: config[axis] for axis in METHOD_AXES[method]},
-               "val_top1": scores["top1"], "val_mean_per_class": scores["mean_per_class"]}
-        if val_history:
-            row.update(val_last_top1=val_history[-1][i]["top1"],
-                       val_last_mean_per_class=val_history[-1][i]["mean_per_class"],
-                       val_spread=window_spread(val_history, k, i, metric))
-        rows.append({**row, "epochs_run": epochs_run, "selected": int(i == best_index)})
-    return rows
-
-
 def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader: Callable,
             on_epoch: EpochReport | None) -> Computed:
     import statistics
@@ -234,6 +221,10 @@ def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader:
     heads = cell.method != "logreg"
     configs: Any = head_configs(cell.method, grid) if heads else ("logreg", [c["c"] for c in grid])
     protocol = {"select_on": "last_k", "k": None, "refits": 1, **ctx.protocol}
+    if ctx.halving:   # the per-epoch curve (val_best_top1) is logged: every epoch keeps its validation pass
+        from sea import Halving
+
+        protocol["halving"] = Halving(**ctx.halving, keys=("search.halving.factor", "search.halving.min_epochs"))
     # every method, logreg included, selects on the task's primary metric
     result = select_and_refit(x_fit, y_fit, x_val, y_val, test_loader, configs, settings_for(ctx, cell.seed),
                               metric=spec.metric, num_classes=spec.num_classes, on_epoch=on_epoch,
@@ -253,17 +244,21 @@ def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader:
             for name in ("top1", "mean_per_class"):
                 metrics[f"test_refit_std_{name}"] = statistics.stdev(r[name] for r in result.refit_tests)
         tags["select_on"] = result.select_on
+        if result.rungs:
+            tags["halving_rungs"] = ",".join(map(str, result.rungs))
+            metrics["head_epochs"] = sum(result.stopped_at)
     curve = [m["top1"] for m in result.val_metrics]
-    per_epoch = [max(m["top1"] for m in epoch) for epoch in result.val_history]
-    rows = candidate_rows(cell.method, grid, result.val_metrics, result.stopped_epoch, result.best_index,
-                          result.val_history, min(len(result.val_history), _window(ctx)), spec.metric)
+    # the best of the heads still training (halving drops heads; every epoch is scored here)
+    per_epoch = [max((m["top1"] for m in epoch if m), default=math.nan) for epoch in result.val_history]
+    rows = candidate_rows(cell.method, grid, result.val_metrics, result.stopped_at or result.stopped_epoch,
+                          result.best_index, result.val_history, min(len(result.val_history), _window(ctx)), spec.metric)
     return Computed(_config_params(cell.method, result.best_config, ctx, len(grid)), metrics, curve, per_epoch,
                     rows, result.phase_seconds, {"label": result.test_labels.tolist(),
                     **{n: p.tolist() for n, p in result.test_predictions.items()}}, tags, result.refit_unstable)
 
 
 def _window(ctx: TrialContext) -> int:
-    from sea.selection import resolve_k
+    from sea.curves import resolve_k
 
     return resolve_k("last_k", ctx.protocol.get("k"), int(ctx.trainer.get("epochs", PROTOCOL_EPOCHS)))
 

@@ -39,3 +39,20 @@ def test_an_ensemble_cell_reads_every_part(store: str) -> None:
     cell = Cell("ensemble:bb+cc", "digits", "linear", 0)
     assert cell_units(cell) == ["bb|digits|train", "bb|digits|test", "cc|digits|train", "cc|digits|test"]
     assert sorted(current_keys(store, [cell])) == sorted(cell_units(cell))
+
+
+def test_a_halved_grid_cell_has_its_own_fingerprint_keyed_by_the_resolved_rungs(store: str, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, store, tasks=["dtd"], trainer={"epochs": 20, "batch_size": 32})
+    keys = current_keys(store, [CELL])
+    full = cell_fingerprint(cfg, CELL, keys)
+    assert not any(name.startswith("search.") for name in full.parts)   # off: the parts are those of before
+
+    def halved(**halving):
+        return cell_fingerprint(make_config(tmp_path, store, tasks=["dtd"], trainer={"epochs": 20, "batch_size": 32},
+                                            search={"halving": halving}), CELL, keys)
+
+    three, two, first2 = halved(factor=3), halved(factor=2), halved(factor=3, min_epochs=2)
+    assert len({full, three, two, first2}) == 4
+    # 2 candidates in the tiny grid: the default first rung is 20 // 3 = 6, keyed by value
+    assert three.parts["search.halving.min_epochs"] == 6 and halved(factor=3, min_epochs=6) == three
+    assert three.parts["search.halving.factor"] == 3

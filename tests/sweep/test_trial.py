@@ -123,3 +123,63 @@ def test_predictions_are_logged_as_a_parquet_artifact(store: str, tmp_path: Path
     assert table.column("pred_selected").to_pylist() == out.predictions["pred_selected"]
     assert str(table.schema.field("index").type) == "int64" and str(table.schema.field("pred").type) == "int32"
     assert tracker.client.get_run(run_id).data.tags["flags"] == out.tags["flags"]
+
+
+HALVING_GRID = {**TINY_GRID, "lr": [0.001, 0.01, 0.1, 0.4, 0.8, 1.6]}
+
+
+def test_a_halved_grid_cell_records_where_each_candidate_stopped_and_logs(store: str, tmp_path: Path) -> None:
+    from orchestrator.sweep.tracking import SweepTracker, candidates_csv
+    from sea import head_epochs
+
+    cfg = make_config(tmp_path, store, methods=["linear"], grid=HALVING_GRID, trainer={"epochs": 4, "batch_size": 32},
+                      search={"halving": {"factor": 3, "min_epochs": 1}})
+    ctx = trial_context(cfg)
+    assert ctx.halving == {"factor": 3, "min_epochs": 1}
+    cell = Cell("bb", "digits", "linear", 0)
+    out = run_cell(cell, ctx)
+    ran = [row["epochs_run"] for row in out.candidates]
+    assert sorted(ran) == [1, 1, 1, 1, 3, 4]     # rungs 1 and 3: 6 heads -> 2 -> 1
+    (selected,) = [row for row in out.candidates if row["selected"]]
+    assert selected["epochs_run"] == 4 and out.tags["halving_rungs"] == "1,3"
+    assert out.metrics["head_epochs"] == head_epochs(6, 4, 3, 1) == 11
+    # every row has its own last scored epoch and spread; the logged curve is the best head still training
+    assert all(np.isfinite(row["val_last_top1"]) and np.isfinite(row["val_spread"]) for row in out.candidates)
+    assert len(out.val_best_top1) == 4 and all(np.isfinite(out.val_best_top1))
+    assert out.params["lr"] == HALVING_GRID["lr"][selected["candidate"]]
+    assert "epochs_run" in candidates_csv(out.candidates).splitlines()[0]
+    tracker = SweepTracker(cfg.tracking_uri, cfg.name, cfg.to_dict())
+    tracker.start()
+    run = tracker.client.get_run(tracker.log_cell(cell, out))
+    assert run.data.tags["halving_rungs"] == "1,3" and run.data.metrics["head_epochs"] == 11
+
+
+def test_a_halved_cell_selects_what_the_full_grid_selects_when_one_lr_leads(store: str, tmp_path: Path) -> None:
+    grid = {**TINY_GRID, "lr": [1e-4, 1e-3, 1.6]}
+    full = make_config(tmp_path, store, methods=["sea"], grid=grid, trainer={"epochs": 4, "batch_size": 32})
+    halved = make_config(tmp_path, store, methods=["sea"], grid=grid, trainer={"epochs": 4, "batch_size": 32},
+                         search={"halving": {"factor": 3}})
+    cell = Cell("bb", "digits", "sea", 0)
+    a, b = run_cell(cell, trial_context(full)), run_cell(cell, trial_context(halved))
+    assert a.params == b.params and a.metrics["test_top1"] == b.metrics["test_top1"]
+    # default first rung 4 // 3 = 1: rungs 1 and 3 (one head left there: nothing to drop)
+    assert [row["epochs_run"] for row in b.candidates] == [1, 1, 4] and b.tags["halving_rungs"] == "1,3"
+
+
+def test_the_driver_hands_search_halving_to_the_trials(store: str, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, store, search={"halving": {"factor": 3, "min_epochs": 1}})
+    assert trial_context(cfg).halving == {"factor": 3, "min_epochs": 1}
+
+
+@pytest.mark.parametrize("search, match", [
+    ({"halving": {"factor": 1}}, "'search.halving.factor' must be ≥ 2"),
+    ({"halving": {"min_epochs": 0}}, "'search.halving.min_epochs' must be ≥ 1"),
+    ({"halving": {"min_epochs": 3}}, "'search.halving.min_epochs'=3 leaves no rung before the last of trainer.epochs=3"),
+    ({"halving": {"factor": 3}, "algorithm": "random"}, "'search.halving' halves a grid cell's heads"),
+    ({"halving": {"fator": 3}}, "did you mean 'factor'"),
+])
+def test_bad_halving_settings_are_config_errors_naming_the_key(store: str, tmp_path: Path, search, match) -> None:
+    from orchestrator.errors import OrchestratorError
+
+    with pytest.raises(OrchestratorError, match=match):
+        make_config(tmp_path, store, search=search)
