@@ -200,3 +200,13 @@ def test_modules_are_readable_in_one_sitting_and_folders_stay_small():
     crowded = {str(f.relative_to(REPO_ROOT)): n for f in folders
                if (n := len([p for p in f.glob("*.py") if p.name != "__init__.py"])) > MAX_MODULES}
     assert not crowded, f"folders with more than {MAX_MODULES} modules: {crowded}"
+
+
+def test_test_modules_have_unique_names():
+    """The test folders are no packages: pytest imports each test module by its basename, so two folders
+    holding the same name fail the whole run at collection (tests/extract and tests/commands both had
+    test_plan.py)."""
+    names: dict[str, list[str]] = {}
+    for path in sorted((REPO_ROOT / "tests").rglob("test_*.py")):
+        names.setdefault(path.name, []).append(str(path.relative_to(REPO_ROOT)))
+    assert not {n: p for n, p in names.items() if len(p) > 1}

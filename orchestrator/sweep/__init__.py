@@ -6,7 +6,7 @@ from orchestrator import lazy_exports
 _EXPORTS = {
     "AXIS_DEFAULTS": "cells", "METHOD_AXES": "cells", "Cell": "cells", "candidate_configs": "cells",
     "expand_backbones": "cells", "plan_cells": "cells",
-    "CellOutcome": "trial", "TrialContext": "trial", "run_cell": "trial",
+    "CellOutcome": "trial", "TrialContext": "trial", "head_configs": "trial", "run_cell": "trial",
     "SweepSummary": "driver", "run_sweep": "driver", "trial_context": "driver",
     "SweepTracker": "tracking", "code_version": "tracking",
     "Fingerprint": "fingerprint", "cell_fingerprints": "fingerprint", "changed_parts": "fingerprint",

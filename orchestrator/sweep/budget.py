@@ -107,7 +107,11 @@ def head_plan(cfg: SweepConfig, method: str) -> HeadPlan:
     selection = k * epochs if halving is None else halved_head_epochs(k, epochs, *halving)
     how = f"grid {k} × {epochs} epochs + {refits} refit × {epochs}"
     if halving is not None:
-        how = f"grid {k} halved (factor {halving[0]}, min_epochs {halving[1]}): {selection} + {refits} refit × {epochs}"
+        from sea.halving import default_min_epochs, rungs
+
+        first = halving[1] or default_min_epochs(k, epochs, halving[0])
+        how = (f"grid {k} halved by {halving[0]} at epochs {', '.join(map(str, rungs(epochs, halving[0], first)))}: "
+               f"{selection} head-epochs + {refits} refit × {epochs}")
     return HeadPlan(method, k + refits, selection + refits * epochs, k, selection, refits, epochs, how)
 
 
