@@ -66,6 +66,7 @@ class TrainerConfig:
     momentum: float = 0.9
     schedule: str = field(default="constant", metadata=_choices(*SCHEDULES))
     bf16: bool = False
+    checkpoint_every: int = field(default=10, metadata={"min": 0, "help": "epochs between a head trial's checkpoints (0: never)"})
 
 
 SELECT_ON = ("last", "last_k")

@@ -3,8 +3,13 @@ verbs ask of the cluster (its nodes, whether it may still grow, a function run o
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -152,3 +157,63 @@ def task_error(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None)
     exc = cause if isinstance(cause, BaseException) else exc
     return f"{type(exc).__name__}: {exc}"
+
+
+def storage_args(storage: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for a Tune or Ray Train RunConfig: a URI through the fsspec
+    filesystem the feature store uses (the same endpoint and credentials), wrapped for pyarrow; a local path
+    as it is (None: Ray's own local filesystem)."""
+    if "://" not in storage or storage.startswith("file://"):
+        return storage.removeprefix("file://"), None
+    import fsspec
+    import pyarrow.fs
+
+    fs, path = fsspec.core.url_to_fs(storage)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def shared_storage(where: str, key: str, nodes: int, fix: str) -> str:
+    """`where` as Ray needs it — a URI as it is, a local path absolute — for folders that every node of a
+    cluster of `nodes` must reach (checkpoints a restarted worker reads on another node). A relative path on
+    a cluster is refused naming `key` (the config key it came from) and `fix`."""
+    if "://" in where:
+        return where
+    if nodes > 1 and not os.path.isabs(os.path.expanduser(where)):
+        raise OrchestratorError(
+            f"{where!r} ({key}) is a relative path, but this Ray cluster has {nodes} nodes: each node would "
+            f"write its checkpoints to its own disk and a trial or worker restarted on another node would find "
+            f"nothing. {fix}")
+    return str(Path(where).expanduser().resolve())
+
+
+@contextlib.contextmanager
+def run_storage(given: str | None, store: str, name: str, nodes: int) -> Iterator[str]:
+    """Tune's trial folders for one sweep, where head trials checkpoint (a restarted trial resumes from its
+    latest, on any node): `given` (tune_dir), kept; else on one node a temporary folder, on a cluster of
+    `nodes` > 1 a folder of this run under `<store>-tune` beside the feature store (every node reaches the
+    store: the preflight checks it); either removed when the sweep ends."""
+    fix = "Set tune_dir to a URI every node reaches (s3://BUCKET/seabench/tune) or a shared mount"
+    if given:
+        yield shared_storage(given, "tune_dir", nodes, fix)
+        return
+    if nodes > 1:
+        folder = shared_storage(f"{store.rstrip('/')}-tune/{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                                "store", nodes, fix)
+    else:
+        folder = tempfile.mkdtemp(prefix="seabench-tune-")
+    try:
+        yield folder
+    finally:
+        remove_folder(folder)
+
+
+def remove_folder(folder: str) -> None:
+    """Removes a folder, local or a URI, and all it holds; one that is not there is no error."""
+    if "://" not in folder or folder.startswith("file://"):
+        shutil.rmtree(folder.removeprefix("file://"), ignore_errors=True)
+        return
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(folder)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)

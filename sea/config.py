@@ -1,4 +1,18 @@
-"""Configurations of the SeA trainer family: one `HeadConfig` per head, one `TrainSettings` per pass."""
+"""Configurations of the SeA trainer family: one `HeadConfig` per head, one `TrainSettings` per pass; what a
+pass returns (`TrainResult`) and, between two of its epochs, its checkpoint (`TrainState`).
+
+TrainState, what `train_heads` hands to `on_checkpoint` and resumes from, is everything a later epoch
+reads: the epoch reached, the weights and momentum buffers of the heads still training (in training order,
+`active` naming them by caller index), the batch-order generator, every training head's random streams
+(torch noise generator state, numpy mixup bit-generator state), the validation history, and halving's
+record (each head's stop epoch, the dropped heads' weights). Resuming
+from it continues the very same computation, so the run ends bitwise equal to one never interrupted (same
+device type, same thread count: the usual conditions of torch's determinism).
+
+`TrainState.to_dict` is plain data — tensors, ints, floats, strings, None, lists and dicts — so it saves
+with `torch.save` and loads back with `torch.load(weights_only=True)`. A `signature` (configs, the settings
+that change numbers, the data's shape) travels with it: resuming another run's state is an error.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +20,14 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from sea.errors import SeaError
+
+if TYPE_CHECKING:   # sea.augment imports this module
+    from sea.augment import HeadRandom
 
 METHODS: tuple[str, ...] = ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
 HEAD_METHODS: tuple[str, ...] = METHODS[:5]
@@ -138,3 +156,75 @@ class TrainResult:
     seconds: float = 0.0
     stopped_epoch: int = 0                      # epochs actually run
     stopped_at: list[int] = field(default_factory=list)   # per config: epochs it trained (a rung, if dropped)
+
+
+STATE_VERSION = 1
+CheckpointCallback = Callable[[dict], None]
+
+
+def check_every(value: object, name: str = "checkpoint_every") -> int:
+    """Raises SeaError unless `value` is an int >= 0 (0: no checkpoints)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SeaError(f"{name}={value!r} is invalid: checkpoint every N epochs with an int N >= 1, or 0 for never")
+    return value
+
+
+def due(epoch: int, every: int, last: int) -> bool:
+    """A checkpoint after this epoch (1-based): every `every` epochs, never after the last (nothing is left)."""
+    return every > 0 and epoch % every == 0 and epoch < last
+
+
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
+
+
+@dataclass
+class TrainState:
+    epoch: int                       # epochs completed
+    weight: torch.Tensor             # heads still training, in training order: A×C×d
+    momentum: torch.Tensor           # their SGD momentum buffers
+    active: list[int]                # caller index of each of them
+    shuffle: torch.Tensor            # the batch-order generator's state
+    noise: list[torch.Tensor]        # per active head: its noise generator's state
+    mix: list[dict]                  # per active head: its mixup bit generator's state
+    history: list[list[dict | None]]
+    stopped: list[int]               # per caller index: epochs trained (meaningful for dropped heads)
+    dropped: dict[int, torch.Tensor]   # caller index -> weights where a rung dropped it
+    signature: dict
+
+    @classmethod
+    def capture(cls, epoch: int, weight: torch.Tensor, momentum: torch.Tensor, active: list[int],
+                shuffle: torch.Generator, random: list[HeadRandom], history: list[list[dict | None]],
+                stopped: list[int], dropped: dict[int, torch.Tensor], signature: dict) -> TrainState:
+        """A copy of the live state (later epochs mutate the live tensors in place)."""
+        return cls(epoch, _cpu(weight), _cpu(momentum), list(active), shuffle.get_state(),
+                   [_cpu(r.noise.get_state()) for r in random], [r.mix.bit_generator.state for r in random],
+                   [list(e) for e in history], list(stopped), {i: _cpu(w) for i, w in dropped.items()}, signature)
+
+    def to_dict(self) -> dict:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "weight": self.weight, "momentum": self.momentum,
+                "active": self.active, "shuffle": self.shuffle, "noise": self.noise, "mix": self.mix,
+                "history": self.history, "stopped": self.stopped, "dropped_index": list(self.dropped),
+                "dropped_weight": list(self.dropped.values()), "signature": self.signature}
+
+    @classmethod
+    def from_dict(cls, state: object, signature: dict) -> TrainState:
+        """The state `to_dict` gave, checked against this run's `signature` (SeaError on any mismatch)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise SeaError(f"resume: not a sea training state of version {STATE_VERSION} (got "
+                           f"{type(state).__name__}); pass what on_checkpoint received, or None to start afresh")
+        theirs = state.get("signature", {})
+        differ = sorted(k for k in {*signature, *theirs} if signature.get(k) != theirs.get(k))
+        if differ:
+            raise SeaError(f"resume: the checkpoint belongs to another run (it differs in {', '.join(differ)}); "
+                           "resume only the run that wrote it, or start afresh")
+        return cls(state["epoch"], state["weight"], state["momentum"], list(state["active"]), state["shuffle"],
+                   list(state["noise"]), list(state["mix"]), [list(e) for e in state["history"]],
+                   list(state["stopped"]), dict(zip(state["dropped_index"], state["dropped_weight"])), theirs)
+
+    def restore_streams(self, shuffle: torch.Generator, random: list[HeadRandom]) -> None:
+        """Puts the saved generator states into this run's generators (the heads in `active` order)."""
+        shuffle.set_state(self.shuffle)
+        for r, noise, mix in zip(random, self.noise, self.mix, strict=True):
+            r.noise.set_state(noise)
+            r.mix.bit_generator.state = mix

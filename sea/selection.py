@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from sea.config import DEFAULT_SETTINGS, HeadConfig, TrainSettings
+from sea.config import (
+    DEFAULT_SETTINGS,
+    CheckpointCallback,
+    HeadConfig,
+    TrainResult,
+    TrainSettings,
+    check_every,
+)
 from sea.curves import SELECTION_METRICS, resolve_k, window_scores, window_spread, window_statistic
 from sea.errors import SeaError
 from sea.halving import Halving, RungPruner, read_epochs
@@ -130,7 +137,8 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
                      num_classes: int | None = None, on_epoch: EpochCallback | None = None,
                      progress: bool = False, select_on: str = "last_k", k: int | None = None,
                      refits: int = 1, halving: Halving | None = None,
-                     val_every_epoch: bool = True) -> SelectionResult:
+                     val_every_epoch: bool = True, checkpoint_every: int = 0,
+                     on_checkpoint: CheckpointCallback | None = None, resume: dict | None = None) -> SelectionResult:
     """Chooses among `configs` on validation `metric`, retrains the winner on train+validation with the
     same settings, then calls `x_test_loader()` exactly once and scores the refit model on it.
 
@@ -149,6 +157,11 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
 
     If `on_epoch` stops training early, the refit reproduces the selected run's schedule: the same
     horizon (settings.epochs, which a cosine schedule anneals over) stopped after the same epoch.
+    Checkpoints (heads only): every `checkpoint_every` epochs of the grid `on_checkpoint` receives {"phase":
+    "select", "train": the grid's state}; once the winner is chosen, {"phase": "refit", "selection": the
+    grid's result, "refits": the refits done}, and every `checkpoint_every` epochs of a refit the same
+    with "train": that refit's state. `resume=` any of them redoes neither the selection nor a finished
+    refit, resumes the refit under way from its own checkpoint, and ends bitwise equal to the whole run.
     `configs` is a sequence of HeadConfig (trained together in one pass), or 'logreg' /
     ('logreg', cs) for the L-BFGS logistic-regression baseline (C chosen on the same metric, no curve).
     """
@@ -174,8 +187,21 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
     prune = None if halving is None else RungPruner(rungs, halving.factor, functools.partial(
         window_statistic, k=window, metric=metric))
     read = None if val_every_epoch else read_epochs(settings.epochs, spread_k, rungs, window)
-    result = train_heads(x, y, heads, settings, num_classes, val=(xv, yv), on_epoch=on_epoch,
-                         progress=progress, prune=prune, val_epochs=read)
+    every, resume = check_every(checkpoint_every), resume or {"phase": "select"}
+    save = on_checkpoint if every else None
+    signature = {"configs": [c.as_dict() for c in heads], "settings": {**settings.as_dict(), "device": None}}
+    if resume.get("phase") == "refit":
+        chosen = _chosen(resume, signature)
+        result = TrainResult(chosen["weights"], heads, chosen["val_history"], 0.0, chosen["stopped_epoch"],
+                             chosen["stopped_at"])
+    elif resume.get("phase") == "select":
+        result = train_heads(x, y, heads, settings, num_classes, val=(xv, yv), on_epoch=on_epoch, progress=progress,
+                             prune=prune, val_epochs=read, checkpoint_every=every, resume=resume.get("train"),
+                             on_checkpoint=save and (lambda state: save({"phase": "select", "train": state})))
+    else:
+        raise SeaError(f"resume: phase {resume.get('phase')!r} is unknown; pass what on_checkpoint received")
+    selection = {"weights": result.weights, "val_history": result.val_history, "stopped_epoch": result.stopped_epoch,
+                 "stopped_at": result.stopped_at, "signature": signature}
     window = min(window, len(result.val_history))
     val_metrics = window_scores(result.val_history, window)
     alive = [i for i, stop in enumerate(result.stopped_at) if stop == result.stopped_epoch]
@@ -183,11 +209,20 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
     spread = window_spread(result.val_history, min(spread_k, len(result.val_history)), best_index, metric)
     marks = [begin, _mark()]
     # an early stop (on_epoch) ends every head at once: the refit runs the same schedule, stopped there
-    refit_weights = []
-    for i in range(refits):
+    refit_weights: list[torch.Tensor] = list(resume.get("refits", []))
+    if save and resume["phase"] == "select":
+        save({"phase": "refit", "selection": selection, "refits": []})
+    resumed_refit = len(refit_weights)   # the refit a refit-phase checkpoint was in
+    for i in range(resumed_refit, refits):
         run = settings if i == 0 else dataclasses.replace(settings, shuffle_seed=settings.seed + i * REFIT_SEED_STRIDE)
-        refit_weights.append(train_heads(x_all, y_all, [heads[best_index]], run, num_classes, progress=progress,
-                                         stop_after=result.stopped_epoch).weights[0])
+        done = list(refit_weights)
+        refit_weights.append(train_heads(
+            x_all, y_all, [heads[best_index]], run, num_classes, progress=progress, stop_after=result.stopped_epoch,
+            checkpoint_every=every, resume=resume.get("train") if resume["phase"] == "refit" and i == resumed_refit else None,
+            on_checkpoint=save and (lambda state, done=done: save({"phase": "refit", "selection": selection,
+                                                                  "refits": done, "train": state}))).weights[0])
+        if save and i < refits - 1:
+            save({"phase": "refit", "selection": selection, "refits": list(refit_weights)})
     train_scores = _scores(predict(refit_weights[0], x_all), y_all, num_classes)
     marks.append(_mark())
     predictors = {"pred": refit_weights[0], "pred_selected": result.weights[best_index],
@@ -205,6 +240,15 @@ def select_and_refit(x_train: Any, y_train: Any, x_val: Any, y_val: Any,
                            train_scores["mean_per_class"], refit_tests,
                            is_refit_unstable(test[metric], selected[metric], spread, noise), noise, y_test, preds,
                            result.stopped_at, rungs)
+
+
+def _chosen(resume: dict, signature: dict) -> dict:
+    """The selection a refit-phase checkpoint recorded, if it is this run's (SeaError otherwise)."""
+    chosen = resume.get("selection")
+    if not isinstance(chosen, dict) or chosen.get("signature") != signature:
+        raise SeaError("resume: the checkpoint's selection belongs to another run (configs or settings differ); "
+                       "resume only the run that wrote it, or start afresh")
+    return chosen
 
 
 def _select_logreg(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, x_all: torch.Tensor,

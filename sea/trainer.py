@@ -20,6 +20,8 @@ generator seeded by `settings.shuffle_seed` (default `settings.seed`; the last p
 per-head stream seeded by (seed, method), documented in `sea.augment`. Hence K heads trained together equal the same heads
 trained one at a time, up to float rounding — and a head that survives a `prune` (successive
 halving, `sea.halving`) trains as it does in the full batch: dropping heads only slices them out.
+Checkpoints (`sea.config.TrainState`): every `checkpoint_every` epochs the whole training state goes to
+`on_checkpoint`; `resume=` that state continues the same computation, bitwise.
 Note that at large steps (lr ≈ 1, η ≈ 0.8) SeA's dynamics amplify rounding differences quickly
 (float32 vs float64 can drift by percents within a few epochs); `TrainSettings(dtype="float64")` runs the same algorithm in double precision.
 """
@@ -46,7 +48,17 @@ from sea.augment import (
     group_of,
     matmul_into,
 )
-from sea.config import DEFAULT_SETTINGS, DTYPES, HeadConfig, TrainResult, TrainSettings
+from sea.config import (
+    DEFAULT_SETTINGS,
+    DTYPES,
+    CheckpointCallback,
+    HeadConfig,
+    TrainResult,
+    TrainSettings,
+    TrainState,
+    check_every,
+    due,
+)
 from sea.direction import loss_residual
 from sea.errors import SeaError
 from sea.metrics import batched_scores
@@ -172,7 +184,8 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
                 settings: TrainSettings = DEFAULT_SETTINGS, num_classes: int | None = None,
                 val: tuple[Any, Any] | None = None, on_epoch: EpochCallback | None = None,
                 progress: bool = False, stop_after: int | None = None, prune: PruneCallback | None = None,
-                val_epochs: Collection[int] | None = None) -> TrainResult:
+                val_epochs: Collection[int] | None = None, checkpoint_every: int = 0,
+                on_checkpoint: CheckpointCallback | None = None, resume: dict | None = None) -> TrainResult:
     """Trains every configuration in `configs` in one pass over (x_train, y_train).
 
     Features are L2-normalised here. With `val`, each epoch appends per-config {"top1",
@@ -185,7 +198,10 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     `prune(epoch, val_history, active)` (needs `val`; `sea.halving.RungPruner`) may return the caller
     indices of `active` that go on: the others stop there (`stopped_at`, their weights as they were) and
     leave the batch, so later epochs cost less; the survivors train exactly as in the full batch.
-    `progress` shows a tqdm bar over epochs when stderr is a terminal.
+    `progress` shows a tqdm bar over epochs when stderr is a terminal. Every `checkpoint_every` epochs
+    (0: never; not after the last) `on_checkpoint(state)` receives the training state as plain data
+    (`sea.config.TrainState.to_dict`); `resume=state` continues from it and ends bitwise equal to the
+    run never interrupted (the epochs before it are not trained, scored or passed to `on_epoch` again).
     """
     started = time.perf_counter()
     configs = check_configs(configs)
@@ -205,6 +221,7 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     num_classes = infer_num_classes(num_classes, y, *([yv] if yv is not None else []))
     if yv is not None:
         check_val_classes(y, yv)
+    check_every(checkpoint_every)
     if prune is not None and yv is None:
         raise SeaError("prune ranks heads on validation: pass val=(x_val, y_val) with it")
     device = torch.device(settings.device)
@@ -223,9 +240,23 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
     stopped = [last] * k                    # per caller index: the epochs it trained
     dropped: dict[int, torch.Tensor] = {}   # caller index -> its weights when a rung dropped it
     epochs_run = 0
+    signature = {"configs": [c.as_dict() for c in configs], "rows": n, "dim": d, "classes": num_classes,
+                 "last": last, "device": device.type, "bf16": heads.workspace.bf16,
+                 **{f: getattr(settings, f) for f in ("epochs", "batch_size", "momentum", "schedule", "seed",
+                                                       "shuffle_seed", "dtype")}}
+    if resume is not None:
+        state = TrainState.from_dict(resume, signature)
+        position = {i: pos for pos, i in enumerate(heads.order)}
+        heads = heads.subset(sorted(position[i] for i in state.active))
+        if heads.order != state.active:
+            raise SeaError("resume: the checkpoint's heads are not in this run's training order")
+        state.restore_streams(shuffle, heads.random)
+        weight, buf = state.weight.to(device, dtype), state.momentum.to(device, dtype)
+        epochs_run, history, stopped = state.epoch, state.history, state.stopped
+        dropped = {i: w.to(device, dtype) for i, w in state.dropped.items()}
     # precision is chosen per operation (see the module docstring), never by a caller's autocast
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
-        epochs = progress_bar(range(last), progress, f"{len(configs)} sea head(s)", "epoch")
+        epochs = progress_bar(range(epochs_run, last), progress, f"{len(configs)} sea head(s)", "epoch")
         for epoch in epochs:
             perm = torch.randperm(n, generator=shuffle).to(device)
             lr = heads.params["lr"] * factor(epoch, settings.epochs)
@@ -253,6 +284,9 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
                 weight, buf, heads = weight.index_select(0, index), buf.index_select(0, index), heads.subset(positions)
             if on_epoch is not None and on_epoch(epochs_run, metrics):
                 break
+            if on_checkpoint is not None and due(epochs_run, checkpoint_every, last):
+                on_checkpoint(TrainState.capture(epochs_run, weight, buf, heads.order, shuffle, heads.random,
+                                                 history, stopped, dropped, signature).to_dict())
         if hasattr(epochs, "close"):
             epochs.close()
     final = {**dropped, **{i: weight[pos] for pos, i in enumerate(heads.order)}}

@@ -82,6 +82,7 @@ def test_scientific_notation_without_dot_is_a_number() -> None:
     ({**MINIMAL, "trainer": {"epoch": 3}}, "unknown key 'trainer.epoch'; did you mean 'epochs'"),
     ({**MINIMAL, "trainer": {"epochs": "ten"}}, "'trainer.epochs' expects an integer"),
     ({**MINIMAL, "trainer": {"epochs": 0}}, "'trainer.epochs' must be ≥ 1"),
+    ({**MINIMAL, "trainer": {"checkpoint_every": -1}}, "'trainer.checkpoint_every' must be ≥ 0"),
     ({**MINIMAL, "mode": "selct"}, "must be one of select, reference; got 'selct' (did you mean 'select'?)"),
     ({**MINIMAL, "search": {"algorithm": "bayes"}}, "'search.algorithm' must be one of grid, random, optuna"),
     ({**MINIMAL, "methods": ["sae"]}, "did you mean 'sea'"),

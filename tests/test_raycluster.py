@@ -78,3 +78,32 @@ def test_ray_client_addresses_are_refused_from_the_environment_too(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     with pytest.raises(OrchestratorError, match="ray job submit"):
         init_ray()
+
+
+def test_tune_storage_is_temporary_on_one_node_and_beside_the_store_on_a_cluster(tmp_path, monkeypatch) -> None:
+    """Where head trials checkpoint: a restarted trial must find its checkpoint on whichever node it lands."""
+    from orchestrator.raycluster import run_storage, shared_storage
+
+    monkeypatch.chdir(tmp_path)
+    with run_storage(None, "features", "sweep", nodes=1) as folder:   # one node: a temporary folder, removed
+        assert Path(folder).is_dir() and Path(folder).is_absolute()
+    assert not Path(folder).exists()
+    with run_storage("tune", "features", "sweep", nodes=1) as given:   # tune_dir: used as it is, kept
+        Path(given).mkdir()
+    assert given == str(tmp_path / "tune") and Path(given).is_dir()
+    store = tmp_path / "shared" / "features"   # a cluster: a folder of this run beside the (shared) store
+    with run_storage(None, str(store), "sweep", nodes=3) as folder:
+        assert Path(folder).parent == tmp_path / "shared" / "features-tune" and Path(folder).name.startswith("sweep-")
+        (Path(folder) / "trial" / "checkpoint").mkdir(parents=True)
+    assert not Path(folder).exists()
+    assert shared_storage("s3://bucket/seabench/features-tune/x", "store", 3, "") == "s3://bucket/seabench/features-tune/x"
+
+
+@pytest.mark.parametrize(("tune_dir", "store", "named"), [("tune", "s3://b/f", "'tune' (tune_dir)"),
+                                                          (None, "features", "(store)")])
+def test_a_relative_tune_folder_on_a_cluster_is_refused_naming_the_key(tune_dir, store, named) -> None:
+    from orchestrator.raycluster import run_storage
+
+    with pytest.raises(OrchestratorError) as err, run_storage(tune_dir, store, "sweep", nodes=3):
+        pass
+    assert named in str(err.value) and "3 nodes" in str(err.value) and "tune_dir" in str(err.value)

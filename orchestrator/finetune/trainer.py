@@ -45,40 +45,20 @@ def scaling_config(ft: Any) -> Any:
     return ScalingConfig(num_workers=ft.num_workers, use_gpu=ft.gpus_per_worker > 0, resources_per_worker=resources)
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
 def checkpoint_storage(ft: Any, store: str, tune_storage: str, nodes: int) -> str:
     """Where Ray Train keeps a cell's checkpoints: `finetune.storage` when set; else, on one node, the sweep's
     Tune folder (tune_dir or a temporary one); on a cluster of `nodes` > 1, `<store>-checkpoints` beside the
     feature store, which every node reaches. A relative path is refused on a cluster."""
+    from orchestrator.raycluster import shared_storage
+
     if ft.storage:
         where, key = ft.storage, "finetune.storage"
     elif nodes > 1:
         where, key = f"{store.rstrip('/')}-checkpoints", "store"
     else:
         where, key = tune_storage, "tune_dir"
-    if "://" in where:
-        return where
-    if nodes > 1 and not os.path.isabs(os.path.expanduser(where)):
-        raise OrchestratorError(
-            f"finetune: checkpoints would go to {where!r} ({key}), a relative path, but this Ray cluster has {nodes} "
-            "nodes: each Ray Train worker would write to its own disk and a restarted worker would find nothing. "
-            "Set finetune.storage to a URI every node reaches (s3://BUCKET/seabench/checkpoints) or a shared mount")
-    return str(Path(where).expanduser().resolve())
-
-
-def _filesystem(storage: str) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Ray Train: a URI through the same fsspec filesystem the feature
-    store uses (its endpoint and credentials), wrapped for pyarrow; a local path as it is."""
-    if _is_local(storage):
-        return storage.removeprefix("file://"), None
-    import fsspec
-    import pyarrow.fs
-
-    fs, path = fsspec.core.url_to_fs(storage)
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    return shared_storage(where, key, nodes, "Set finetune.storage to a URI every node reaches "
+                          "(s3://BUCKET/seabench/checkpoints) or a shared mount")
 
 
 def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple[dict[str, Any], Any]:
@@ -87,7 +67,9 @@ def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    path, filesystem = _filesystem(storage)
+    from orchestrator.raycluster import storage_args
+
+    path, filesystem = storage_args(storage)
     # a worker group waits for CPUs the heads' trials hold: Ray Train's 60 s start-up timeout would count
     # each wait as a controller error and retry, printing a traceback every minute (read by its controller)
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")

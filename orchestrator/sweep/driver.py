@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,9 +32,9 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.sweep.cells import Cell, candidate_configs, expand_backbones, plan_cells
 from orchestrator.sweep.finetuning import FinetuneCells
 from orchestrator.sweep.fingerprint import cell_fingerprints, current_keys, parts_tag
-from orchestrator.sweep.search import search_cells, tune_run_config
+from orchestrator.sweep.search import checkpointed_cell, search_cells, tune_run_config
 from orchestrator.sweep.tracking import SweepTracker
-from orchestrator.sweep.trial import CellOutcome, TrialContext, halving_settings, prepare_worker, run_cell
+from orchestrator.sweep.trial import CellOutcome, TrialContext, halving_settings
 from orchestrator.sweep.units import UnitCost, cell_extract_metrics, csv_table, unit_costs, unit_metrics
 
 
@@ -66,11 +64,10 @@ def trial_context(cfg: SweepConfig, keys: Mapping[str, str] | None = None) -> Tr
 
 
 def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Tune function trainable: one cell; reports once with the serialised CellOutcome."""
+    """Tune function trainable: one cell, checkpointed (sweep.search); the last report alone has the outcome."""
     from ray import tune
 
-    prepare_worker(ctx)
-    outcome = run_cell(Cell(**config["cell"]), ctx)
+    outcome = checkpointed_cell(config, ctx)
     tune.report({"outcome": outcome.to_json(), "trial_seconds": outcome.seconds})
 
 
@@ -147,15 +144,11 @@ def _as_tune_callback(logger: CellLogger) -> Any:
 
 @contextlib.contextmanager
 def _tune_storage(cfg: SweepConfig) -> Iterator[str]:
-    """Tune's own trial folders: cfg.tune_dir, or a temporary folder removed afterwards (MLflow is the record)."""
-    if cfg.tune_dir:
-        yield cfg.tune_dir
-        return
-    folder = tempfile.mkdtemp(prefix="seabench-tune-")
-    try:
+    """Tune's own trial folders and the head trials' checkpoints (raycluster.run_storage; MLflow is the record)."""
+    from orchestrator.raycluster import alive_nodes, run_storage
+
+    with run_storage(cfg.tune_dir, cfg.store, cfg.name, len(alive_nodes())) as folder:
         yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _resources(cfg: SweepConfig) -> dict[str, float]:

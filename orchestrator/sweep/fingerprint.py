@@ -38,6 +38,8 @@ SEARCH_CODE = {"search": "orchestrator.sweep.search"}   # search mode's trainabl
 FINETUNE_SEA_CODE = {"metrics": "sea.metrics"}          # fine-tuning scores with sea's metrics, nothing else of sea
 # how many trials or cells run at once: Ray's scheduling, not an input of any number
 SEARCH_SCHEDULING = ("max_concurrent", "max_concurrent_cells")
+# how often a head trial checkpoints: a resumed cell ends bitwise equal to an uninterrupted one
+TRAINER_SCHEDULING = ("checkpoint_every",)
 # where checkpoints go, retries, CPU threads and which cells fine-tune: none of them changes a cell's numbers
 FINETUNE_OPERATIONAL = ("storage", "max_failures", "cpus_per_worker", "backbones", "tasks")
 # how stored features were written: a fine-tuning cell trains on the images, never on the features
@@ -171,7 +173,7 @@ def fingerprint_parts(cfg: SweepConfig, cell: Cell, keys: Mapping[str, str],
                   **{f"features.{_unit_part(u)}": keys.get(u, "") for u in units}})
     if cell.method == "logreg":   # L-BFGS reads only the device of the trainer settings (`accelerated`)
         return parts
-    parts.update(_prefixed("trainer", cfg.to_dict()["trainer"]))
+    parts.update(_prefixed("trainer", {k: v for k, v in cfg.to_dict()["trainer"].items() if k not in TRAINER_SCHEDULING}))
     if select:
         k = cfg.protocol.k if cfg.protocol.k is not None else default_k(cfg.trainer.epochs)   # explicit = default
         parts.update(_prefixed("protocol", {**cfg.to_dict()["protocol"], "k": k}))

@@ -7,13 +7,29 @@ Cells are searched concurrently (`search.max_concurrent_cells` Tuners at once, e
 the driver's node, so their trials fill the cluster together); the driver logs each finished cell. A
 search that did not run all its trials (interrupted) is never refit nor logged: rerunning searches
 it again.
+
+Tune's side of every head trial lives here too: its RunConfig, and preemption within a cell. Every `trainer.checkpoint_every` epochs (0: never) `sea.select_and_refit` hands the cell's training state
+to `on_checkpoint`: the grid's K heads while it selects (weights, momentum, every random stream, the
+validation curve, halving's record), then the selection's result and the refit under way. The trial writes
+it with `torch.save` into a fresh folder and reports it to Tune (`tune.report(..., checkpoint=...)`), which
+copies it to the sweep's storage; Tune keeps the latest only. A trial that Tune restarts after a failure
+(`max_failures`; a lost node, a killed worker) finds it with `tune.get_checkpoint()`, loads it with
+`torch.load(weights_only=True)` (plain tensors and containers, no pickled code) and resumes there: it redoes
+at most `checkpoint_every` epochs and ends bitwise equal to an uninterrupted run. The cell's run records
+`resumed_from_epoch` (epochs of the cell's training the last attempt did not redo, 0 for a fresh start)
+and the tag `resumed_phase` (select | refit, "" for a fresh start).
+
+The intermediate reports carry progress only (`checkpoint_phase`, `checkpoint_epoch`); the outcome is in
+the final report alone, which is what the driver's CellLogger reads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -34,6 +50,7 @@ from orchestrator.sweep.trial import (
     store_loader,
 )
 
+CHECKPOINT_FILE = "cell.pt"   # a head trial's checkpoint: the cell state sea.select_and_refit handed over
 SCORE = "val_score"   # the trial's validation score on the task's primary metric
 
 
@@ -43,11 +60,63 @@ class SearchIncomplete(OrchestratorError):
 
 def tune_run_config(cfg: SweepConfig, storage: str, label: str, callbacks: Sequence[Any] = ()) -> Any:
     """Tune's RunConfig of one Tuner of the sweep (its folder named after the sweep, `label` and the time)."""
-    from ray.tune import FailureConfig, RunConfig
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+
+    from orchestrator.raycluster import storage_args
 
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return RunConfig(name=name, storage_path=storage, verbose=0, callbacks=list(callbacks),
-                     failure_config=FailureConfig(max_failures=cfg.max_failures))
+    path, filesystem = storage_args(storage)   # a URI through the store's fsspec filesystem
+    return RunConfig(name=name, storage_path=path, storage_filesystem=filesystem, verbose=0, callbacks=list(callbacks),
+                     failure_config=FailureConfig(max_failures=cfg.max_failures),
+                     checkpoint_config=CheckpointConfig(num_to_keep=1))   # a cell resumes from its latest only
+
+
+def load_checkpoint() -> dict | None:
+    """The trial's latest checkpoint from Tune (this attempt's restart point), or None for a first attempt."""
+    import torch
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=True, map_location="cpu")
+
+
+def report_checkpoint(state: dict) -> None:
+    """Saves a cell state as a Tune checkpoint (Tune copies the folder to the sweep's storage)."""
+    import torch
+    from ray import tune
+
+    with tempfile.TemporaryDirectory(prefix="seabench-cell-") as folder:
+        torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+        tune.report({"checkpoint_phase": state["phase"], "checkpoint_epoch": state.get("train", {}).get("epoch", 0)},
+                    checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def resumed_epochs(state: dict | None) -> int:
+    """Epochs of the cell's training (the grid, then each refit) that a resume from `state` does not redo."""
+    if state is None:
+        return 0
+    within = state.get("train", {}).get("epoch", 0)
+    if state["phase"] == "select":
+        return within
+    return state["selection"]["stopped_epoch"] * (1 + len(state["refits"])) + within
+
+
+def checkpointed_cell(config: dict[str, Any], ctx: TrialContext) -> CellOutcome:
+    """One cell in a Tune trial, checkpointed every trainer.checkpoint_every epochs and resumed from Tune's
+    latest checkpoint (reference and logreg cells: no checkpoints, a restart starts afresh)."""
+    prepare_worker(ctx)
+    cell = Cell(**config["cell"])
+    every = int(ctx.trainer.get("checkpoint_every", 0))
+    resume = load_checkpoint() if every else None
+    checkpoint = {"checkpoint_every": every, "resume": resume,
+                  "on_checkpoint": report_checkpoint} if every else None
+    outcome = run_cell(cell, ctx, checkpoint=checkpoint)
+    outcome.metrics["resumed_from_epoch"] = resumed_epochs(resume)
+    outcome.tags["resumed_phase"] = "" if resume is None else str(resume["phase"])
+    return outcome
 
 
 def selection_window(ctx: TrialContext) -> int:

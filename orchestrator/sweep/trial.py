@@ -119,7 +119,8 @@ def halving_settings(search: Any) -> dict[str, Any] | None:
 def settings_for(ctx: TrialContext, seed: int) -> Any:
     from sea import TrainSettings
 
-    return TrainSettings(**ctx.trainer, seed=seed, device=ctx.device())
+    numbers = {k: v for k, v in ctx.trainer.items() if k != "checkpoint_every"}   # when to save is not training
+    return TrainSettings(**numbers, seed=seed, device=ctx.device())
 
 
 def head_configs(method: str, candidates: list[dict[str, Any]]) -> list:
@@ -144,8 +145,9 @@ class Computed:
 
 
 def run_cell(cell: Cell, ctx: TrialContext, load: SplitLoader | None = None,
-             on_epoch: EpochReport | None = None) -> CellOutcome:
-    """The cell's result: select mode (grid of ctx.candidates) or reference mode (fixed defaults)."""
+             on_epoch: EpochReport | None = None, checkpoint: Mapping[str, Any] | None = None) -> CellOutcome:
+    """The cell's result: select mode (grid of ctx.candidates) or reference mode (fixed defaults).
+    `checkpoint` (head cells in select mode): checkpoint_every, on_checkpoint, resume for sea.select_and_refit."""
     from orchestrator.sweep.units import phase_costs  # units -> fingerprint -> trial: imported at call time
     from tasks import get_task
 
@@ -163,7 +165,7 @@ def run_cell(cell: Cell, ctx: TrialContext, load: SplitLoader | None = None,
         return phase_rows(cell.task, "test", {"test": test_unit[0]})
 
     runner = _reference if ctx.mode == "reference" else _select
-    done = runner(cell, ctx, spec, stored, test_loader, on_epoch)
+    done = runner(cell, ctx, spec, stored, test_loader, on_epoch, checkpoint)
     used = [*stored.values(), *test_unit]
     tags = {"feature_key": stored["train"].key, "test_feature_key": test_unit[0].key if test_unit else "",
             "primary_metric": spec.metric, "mode": ctx.mode,
@@ -210,7 +212,7 @@ def _config_params(method: str, best: Any, ctx: TrialContext, n_candidates: int)
 
 
 def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader: Callable,
-            on_epoch: EpochReport | None) -> Computed:
+            on_epoch: EpochReport | None, checkpoint: Mapping[str, Any] | None = None) -> Computed:
     import statistics
 
     from sea import select_and_refit
@@ -228,7 +230,7 @@ def _select(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader:
     # every method, logreg included, selects on the task's primary metric
     result = select_and_refit(x_fit, y_fit, x_val, y_val, test_loader, configs, settings_for(ctx, cell.seed),
                               metric=spec.metric, num_classes=spec.num_classes, on_epoch=on_epoch,
-                              **(protocol if heads else {}))
+                              **({**protocol, **(checkpoint or {})} if heads else {}))
     best = result.val_metrics[result.best_index]
     metrics = {"val_top1": best["top1"], "val_mean_per_class": best["mean_per_class"],
                "test_top1": result.test_top1, "test_mean_per_class": result.test_mean_per_class,
@@ -264,7 +266,7 @@ def _window(ctx: TrialContext) -> int:
 
 
 def _reference(cell: Cell, ctx: TrialContext, spec: Any, stored: dict, test_loader: Callable,
-               on_epoch: EpochReport | None) -> Computed:
+               on_epoch: EpochReport | None, checkpoint: Mapping[str, Any] | None = None) -> Computed:
     """The authors' protocol: fixed defaults, trained on all non-test data, last-epoch test accuracy."""
     from sea import mean_per_class_accuracy, predict, refit_logreg, top1_accuracy, train_heads
 

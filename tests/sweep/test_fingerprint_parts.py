@@ -37,7 +37,8 @@ def test_scheduling_keys_do_not_change_the_fingerprint(store: str, tmp_path: Pat
         cfg = make_config(tmp_path, store, search={"algorithm": algorithm})
         base = _fp(cfg, SEA, keys)
         scheduled = replace(cfg, search=replace(cfg.search, max_concurrent=3, max_concurrent_cells=9),
-                            resources=replace(cfg.resources, cpu=2.0), max_failures=5, num_cpus=7)
+                            resources=replace(cfg.resources, cpu=2.0), max_failures=5, num_cpus=7,
+                            trainer=replace(cfg.trainer, checkpoint_every=3))
         assert _fp(scheduled, SEA, keys) == base, algorithm
     searched = make_config(tmp_path, store, search={"algorithm": "random"})
     assert _fp(replace(searched, search=replace(searched.search, num_samples=3)), SEA, keys) != _fp(searched, SEA, keys)
