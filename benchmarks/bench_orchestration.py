@@ -28,24 +28,22 @@ report's seconds, and the driver's peak RSS; then how each grows from the smalle
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the repo first (its sea/, not tests/sea/), then the synthetic-feature writer
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "cluster")]
+# the repo first (its sea/, not tests/sea/), then the synthetic-feature writer and the cluster tests' kit
+
+from clusterkit import mlflow_server  # noqa: E402 - the tests' real `mlflow server` on 127.0.0.1
 
 PAPER_TASKS = ("aircraft", "caltech101", "cars", "cifar10", "cifar100", "cub200", "dtd", "flowers102",
                "food101", "pets", "sun397")
@@ -60,45 +58,6 @@ SHAPES = {
     924: (PAPER_TASKS, BACKBONES, METHODS, SEEDS),
 }
 GOALS = {"cpu_per_cell": 0.3, "resume_s": 60.0, "report_s": 120.0, "rss_mb": 2048.0}   # at 924 cells
-SERVER_START_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and a local artifact folder in `folder`."""
-    port = free_port()
-    log = (folder / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "art")],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {server.returncode}; see {folder / 'server.log'}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server did not answer {url}/health in {SERVER_START_S} s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)   # its workers are children: its whole (own) process group
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
 
 
 def count_requests() -> Counter:

@@ -29,11 +29,9 @@ STATES = ("done", "stale", "missing", "unchecked")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="sweep YAML, e.g. configs/paper.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key as `seabench run --set` does, e.g. --set trainer.epochs=5")
-    parser.add_argument("--store", default=None, help="feature store path or fsspec URI (config key `store`)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (config key `tracking_uri`)")
+    from orchestrator.commands.status import config_arguments
+
+    config_arguments(parser, "configs/paper.yaml")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--calibrate", action="store_true",
                         help="time a few batches of extraction, heads and fine-tuning here (random weights and "

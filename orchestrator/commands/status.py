@@ -24,12 +24,17 @@ HELP = ("Say, per planned cell, whether `seabench run` would reuse its MLflow re
 REUSED, TO_COMPUTE = "reused", "to compute"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="sweep YAML, e.g. configs/demo.yaml")
+def config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """The flags of a verb that reads a sweep config without running it (status, plan)."""
+    parser.add_argument("--config", required=True, help=f"sweep YAML, e.g. {example}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key as `seabench run --set` does, e.g. --set trainer.epochs=5")
     parser.add_argument("--store", default=None, help="feature store path or fsspec URI (config key `store`)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (config key `tracking_uri`)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config_arguments(parser, "configs/demo.yaml")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 import functools
 import io
 
-import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from sea import Halving, HeadConfig, SeaError, TrainSettings, select_and_refit, train_heads
 from sea.curves import window_statistic
@@ -23,16 +20,6 @@ MIXED = [HeadConfig(method="sea", lr=0.8, eta=0.4, alpha=0.05), HeadConfig(metho
          HeadConfig(method="sea", lr=0.2, eta=0.2), HeadConfig(method="linear", lr=1.6),
          HeadConfig(method="fgsm", lr=0.4, eta=0.3), HeadConfig(method="mixup", lr=0.1, eta=1.0),
          HeadConfig(method="noise", lr=1.6, eta=0.1)]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    """Real data, no download: scikit-learn's digits pixels as 64-d features (train / val / test)."""
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32) + 0.5
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    x_tr, x_va, y_tr, y_va = train_test_split(x_tr, y_tr, test_size=0.2, random_state=0, stratify=y_tr)
-    return (x_tr, y_tr), (x_va, y_va), (x_te, y_te)
 
 
 def _reloaded(state: dict) -> dict:
