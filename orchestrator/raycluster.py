@@ -103,18 +103,42 @@ def cluster_gpus() -> float:
 
 
 def on_each_node(function: Callable[..., Any], *args: Any, nodes: list[str]) -> dict[str, Any]:
-    """`function(*args)` run once on each of `nodes` (node ids), as a zero-CPU task pinned there."""
+    """`function(*args)` run once on each of `nodes` (node ids), as a zero-CPU task pinned there. A node that
+    leaves meanwhile (scaled down, reclaimed: Ray may list it alive for a few seconds after) is skipped,
+    with a note, and left out of the answer; a live node that fails or does not answer is an error."""
+    import sys
+
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0, max_retries=0)(function)
     refs = {node: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(*args)
             for node in nodes}
     _, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=NODE_CHECK_TIMEOUT_S)
-    if late:
-        slow = [node for node, ref in refs.items() if ref in late]
+    answers, failed, slow = {}, {}, []
+    for node, ref in refs.items():
+        if ref in late:
+            slow.append(node)
+            ray.cancel(ref, force=True)
+            continue
+        try:
+            answers[node] = ray.get(ref)
+        except Exception as exc:   # unschedulable (its node went), or the function's own error
+            failed[node] = exc
+    from ray.exceptions import NodeDiedError, TaskUnschedulableError, WorkerCrashedError
+
+    gone = (TaskUnschedulableError, NodeDiedError, WorkerCrashedError)   # the node, not the check, failed
+    alive = {n["NodeID"] for n in alive_nodes()} - {n for n, e in failed.items() if isinstance(e, gone)}
+    for node in [n for n in [*slow, *failed] if n not in alive]:
+        print(f"note: Ray node {node} left the cluster before its check; skipped (its work goes to the others)",
+              file=sys.stderr, flush=True)
+    slow, failed = [n for n in slow if n in alive], {n: e for n, e in failed.items() if n in alive}
+    if failed:
+        node, exc = next(iter(failed.items()))
+        raise OrchestratorError(f"the check of Ray node {node} failed: {task_error(exc)}") from exc
+    if slow:
         raise OrchestratorError(f"Ray nodes {slow} did not answer a check within {NODE_CHECK_TIMEOUT_S:.0f} s; "
                                 "see `ray status` and the nodes' logs")
-    return {node: ray.get(ref) for node, ref in refs.items()}
+    return answers
 
 
 def node_id() -> str:

@@ -69,7 +69,8 @@ def ray_cluster() -> Iterator[None]:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # its own cluster (address="local"), never one a `ray start` on this machine left in ray_current_cluster
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()

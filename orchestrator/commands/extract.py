@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.commands.scaling import apply_scaling, scaling_arguments
 from orchestrator.config import ExtractionConfig
 from orchestrator.extract import DEFAULT_DATA_ROOT, DEFAULT_STORE, DTYPES, ActorSettings, extract_features
 
@@ -35,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster to join ('auto', 'HOST:6379'; not ray://, submit with `ray job submit` "
                              "instead); default: $RAY_ADDRESS if set, else a local one of its own (auto joins "
                              "the one `ray start` left)")
-    parser.add_argument("--autoscaling", action="store_true",
-                        help="the cluster's autoscaler may add nodes: ask it for the actors' GPUs/CPUs instead of "
-                             "refusing what no node has yet (same as $SEABENCH_AUTOSCALING=1)")
+    scaling_arguments(parser, "the actors' GPUs/CPUs")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     parser.add_argument("--shard-size", type=int, default=DEFAULTS.shard_size, help="samples per Parquet shard (default: %(default)s)")
     parser.add_argument("--dtype", choices=DTYPES, default=DEFAULTS.dtype, help="stored feature dtype (default: %(default)s)")
@@ -59,12 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.autoscaling:
-        import os
-
-        from orchestrator.raycluster import AUTOSCALING_ENV
-
-        os.environ[AUTOSCALING_ENV] = "1"
+    apply_scaling(args)
     settings = ActorSettings(num_gpus_per_actor=args.num_gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                              num_actors=args.num_actors, num_workers=args.num_workers, batch_size=args.batch_size,
                              skip_bad_images=args.skip_bad_images)

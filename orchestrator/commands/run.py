@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator.commands.scaling import apply_scaling, scaling_arguments
 from orchestrator.config import SweepConfig, load_config
 from orchestrator.errors import OrchestratorError
 
@@ -27,9 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto', 'HOST:6379'; not ray://, "
                         "submit with `ray job submit` instead); default: $RAY_ADDRESS if set, else a local cluster "
                         "of its own (never one a `ray start` left behind: pass auto for that)")
-    parser.add_argument("--autoscaling", action="store_true",
-                        help="the cluster's autoscaler may add nodes: ask it for the GPUs/CPUs the config needs "
-                             "instead of refusing what no node has yet (same as $SEABENCH_AUTOSCALING=1)")
+    scaling_arguments(parser, "the GPUs/CPUs the config needs")
     parser.add_argument("--out", default=None, help="report folder (default reports/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--takeover", action="store_true",
@@ -92,11 +91,20 @@ def _extract(cfg: SweepConfig, tasks: list[str], backbones: tuple[str, ...], pro
     return dict(summary.keys)
 
 
-def run(args: argparse.Namespace) -> int:
-    import os
+def _check_shapes(cfg: SweepConfig) -> None:
+    """On an autoscaling cluster, before anything runs: refuse an extraction actor or a trial of a shape
+    that no node type of the autoscaler holds (orchestrator.capacity.check_shape)."""
+    from orchestrator.capacity import check_shape
 
+    check_shape({"CPU": 1.0, "GPU": cfg.extraction.num_gpus_per_actor}, "an extraction actor",
+                "Lower extraction.num_gpus_per_actor to what a node type holds, or add such a type")
+    check_shape({"CPU": cfg.resources.cpu, "GPU": cfg.resources.gpu}, "a sweep trial (resources.cpu, resources.gpu)",
+                "Lower resources.cpu / resources.gpu to what a node type holds, or add such a type")
+
+
+def run(args: argparse.Namespace) -> int:
     from orchestrator.extract import backbone_parts, preflight_inputs
-    from orchestrator.raycluster import AUTOSCALING_ENV, check_address, init_ray
+    from orchestrator.raycluster import check_address, init_ray
     from orchestrator.sweep import SweepTracker, run_sweep
 
     cfg = load_config(args.config, args.overrides, store=args.store, tracking_uri=args.tracking_uri,
@@ -104,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
     check_address(cfg.address)
     # one sweep per experiment at a time: refuse within seconds, before Ray starts and extraction runs
     SweepTracker(cfg.tracking_uri, cfg.name, takeover=args.takeover).check_lease()
-    if args.autoscaling:
-        os.environ[AUTOSCALING_ENV] = "1"
+    apply_scaling(args)
     progress = not args.no_progress
     backbones = check_names(cfg, args.config)
     tasks = available_tasks(cfg)
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     # every missing dataset and weights file at once, before Ray starts
     preflight_inputs(list(dict.fromkeys(p for b in backbones for p in backbone_parts(b))), tasks, cfg.data_root)
     init_ray(cfg.address, cfg.num_cpus)
+    _check_shapes(cfg)
     keys = _extract(cfg, tasks, backbones, progress)
     summary = run_sweep(cfg, tasks, keys=keys, progress=progress, takeover=args.takeover)
     print(f"sweep {cfg.name!r}: {summary.cells} cells; {summary.skipped} already complete, "

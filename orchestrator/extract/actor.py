@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -50,12 +51,28 @@ class _TolerantItems(Dataset):
         return image, label, ""
 
 
+def probe_store(store) -> str:
+    """A write, read back and removal of a small file at the store's root ("" when all three work, else
+    what failed): the credentials and the endpoint this node has, tried before it writes a shard."""
+    path = f"{store.root}/.seabench-probe-{node_id()[:12] or 'local'}-{uuid.uuid4().hex[:8]}"
+    payload = b"seabench store probe\n"
+    try:
+        store.fs.makedirs(store.root, exist_ok=True)
+        store.fs.pipe_file(path, payload)
+        read = store.fs.cat_file(path)
+        store.fs.rm(path)
+    except Exception as exc:   # any backend's error (botocore, OSError, …): reported, with the store named
+        return f"the feature store {store.uri} failed a test write and read ({type(exc).__name__}: {exc})"
+    return "" if read == payload else f"the feature store {store.uri} returned other bytes than were written"
+
+
 class ShardExtractor:
     """Ray actor body: one backbone built once; `extract(job)` returns one shard's arrays."""
 
     def __init__(self, spec: tasks.BackboneSpec, data_root: str | None, device: str, dtype: str,
                  batch_size: int, num_workers: int | None, num_threads: int, skip_bad_images: bool = False,
-                 weights_sha256: str = "", store: str | None = None, compute: str = "float32") -> None:
+                 weights_sha256: str = "", store: str | None = None, compute: str = "float32",
+                 task_names: Sequence[str] = ()) -> None:
         self.node = node_id()
         self.compute = compute
         self.note = ""
@@ -79,6 +96,15 @@ class ShardExtractor:
             from orchestrator.extract.store import FeatureStore
 
             self.store = FeatureStore(store)
+        # a node that joined after the driver's preflight (an autoscaler's, a replacement) is checked here,
+        # on itself, before it gets work: the data it will read and a write-then-read of the store
+        problems = [str(m) for m in tasks.preflight([], task_names, data_root)]
+        problems += [p for p in [probe_store(self.store)] if p] if self.store is not None else []
+        if problems:
+            raise OrchestratorError(
+                f"node {self.node} cannot take part in this extraction: " + "; ".join(problems) + ". Every node "
+                "must see the data and the store as the driver does: a shared mount at the same path, or URIs "
+                "(s3://…) with credentials on every node (an instance profile, a service account, $AWS_* in its env)")
         # Channels-last: tensor cores on CUDA, and oneDNN's faster (depthwise) convolutions on CPU.
         self.backbone.model.to(self.device, memory_format=torch.channels_last)
         self.data_root, self.dtype, self.skip_bad_images = data_root, dtype, skip_bad_images

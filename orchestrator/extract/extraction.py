@@ -24,6 +24,7 @@ import numpy as np
 import ray
 
 import tasks
+from orchestrator.capacity import check_shape, wait_for_nodes, wait_seconds
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract.actor import ShardExtractor, ShardResult
 from orchestrator.extract.manifest import DTYPES, Manifest, ShardRecord
@@ -100,10 +101,17 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
     plan = plan_actors(len(jobs), settings.num_gpus_per_actor, settings.cpus_per_actor, settings.num_actors)
     if plan.note:
         print(f"extract: {plan.note}", flush=True)
+    check_shape(plan.bundle, "an extraction actor", "Lower extraction.num_gpus_per_actor (--num-gpus-per-actor) "
+                "or --cpus-per-actor to what a node type holds, or add such a type")
     request(plan)
-    if plan.placeable == 0:
-        print(f"extract: no node holds an actor of {plan.num_cpus:g} CPU, {plan.num_gpus:g} GPU yet; asked the "
-              f"autoscaler for {plan.count}, waiting for nodes to join", flush=True)
+    try:
+        if plan.placeable == 0:
+            print(f"extract: no node holds an actor of {plan.num_cpus:g} CPU, {plan.num_gpus:g} GPU yet; asked the "
+                  f"autoscaler for {plan.count}, waiting for nodes to join (up to {wait_seconds():g} s)", flush=True)
+            wait_for_nodes(plan.bundle, "extraction actor")
+    except BaseException:
+        request(None)   # a stage that stops withdraws what it asked for: no paid node left up for nothing
+        raise
     options = {"num_cpus": plan.num_cpus, "num_gpus": plan.num_gpus,
                "max_restarts": MAX_ACTOR_RESTARTS, "max_task_retries": 0}
     actor_cls = ray.remote(ShardExtractor)
@@ -114,7 +122,8 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
     run_id = uuid.uuid4().hex[:8]
     actors = [actor_cls.options(name=f"seabench-extract-{run_id}-{i}", **options).remote(
         spec, data_root, "cuda" if plan.num_gpus > 0 else "cpu", dtype, settings.batch_size, settings.num_workers,
-        int(plan.num_cpus), settings.skip_bad_images, weights, where, units[0].key.compute)
+        int(plan.num_cpus), settings.skip_bad_images, weights, where, units[0].key.compute,
+        sorted({data_name(u.task) for u in units}))
         for i in range(plan.count)]
     remaining = {u: len(unit.manifest.missing()) for u, unit in enumerate(units)}
     plain = [Manifest(u.manifest.key, u.manifest.metadata, u.manifest.num_rows, u.manifest.dim, u.manifest.dtype,

@@ -230,8 +230,7 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
     status = "FAILED"
     try:
         init_ray(cfg.address, cfg.num_cpus)
-        _check_resources(cfg)
-        with _tune_storage(cfg) as storage:
+        with _check_resources(cfg), _tune_storage(cfg) as storage:
             runner = _run_search if search else _run_grid
             heads = [c for c in pending if c.method != "finetune"]
             # fine-tuning cells train beside the heads' Tuner, on the same cluster (orchestrator.sweep.finetuning)
@@ -258,24 +257,32 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
     return summary
 
 
-def _check_resources(cfg: SweepConfig) -> None:
+@contextlib.contextmanager
+def _check_resources(cfg: SweepConfig) -> Iterator[None]:
     """Fail fast where Tune would wait forever: a trial shape (resources.cpu, resources.gpu) that no node
-    of a fixed cluster can hold. On an autoscaling cluster (--autoscaling) the shape is asked of the
-    autoscaler and a shape no node has *yet* is only a warning: the trials start once nodes join."""
+    of a fixed cluster can hold. On an autoscaling cluster (--autoscaling) a shape that no node type of the
+    autoscaler holds is refused; one that no node has *yet* is asked of the autoscaler while the block runs
+    (withdrawn however it ends, so nodes go once idle) and waited for up to --wait-for-nodes."""
     import sys
 
-    from orchestrator.raycluster import alive_nodes, autoscaling, fits, request_resources
+    from orchestrator.capacity import check_shape, requested, wait_for_nodes, wait_seconds
+    from orchestrator.raycluster import alive_nodes, autoscaling, fits
 
     bundle = {"CPU": cfg.resources.cpu, "GPU": cfg.resources.gpu}
     nodes = alive_nodes()
     if any(fits(bundle, n["Resources"]) > 0 for n in nodes):
+        yield
         return
     shapes = ", ".join(f"{n['Resources'].get('CPU', 0):g} CPU/{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
     if autoscaling():
-        request_resources([bundle] * (cfg.search.max_concurrent or 1))
-        print(f"sweep: no node holds a trial of resources.cpu={cfg.resources.cpu:g}, resources.gpu="
-              f"{cfg.resources.gpu:g} yet (nodes: {shapes or 'none'}); asked the autoscaler, trials start as "
-              "nodes join", file=sys.stderr, flush=True)
+        check_shape(bundle, "a sweep trial (resources.cpu, resources.gpu)",
+                    "Lower resources.cpu / resources.gpu to what a node type holds, or add such a type")
+        with requested([bundle] * (cfg.search.max_concurrent or 1), "sweep"):
+            print(f"sweep: no node holds a trial of resources.cpu={cfg.resources.cpu:g}, resources.gpu="
+                  f"{cfg.resources.gpu:g} yet (nodes: {shapes or 'none'}); asked the autoscaler, trials start as "
+                  f"nodes join (waiting up to {wait_seconds():g} s)", file=sys.stderr, flush=True)
+            wait_for_nodes(bundle, "sweep trial")
+            yield
         return
     if cfg.resources.gpu > 0 and not any(n["Resources"].get("GPU", 0) for n in nodes):
         raise OrchestratorError(f"resources.gpu={cfg.resources.gpu} but the Ray cluster has no GPU (nodes: {shapes}); "

@@ -4,6 +4,7 @@ trial resources from the configuration, the weights check on the actor, and the 
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -12,10 +13,13 @@ import numpy as np
 import pytest
 import ray
 import torch
+import yaml
+from fakedata import make_fake_imagefolder
 from fsspec.implementations.memory import MemoryFileSystem
 from test_store import data, fill, make_key  # noqa: F401  (the `data` fixture)
 
 import tasks
+from orchestrator.capacity import NODE_TYPES_ENV, WAIT_ENV
 from orchestrator.cli import main
 from orchestrator.config import load_config
 from orchestrator.errors import OrchestratorError
@@ -97,23 +101,45 @@ def test_actor_plans_follow_the_settings_not_the_free_resources(ray_cluster, mon
     assert plan_actors(jobs=7, num_gpus=1.0, num_cpus=1.0, num_actors=3).count == 3
 
 
+def _enter(cfg) -> None:
+    with _check_resources(cfg):
+        pytest.fail("the sweep's trials would have started without a node to hold them")
+
+
 def test_trial_resources_no_node_holds_are_an_error_on_a_fixed_cluster_and_a_request_when_it_grows(
-        ray_cluster, monkeypatch, capsys):
+        ray_cluster, monkeypatch, capsys, tmp_path):
     monkeypatch.delenv(AUTOSCALING_ENV, raising=False)
+    monkeypatch.delenv(NODE_TYPES_ENV, raising=False)
     cfg = load_config(data={"name": "r", "backbones": ["random:resnet10t@16"], "tasks": ["digits"],
                             "resources": {"cpu": 1, "gpu": 0.5}})
     with pytest.raises(OrchestratorError, match=r"resources.gpu=0.5 but the Ray cluster has no GPU.*--autoscaling"):
-        _check_resources(cfg)
+        _enter(cfg)
     big = load_config(data={"name": "r", "backbones": ["random:resnet10t@16"], "tasks": ["digits"],
                             "resources": {"cpu": 16}})
-    with pytest.raises(OrchestratorError, match=r"resources\.cpu=16"):
-        _check_resources(big)
+    with pytest.raises(OrchestratorError, match=r"resources\.cpu=16"), _check_resources(big):
+        pass
+    # growing: asked for, waited for up to the deadline, then an error naming the shape; the request withdrawn
     monkeypatch.setenv(AUTOSCALING_ENV, "1")
-    _check_resources(cfg)
-    assert "asked the autoscaler, trials start as nodes join" in capsys.readouterr().err
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(bundles=[])
+    monkeypatch.setenv(WAIT_ENV, "2s")
+    began = time.monotonic()
+    with pytest.raises(OrchestratorError, match=r"no node holding 1 CPU, 0.5 GPU \(one sweep trial\) joined within 2 s"):
+        _enter(cfg)
+    assert time.monotonic() - began < 30
+    err = capsys.readouterr().err
+    assert "asked the autoscaler, trials start as nodes join (waiting up to 2 s)" in err
+    assert "sweep: asked the autoscaler for 1 × {1 CPU, 0.5 GPU}" in err and "sweep: withdrew its request" in err
+    # a shape no node type of the autoscaler holds is refused at once, naming the types
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({
+        "head_node_type": "head", "max_workers": 2,
+        "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
+                                 "gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 2},
+                                 "big": {"resources": {"CPU": 8, "GPU": 4}, "max_workers": 0}}}))
+    monkeypatch.setenv(NODE_TYPES_ENV, str(tmp_path / "cluster.yaml"))
+    two = load_config(data={"name": "r", "backbones": ["random:resnet10t@16"], "tasks": ["digits"],
+                            "resources": {"cpu": 1, "gpu": 2}})
+    with pytest.raises(OrchestratorError, match=r"needs 1 CPU, 2 GPU, but no node type of the autoscaler holds it "
+                                                r"\(gpu: 8 CPU, 1 GPU; head: nothing; from .*cluster.yaml\)"):
+        _enter(two)
 
 
 def test_an_actor_refuses_weights_whose_sha256_differs_from_the_key(tmp_path: Path):
@@ -126,6 +152,25 @@ def test_an_actor_refuses_weights_whose_sha256_differs_from_the_key(tmp_path: Pa
                                                 rf"key .* has {'0' * 64}"):
         ShardExtractor(spec, None, "cpu", "float32", 4, 0, 1, weights_sha256="0" * 64)
     ShardExtractor(spec, None, "cpu", "float32", 4, 0, 1, weights_sha256=tasks.build_backbone(spec).weights_sha256)
+
+
+def test_an_actor_on_a_node_that_joined_late_checks_the_data_and_the_store_before_any_work(tmp_path: Path):
+    """The driver's preflight sees only the nodes alive when it runs; an actor started later (on a node an
+    autoscaler or a replacement brought) checks on its own node the data it will read and writes, reads
+    back and removes a file in the store, and refuses to start otherwise, naming the node and the input."""
+    spec = tasks.BackboneSpec("random:resnet10t@16", "resnet10t", "random", input_size=16)
+    make_fake_imagefolder(tmp_path / "task", classes=2, n_train=2, n_test=1, size=16)
+    store = tmp_path / "store"
+    store.mkdir()
+    ShardExtractor(spec, None, "cpu", "float32", 4, 0, 1, store=str(store), task_names=[f"imagefolder:{tmp_path / 'task'}"])
+    assert not [p for p in store.iterdir()]                 # the probe left nothing behind
+    with pytest.raises(OrchestratorError, match=r"node .* cannot take part in this extraction: .*"
+                                                rf"{tmp_path / 'absent'}.*a shared mount at the same path"):
+        ShardExtractor(spec, None, "cpu", "float32", 4, 0, 1, task_names=[f"imagefolder:{tmp_path / 'absent'}"])
+    (tmp_path / "blocker").write_text("a file where the store's folder would be: nothing can be written below it")
+    with pytest.raises(OrchestratorError, match=rf"the feature store {tmp_path / 'blocker' / 'store'} failed a test "
+                                                r"write and read \(\w+Error"):
+        ShardExtractor(spec, None, "cpu", "float32", 4, 0, 1, store=str(tmp_path / "blocker" / "store"))
 
 
 def test_preflight_lists_every_missing_input_before_ray_starts(tmp_path: Path, capsys, monkeypatch):
