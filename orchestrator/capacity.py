@@ -5,7 +5,7 @@ Each stage (extraction, the sweep) that needs a shape no live node holds yet ask
 request left in place keeps paid nodes up after the run. A shape that no node type of the autoscaler can
 hold is refused before anything is asked; the node types come from the autoscaler's own config (the
 monitor's `--autoscaling-config` on this machine, `~/ray_bootstrap_config.yaml` on a `ray up` head, or
-$SEABENCH_NODE_TYPES where neither is visible, e.g. KubeRay). Nodes that never come end the stage after a
+$SEABENCH_NODE_TYPES — a cluster YAML's path or its mapping inline — where neither is visible, e.g. KubeRay). Nodes that never come end the stage after a
 deadline (`--wait-for-nodes`, $SEABENCH_WAIT_FOR_NODES, default 30 min) with an error naming the shape.
 """
 
@@ -85,6 +85,16 @@ def _load(path: str) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
+def _inline(text: str) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
 def _monitor_config(gcs_address: str) -> str | None:
     """The `--autoscaling-config` of this cluster's autoscaler (its monitor process) if it runs on this
     machine, as on a `ray up` head or a `ray start --head --autoscaling-config` one."""
@@ -112,12 +122,12 @@ def node_types() -> tuple[dict[str, dict[str, float]], str] | None:
                 candidates.append(path)
     candidates.append(BOOTSTRAP_CONFIG)
     for where in candidates:
-        config = _load(where)
+        config = _inline(where) if where == given and where.startswith("{") else _load(where)
         if config is None and where == given:
-            raise OrchestratorError(f"${NODE_TYPES_ENV}={given!r}: not a readable Ray cluster YAML with "
-                                    "available_node_types (e.g. cluster.yaml)")
+            raise OrchestratorError(f"${NODE_TYPES_ENV}={given!r}: neither a readable Ray cluster YAML with "
+                                    "available_node_types (e.g. cluster.yaml) nor such a mapping inline ({...})")
         if config is not None and (types := types_of(config)) is not None:
-            return types, where
+            return types, f"${NODE_TYPES_ENV}" if where == given and where.startswith("{") else where
     return None
 
 

@@ -61,8 +61,10 @@ def test_node_types_come_from_the_named_cluster_yaml_and_a_bad_one_is_an_error(t
     monkeypatch.setenv(NODE_TYPES_ENV, str(path))
     assert node_types() == ({"h": {"CPU": 2.0}, "w": {"CPU": 4.0, "GPU": 1.0}}, str(path))
     monkeypatch.setenv(NODE_TYPES_ENV, str(tmp_path / "absent.yaml"))
-    with pytest.raises(OrchestratorError, match=r"\$SEABENCH_NODE_TYPES=.*absent.yaml.*not a readable Ray cluster YAML"):
+    with pytest.raises(OrchestratorError, match=r"\$SEABENCH_NODE_TYPES=.*absent.yaml.*neither a readable Ray cluster YAML"):
         node_types()
+    monkeypatch.setenv(NODE_TYPES_ENV, '{"available_node_types": {"w": {"resources": {"GPU": 2}}}}')   # KubeRay: inline
+    assert node_types() == ({"w": {"GPU": 2.0}}, "$SEABENCH_NODE_TYPES")
 
 
 def test_a_node_that_left_before_its_check_is_skipped_and_said_so(ray_cluster, capsys):

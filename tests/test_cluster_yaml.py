@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
+from envnames import needed_on_workers
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
@@ -97,10 +98,5 @@ def test_every_node_gets_the_seabench_environment_the_code_reads(config):
     options = " ".join(config["docker"]["run_options"])
     assert not config["docker"].get("worker_run_options") and not config["docker"].get("head_run_options")
     given = set(re.findall(r"--env (SEABENCH_[A-Z_]+)=", options))
-    package = CLUSTER_YAML.parent
-    read = set()
-    for folder in ("orchestrator", "tasks", "sea"):
-        for path in (package / folder).rglob("*.py"):
-            read |= set(re.findall(r"\"(SEABENCH_[A-Z_]+)\"", path.read_text()))
-    lease_only = {name for name in read if name.startswith("SEABENCH_LEASE_")}   # read by the driver only
-    assert read - lease_only <= given, f"not set on the nodes: {sorted(read - lease_only - given)}"
+    needed = needed_on_workers()
+    assert needed <= given, f"not set on the nodes: {sorted(needed - given)}"

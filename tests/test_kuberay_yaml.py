@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from envnames import needed_on_workers
 
 REPO = Path(__file__).resolve().parents[1]
 KUBERAY_YAML = REPO / "kuberay.yaml"
@@ -126,11 +127,7 @@ def test_the_entry_point_is_a_valid_autoscaling_seabench_run_against_the_mlflow_
 def test_every_ray_pod_runs_as_the_s3_service_account_with_the_seabench_environment(docs):
     account = _one(docs, "ServiceAccount", "seabench")
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
-    read = set()
-    for folder in ("orchestrator", "tasks", "sea"):
-        for path in (REPO / folder).rglob("*.py"):
-            read |= set(re.findall(r"\"(SEABENCH_[A-Z_]+)\"", path.read_text()))
-    needed = {name for name in read if not name.startswith("SEABENCH_LEASE_")}   # the lease: driver-only tuning
+    needed = needed_on_workers()
     cluster = _one(docs, "RayJob")["spec"]["rayClusterSpec"]
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     for pod in pods:
@@ -160,3 +157,23 @@ def test_mlflow_is_backed_by_postgresql_with_artifacts_on_s3(docs):
     assert f'"mlflow=={version}"' in pyproject
     postgres = _one(docs, "StatefulSet", "seabench-postgres")["spec"]["template"]
     assert _one(docs, "Service", "seabench-postgres")["spec"]["selector"].items() <= postgres["metadata"]["labels"].items()
+
+
+def test_the_driver_knows_the_gpu_group_as_the_autoscaler_does(docs):
+    """KubeRay's autoscaler reads the RayCluster, not a file the driver can see: SEABENCH_NODE_TYPES states the
+    groups for seabench's up-front shape check, and must agree with the worker groups' limits and replicas."""
+    from orchestrator.capacity import types_of
+
+    cluster = _one(docs, "RayJob")["spec"]["rayClusterSpec"]
+    env = {e["name"]: e.get("value") for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    stated = yaml.safe_load(env["SEABENCH_NODE_TYPES"])
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(stated["available_node_types"]) - {stated["head_node_type"]} == set(groups)
+    for name, group in groups.items():
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        declared = stated["available_node_types"][name]
+        assert declared["resources"] == {"CPU": float(limits["cpu"]), "GPU": float(limits.get("nvidia.com/gpu", 0))}
+        assert declared["max_workers"] == group["maxReplicas"]
+    head = stated["available_node_types"][stated["head_node_type"]]
+    assert head["resources"]["CPU"] == float(cluster["headGroupSpec"]["rayStartParams"]["num-cpus"])
+    assert types_of(stated) is not None

@@ -23,6 +23,7 @@ from orchestrator.capacity import NODE_TYPES_ENV, WAIT_ENV
 from orchestrator.cli import main
 from orchestrator.config import load_config
 from orchestrator.errors import OrchestratorError
+from orchestrator.extract import ActorSettings, extract_features
 from orchestrator.extract.actor import ShardExtractor
 from orchestrator.extract.nodes import plan_actors
 from orchestrator.extract.pool import run_jobs
@@ -140,6 +141,22 @@ def test_trial_resources_no_node_holds_are_an_error_on_a_fixed_cluster_and_a_req
     with pytest.raises(OrchestratorError, match=r"needs 1 CPU, 2 GPU, but no node type of the autoscaler holds it "
                                                 r"\(gpu: 8 CPU, 1 GPU; head: nothing; from .*cluster.yaml\)"):
         _enter(two)
+
+
+def test_an_extraction_whose_nodes_never_come_stops_at_the_deadline_naming_the_shape(
+        ray_cluster, monkeypatch, capsys, tmp_path):
+    make_fake_imagefolder(tmp_path / "task", classes=2, n_train=4, n_test=2, size=16)
+    monkeypatch.setenv(AUTOSCALING_ENV, "1")
+    monkeypatch.setenv(WAIT_ENV, "2")
+    monkeypatch.delenv(NODE_TYPES_ENV, raising=False)
+    began = time.monotonic()
+    with pytest.raises(OrchestratorError, match=r"no node holding 1 CPU, 1 GPU \(one extraction actor\) joined "
+                                                r"within 2 s \(--wait-for-nodes\); nodes now: 2 CPU\. Check `ray status`"):
+        extract_features("random:resnet10t@16", f"imagefolder:{tmp_path / 'task'}", store=str(tmp_path / "store"),
+                         settings=ActorSettings(num_gpus_per_actor=1.0, batch_size=4), progress=False)
+    assert time.monotonic() - began < 60
+    assert "waiting for nodes to join (up to 2 s)" in capsys.readouterr().out
+    assert not list((tmp_path / "store").rglob("*.parquet"))
 
 
 def test_an_actor_refuses_weights_whose_sha256_differs_from_the_key(tmp_path: Path):
