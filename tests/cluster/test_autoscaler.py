@@ -6,6 +6,7 @@ raylets by node type): `seabench run --autoscaling` on a cluster scaled to zero 
 - A first run asks for GPU nodes for extraction (the actors hold the GPU resource and compute on CPU,
   since these nodes have no CUDA, and say so), the nodes come, every cell finishes, and once the run ends
   the nodes go after the idle timeout.
+- A run started at once, while those nodes go idle and are removed, extracts a second task and finishes.
 - A resumed sweep (features stored, new cells) asks only for the sweep's trials, finishes, withdraws its
   request, and its nodes go too: a request left in place would keep them up."""
 
@@ -33,6 +34,7 @@ def _ok(result, what: str) -> str:
 
 def test_autoscaled_runs_from_zero_release_their_nodes_and_impossible_shapes_are_refused(tmp_path):
     make_fake_imagefolder(tmp_path / "task", classes=3, n_train=6, n_test=3, size=16)
+    make_fake_imagefolder(tmp_path / "task2", classes=2, n_train=6, n_test=3, size=16)
     with autoscaling_head(GPU_TYPE, idle_timeout_s=IDLE_TIMEOUT_S) as head:
         env = driver_env(AUTH_ENV, tmp_path)
         store = str(tmp_path / "features")
@@ -58,15 +60,22 @@ def test_autoscaled_runs_from_zero_release_their_nodes_and_impossible_shapes_are
         assert "the actor holds a GPU but CUDA is not available there; computing on CPU" in text
         assert "node(s) of type gpu" in head.monitor_log()    # the autoscaler launched them, by type
         assert [r.info.status for r in cell_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "auto")] == ["FINISHED"] * 2
-        wait_until(lambda: head.worker_raylets() == 0, IDLE_TIMEOUT_S + 90, "the first run's nodes released")
+
+        # started at once, while the first run's nodes go idle and the autoscaler removes them: a second task
+        # to extract (its per-node check and its actors meet nodes that are leaving) and cells to train
+        grown = dict(sweep.config("auto", store, **gpu), tasks=[sweep.task, f"imagefolder:{tmp_path / 'task2'}"])
+        text = _ok(seabench(["run", "--config", str(write_config(tmp_path / "grown.yaml", grown)), *common], env,
+                            tmp_path, timeout=RUN_TIMEOUT_S), "a run started while nodes were being removed")
+        assert "2 already complete, 2 computed, 0 failed" in text
+        wait_until(lambda: head.worker_raylets() == 0, IDLE_TIMEOUT_S + 90, "the nodes released")
         assert "(idle)" in head.monitor_log()                  # removed by the autoscaler for being idle
 
-        resumed = write_config(tmp_path / "resumed.yaml", Sweep(sweep.task, seeds=(0, 1)).config("auto", store, **gpu))
+        resumed = write_config(tmp_path / "resumed.yaml", dict(grown, seeds=[0, 1]))
         text = _ok(seabench(["run", "--config", str(resumed), *common], env, tmp_path, timeout=RUN_TIMEOUT_S), "resumed")
-        assert "extract: 2 units (2 cached)" in text          # only the sweep asked for nodes
+        assert "extract: 4 units (4 cached)" in text          # only the sweep asked for nodes
         assert "sweep: asked the autoscaler for 1 × {1 CPU, 0.5 GPU}" in text
         assert "sweep: withdrew its request from the autoscaler" in text
-        assert "2 already complete, 2 computed, 0 failed" in text
+        assert "4 already complete, 4 computed, 0 failed" in text
         removals = head.monitor_log().count("(idle)")
         wait_until(lambda: head.worker_raylets() == 0, IDLE_TIMEOUT_S + 90, "the resumed sweep's nodes released")
         assert head.monitor_log().count("(idle)") > removals
