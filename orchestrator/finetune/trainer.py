@@ -100,8 +100,16 @@ def _check_cluster(ft: Any) -> int:
     """How many candidates can train at once; OrchestratorError when no worker group fits the cluster."""
     import ray
 
+    from orchestrator.raycluster import autoscaling
+
     total = ray.cluster_resources()
     need = {"CPU": ft.num_workers * ft.cpus_per_worker, "GPU": ft.num_workers * ft.gpus_per_worker}
+    if any(need[k] > total.get(k, 0.0) for k in need) and autoscaling():
+        from orchestrator.capacity import check_shape
+
+        check_shape({"CPU": ft.cpus_per_worker, "GPU": ft.gpus_per_worker}, "a fine-tuning worker",
+                    "Lower finetune.cpus_per_worker / finetune.gpus_per_worker to what a node type holds")
+        return 1   # the worker group's placement group is the autoscaler's demand: its nodes come for it
     if any(need[k] > total.get(k, 0.0) for k in need):
         raise OrchestratorError(
             f"finetune: {ft.num_workers} worker(s) × (CPU {ft.cpus_per_worker:g}, GPU {ft.gpus_per_worker:g}) do not fit "

@@ -63,3 +63,23 @@ def test_run_names_of_a_long_task_stay_distinct_and_keep_their_tail() -> None:
     first, second = run_name("sweep", "efficientnet-lite0", task, 0), run_name("sweep", "efficientnet-lite0", task, 0)
     assert first != second and len(first) == 69 and first.startswith("sweep-ft-efficientnet-lite0-imagefolder_")
     assert "/" not in first and ":" not in first
+
+
+def test_a_worker_group_no_node_holds_yet_waits_for_an_autoscaler_unless_no_node_type_holds_it(
+        ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fixed cluster a GPU worker group on a CPU-only cluster is an error; with --autoscaling it trains
+    one candidate at a time once its placement group gets nodes, unless the autoscaler's types hold no worker."""
+    from orchestrator.capacity import NODE_TYPES_ENV
+    from orchestrator.finetune.trainer import _check_cluster
+    from orchestrator.raycluster import AUTOSCALING_ENV
+
+    gpu = replace(FT, gpus_per_worker=1.0)
+    monkeypatch.delenv(AUTOSCALING_ENV, raising=False)
+    monkeypatch.delenv(NODE_TYPES_ENV, raising=False)
+    with pytest.raises(OrchestratorError, match=r"do not fit the Ray cluster \(CPU 2, GPU 0\)"):
+        _check_cluster(gpu)
+    monkeypatch.setenv(AUTOSCALING_ENV, "1")
+    assert _check_cluster(gpu) == 1
+    monkeypatch.setenv(NODE_TYPES_ENV, '{"available_node_types": {"cpu": {"resources": {"CPU": 8}}}}')
+    with pytest.raises(OrchestratorError, match=r"a fine-tuning worker needs 1 CPU, 1 GPU, but no node type .*cpu: 8 CPU"):
+        _check_cluster(gpu)
