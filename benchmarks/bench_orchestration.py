@@ -88,6 +88,16 @@ def write_store(root: Path, tasks: tuple[str, ...], backbones: tuple[str, ...], 
             write_task(str(root), backbone, task, sizes, spec.num_classes, dim=dim, seed=b)
 
 
+def register_backbones(backbones) -> None:
+    """The synthetic names as registry entries (random-init ResNet-10t): a fine-tuning cell's recipe is its
+    backbone's timm family's, so the sweep resolves it (and keys the cell by it) from the registry."""
+    from tasks import BackboneSpec, register_backbone
+
+    for name in backbones:
+        register_backbone(BackboneSpec(name, "resnet10t", "random:0", input_size=16, model_kwargs=(("num_classes", 0),),
+                                       note="bench_orchestration's synthetic backbone (features only)"))
+
+
 def _standin_finetune(cfg, cell, storage, workdir):   # FinetuneCells' task signature
     """A fine-tuning cell's stand-in body: a linear head on the cell's stored features (see the docstring)."""
     from orchestrator.sweep import Cell, run_cell, trial_context
@@ -119,6 +129,7 @@ def run_size(cells: int, num_cpus: int, dim: int, profile: Path | None) -> dict:
     out: dict = {"cells": cells, "shape": f"{len(tasks)}×{len(backbones)}×{len(methods)}×{len(seeds)}"}
     try:
         write_store(root / "store", tasks, backbones, dim)
+        register_backbones(backbones)
         with mlflow_server(root) as url:
             cfg = load_config(data={
                 "name": f"bench-orch-{cells}", "backbones": list(backbones), "tasks": list(tasks),

@@ -296,7 +296,7 @@ def finetune(ctx: Context) -> dict[str, Any]:
     from fakedata import make_fake_imagefolder
 
     from orchestrator.config import FinetuneConfig
-    from orchestrator.finetune import run_training
+    from orchestrator.finetune import backbone_recipe, run_training
 
     s, cores, threads = ctx.shapes, os.cpu_count() or 1, torch.get_num_threads()
     cpus = min(4, cores)   # the paper's cpus_per_worker, where there are that many
@@ -327,10 +327,11 @@ def finetune(ctx: Context) -> dict[str, Any]:
         out["not_run"] = {"nccl": f"{NEEDS_CUDA}: gloo on CPU", "bf16": f"{NEEDS_CUDA}: autocast is CUDA only"}
     elif group != {"backend": "nccl", "all_reduce": 1.0}:
         out.update(status="failed", error=f"the Ray Train worker's process group: {group}, not NCCL summing 1 GPU")
-    paper = ctx.config().finetune
-    runs = len(paper.lr) * len(paper.weight_decay) + 1
-    cell_s = runs * paper.steps * paper.batch_size / out["images_per_s"]
-    out["cell"] = {"runs": runs, "steps": paper.steps, "batch_size": paper.batch_size, "estimated_s": cell_s,
+    paper = backbone_recipe(ctx.config().finetune, s.ft_backbone)   # the recipe paper.yaml runs for this backbone
+    runs, keys = len(paper.candidates()) + 1, dict(paper.keys)
+    cell_s = runs * keys["steps"] * keys["batch_size"] / out["images_per_s"]
+    out["cell"] = {"recipe": paper.name, "runs": runs, "steps": keys["steps"], "batch_size": keys["batch_size"],
+                   "estimated_s": cell_s,
                    "counts": "training steps at images_per_s on this one device; evaluation, Ray start-up not counted"}
     sea = ctx.results.get("protocol_cell", {})
     if sea.get("status") == "ok":

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract import DTYPES
+from orchestrator.finetune_config import FinetuneConfig, check_finetune
 from orchestrator.names import check_safe_name
 from orchestrator.runs import DEFAULT_TRACKING_URI
 from orchestrator.schema import (
@@ -104,27 +105,6 @@ class ReportConfig:
     reference_csv: str | None = None   # user-supplied fine-tuning numbers
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:   # the `finetune` method's recipe, documented with its source in orchestrator/finetune/recipe.py
-    epochs: int | None = field(default=None, metadata={"min": 1})   # set: train by epochs, steps ignored
-    steps: int = field(default=5000, metadata={"min": 1})            # optimiser steps when epochs is null
-    lr: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)               # candidates: lr × weight_decay
-    weight_decay: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
-    batch_size: int = field(default=64, metadata={"min": 1})         # global, split over the workers
-    optimizer: str = field(default="sgd-nesterov", metadata=_choices("sgd-nesterov", "sgd", "adamw"))
-    momentum: float = field(default=0.9, metadata={"min": 0})
-    schedule: str = field(default="cosine", metadata=_choices(*SCHEDULES))
-    image_size: int | None = field(default=None, metadata={"min": 8})   # None: the backbone's own
-    num_workers: int = field(default=1, metadata={"min": 1})         # Ray Train workers per candidate
-    cpus_per_worker: float = field(default=1.0, metadata={"min": 0})
-    gpus_per_worker: float = field(default=0.0, metadata={"min": 0})
-    precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))   # bf16: autocast, CUDA only
-    max_failures: int = field(default=2, metadata={"min": 0})        # lost workers resumed from a checkpoint
-    storage: str | None = None        # checkpoints (URI / shared mount); None: see finetune/trainer.py
-    backbones: tuple[str, ...] = ()   # fine-tune only these of the sweep's backbones (empty: all but ensembles)
-    tasks: tuple[str, ...] = ()       # only these of its tasks (empty: all)
-
-
 Axes = tuple[tuple[str, tuple[float, ...]], ...]
 
 
@@ -168,7 +148,7 @@ class SweepConfig:
     extraction: ExtractionConfig = ExtractionConfig()
     resources: ResourcesConfig = ResourcesConfig()
     report: ReportConfig = ReportConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)   # orchestrator/finetune_config.py
 
     @property
     def all_tasks(self) -> tuple[str, ...]:
@@ -208,8 +188,9 @@ def _build_axes(data: object, path: str, allowed: Sequence[str]) -> Axes:
 def _build_grid(data: object, path: str) -> GridConfig:
     if not isinstance(data, Mapping):
         raise OrchestratorError(f"config: {path!r} expects a mapping (axis: [values] or method: {{axis: [values]}})")
-    if "finetune" in data:   # its candidates are the finetune section's lr × weight_decay
-        raise OrchestratorError(f"config: {where_of(path, 'finetune')!r}: set finetune.lr and finetune.weight_decay")
+    if "finetune" in data:   # its candidates are each backbone's recipe's lr × weight_decay
+        raise OrchestratorError(f"config: {where_of(path, 'finetune')!r}: set finetune.lr and finetune.weight_decay "
+                                "(every backbone) or finetune.recipes.<backbone>.lr / .weight_decay")
     common = {k: v for k, v in data.items() if k not in METHOD_AXES}
     per_method = tuple((m, _build_axes(data[m], where_of(path, m), METHOD_AXES[m]))
                        for m in sorted(data) if m in METHOD_AXES)
@@ -235,22 +216,12 @@ def _check_cross_fields(cfg: SweepConfig) -> None:
         raise OrchestratorError("config: 'methods' needs at least one method")
     for i, method in enumerate(cfg.methods):
         check_meta({"choices": tuple(METHOD_AXES)}, method, f"methods[{i}]")
-    _check_finetune(cfg)
+    check_finetune(cfg.finetune, cfg.methods, cfg.mode)
     _check_protocol(cfg)
     for key in ("backbones", "tasks", "optional_tasks", "methods", "seeds"):
         values = getattr(cfg, key)
         if len(set(values)) != len(values):
             raise OrchestratorError(f"config: {key!r} lists a value twice: {list(values)}")
-
-
-def _check_finetune(cfg: SweepConfig) -> None:
-    ft = cfg.finetune
-    if not ft.lr or min(ft.lr) <= 0 or not ft.weight_decay or min(ft.weight_decay) < 0:
-        raise OrchestratorError(f"config: 'finetune.lr' needs values > 0, 'finetune.weight_decay' ≥ 0: {ft.lr}, {ft.weight_decay}")
-    if ft.batch_size % ft.num_workers:   # each worker takes an equal share of the global batch
-        raise OrchestratorError(f"config: 'finetune.batch_size' must be a multiple of finetune.num_workers={ft.num_workers}")
-    if "finetune" in cfg.methods and cfg.mode != "select":   # the authors' script does not fine-tune
-        raise OrchestratorError("config: 'methods' lists finetune, which has no reference mode; use mode=select")
 
 
 def _check_protocol(cfg: SweepConfig) -> None:   # what selection reads of the epochs: k, the halving rungs
@@ -272,6 +243,8 @@ def _to_plain(value: object) -> Any:
         out: dict[str, Any] = {axis: list(vals) for axis, vals in value.common}
         out.update({m: {a: list(v) for a, v in axes} for m, axes in value.per_method})
         return out
+    if hasattr(value, "to_plain"):   # a section whose YAML shape is not its field layout (finetune.recipes)
+        return value.to_plain()
     if dataclasses.is_dataclass(value):
         return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):

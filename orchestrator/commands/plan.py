@@ -131,6 +131,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:,.1f} d".replace(",", " ")
 
 
+def _grid(values: Sequence[float]) -> str:
+    return " ".join(f"{v:g}" for v in values)
+
+
 def _table(rows: list[list[Any]]) -> list[str]:
     cells = [[_n(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
@@ -166,12 +170,17 @@ def render(out: Mapping[str, Any]) -> str:
         for b, n in out["images"]["per_backbone"].items()] + [
         ["total", "", out["images"]["total"], _bytes(out["feature_bytes"]["total"])]])
     if out["finetune"]:
-        lines += ["", f"fine-tuning — {out['finetune'][0]['source']}:"]
-        lines += _table([["backbone", "optimizer", "warmup_steps", "layer_decay", "steps", "batch", "candidates",
-                          "cells", "runs", "optimiser steps"]] + [
-            [f["backbone"], f["optimizer"], f["warmup_steps"], "-" if f["layer_decay"] is None else f["layer_decay"],
-             f["steps"] if f["steps"] is not None else f"{f['epochs']} epochs", f["batch_size"], f["candidates"],
+        lines += ["", "fine-tuning — each backbone's recipe (orchestrator/finetune/recipe.py; lr: the candidates, "
+                  "× batch/256 where the recipe scales them; wd: the candidates, / lr where SGD is given wd / lr):"]
+        lines += _table([["backbone", "recipe", "optimizer", "lr", "wd", "warmup_steps", "layer_decay", "smoothing",
+                          "drop_path", "steps", "batch", "candidates", "cells", "runs", "optimiser steps"]] + [
+            [f["backbone"], f["recipe"], f["optimizer"], _grid(f["lr"]) + (" ×b/256" if f.get("scale_lr") else ""),
+             _grid(f["weight_decay"]) + (" /lr" if f.get("weight_decay_over_lr") else ""), f["warmup_steps"],
+             "-" if f.get("layer_decay") is None else f["layer_decay"], f["label_smoothing"], f["drop_path"],
+             f["steps"] if f["epochs"] is None else f"{f['epochs']} epochs", f["batch_size"], f["candidates"],
              f["cells"], f["runs"], f["optimizer_steps"]] for f in out["finetune"]])
+        sources = {f["recipe"]: f["source"] for f in out["finetune"]}
+        lines += [f"  {name}: {source}" for name, source in sources.items()]
     runs, done = out["mlflow_runs"], out["done"]
     lines += ["", f"MLflow runs: {runs['parent']} parent + {_n(runs['cells'])} cell runs = {_n(runs['total'])}",
               f"already done ({done['tracking_uri']}): " + ", ".join(f"{_n(done[s])} {s}" for s in STATES)

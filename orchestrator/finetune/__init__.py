@@ -5,7 +5,8 @@ what the rest of seabench may use."""
 from orchestrator import lazy_exports
 
 _EXPORTS = {
-    "CITATION": "recipe", "Recipe": "recipe",
+    "RECIPES": "recipe", "BackboneRecipe": "recipe", "Recipe": "recipe", "backbone_recipe": "recipe",
+    "build_optimizer": "optim", "training_loss": "optim",
     "FinetuneNet": "loop", "build_net": "loop", "train_in_process": "loop", "train_loop_per_worker": "loop",
     "build_phase": "images",
     "checkpoint_storage": "trainer", "finetune_cell": "trainer", "run_name": "trainer",

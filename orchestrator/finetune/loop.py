@@ -2,12 +2,13 @@
 
 Both execute the same steps. A step takes one global batch: the sampler (a seeded DistributedSampler) gives
 worker r its share, each share's loss is a mean, DDP averages the workers' gradients, and stochastic layers
-(dropout) draw from a seed of (seed, step, worker). `train_in_process(job, shards=k)` replays the k shares of
-every step one after the other in a single process, accumulating gradients / k and keeping BatchNorm's
-running statistics of worker 0's share (DDP broadcasts worker 0's buffers) — the same numbers as k Ray Train
-workers, up to float summation order. Each epoch ends with a checkpoint through `ray.train.report`; a
-restarted worker group resumes from `ray.train.get_checkpoint()` and, all randomness being seeded by
-position, continues exactly as if nothing had happened.
+(dropout, drop-path) draw from a seed of (seed, step, worker). `train_in_process(job, shards=k)` replays the
+k shares of every step one after the other in a single process, accumulating gradients / k and keeping
+BatchNorm's running statistics of worker 0's share (DDP broadcasts worker 0's buffers) — the same numbers as
+k Ray Train workers on CPU, up to float summation order (SyncBatchNorm, whose statistics span the workers,
+runs on GPU workers only). Each epoch ends with a checkpoint through `ray.train.report`; a restarted worker
+group resumes from `ray.train.get_checkpoint()` and, all randomness being seeded by position, continues
+exactly as if nothing had happened.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from orchestrator.finetune.images import build_phase
-from orchestrator.finetune.recipe import Recipe, build_optimizer, build_schedule, mix_seed
+from orchestrator.finetune.optim import build_optimizer, build_schedule, training_loss
+from orchestrator.finetune.recipe import Recipe, mix_seed
 
 STATE_FILE = "state.pt"
 
@@ -45,12 +46,18 @@ class FinetuneNet(nn.Module):
         return self.head(FEATURES[self.feature](self.backbone, images))
 
 
-def build_net(backbone_name: str, num_classes: int, seed: int) -> tuple[FinetuneNet, Any]:
-    """The backbone with the weights the features came from, its ImageNet classifier removed, and a
-    linear head initialised from `seed`; returns (net, tasks.Backbone)."""
-    from tasks import build_backbone
+def build_net(backbone_name: str, num_classes: int, seed: int, drop_path: float = 0.0) -> tuple[FinetuneNet, Any]:
+    """The backbone with the weights the features came from (built with timm's `drop_path_rate` when
+    `drop_path` > 0), its ImageNet classifier removed, and a linear head initialised from `seed`; returns
+    (net, tasks.Backbone)."""
+    from dataclasses import replace
 
-    backbone = build_backbone(backbone_name)
+    from tasks import build_backbone, get_backbone
+
+    spec = get_backbone(backbone_name)
+    if drop_path > 0:   # stochastic depth has no weights: the same checkpoint loads
+        spec = replace(spec, model_kwargs=(*spec.model_kwargs, ("drop_path_rate", float(drop_path))))
+    backbone = build_backbone(spec)
     model = backbone.model
     if hasattr(model, "reset_classifier"):   # the pre-logits feature never reaches the old classifier
         model.reset_classifier(0)
@@ -83,7 +90,8 @@ class Run:
             os.chdir(job["workdir"])   # relative data roots and image folders mean what they meant to the driver
         self.job, self.rank, self.world, self.device = job, rank, world, device
         self.recipe = Recipe(**job["recipe"])
-        self.net, self.backbone = build_net(job["backbone"], job["num_classes"], self.recipe.seed)
+        self.net, self.backbone = build_net(job["backbone"], job["num_classes"], self.recipe.seed,
+                                            self.recipe.drop_path)
         self.train_set = build_phase(job["task"], job["root"], job["train_phase"], self.backbone,
                                      self.recipe.image_size, self.recipe.seed)
         self.total = self.recipe.total_steps(len(self.train_set), world)
@@ -100,8 +108,9 @@ class Run:
                             drop_last=True, num_workers=self.recipe.loader_workers)
         return loader, sampler
 
-    def optimiser(self, model: nn.Module) -> None:
-        self.optimizer = build_optimizer(self.recipe, model.parameters())
+    def optimiser(self, module: nn.Module) -> None:
+        """The recipe's optimiser over `module` (the FinetuneNet, not its DDP wrapper: groups go by name)."""
+        self.optimizer = build_optimizer(self.recipe, module)
         self.schedule = build_schedule(self.recipe, self.optimizer, self.total)
 
     def state(self, module: nn.Module, cpu_total: float) -> dict[str, Any]:
@@ -133,9 +142,9 @@ class Run:
                 images, labels = images.to(self.device), labels.to(self.device)
                 torch.manual_seed(mix_seed(self.recipe.seed, self.step, rank))
                 with _autocast(self.recipe, self.device):
-                    loss = F.cross_entropy(model(images).float(), labels)
-                (loss / len(shares)).backward()
-                losses.append(float(loss.detach()))
+                    value = training_loss(self.recipe, model(images).float(), labels)
+                (value / len(shares)).backward()
+                losses.append(float(value.detach()))
                 self.images += len(labels)
                 if len(shares) > 1 and rank == 0:
                     kept = _buffers(module)
@@ -217,9 +226,11 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         with checkpoint.as_directory() as folder:
             saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         run.load(saved)
+    if run.recipe.sync_batchnorm and world > 1 and run.device.type == "cuda":   # BN over the global batch
+        run.net = nn.SyncBatchNorm.convert_sync_batchnorm(run.net)   # (PyTorch has none on CPU: per share there)
     model = ray.train.torch.prepare_model(run.net)
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    run.optimiser(model)
+    run.optimiser(module)
     if saved is not None:
         run.optimizer.load_state_dict(saved["optimizer"])
         run.schedule.load_state_dict(saved["schedule"])

@@ -1,6 +1,6 @@
 """One `finetune` cell on Ray Train, under the protocol of every other method.
 
-Candidates (finetune.lr × finetune.weight_decay) are trials of one Ray Tune Tuner; each trial launches a
+Candidates (the backbone's recipe's lr × weight decay) are trials of one Ray Tune Tuner; each trial launches a
 `ray.train.torch.TorchTrainer` (Ray Train V2's pattern for tuning distributed runs: the Tune trial is only
 the Train driver, so it holds no CPU of its own) that trains on the fit images and scores validation. The
 best candidate on the task's primary validation metric (ties: the earlier candidate) is retrained by one
@@ -8,7 +8,8 @@ more TorchTrainer on train + validation, which evaluates the test split once. Ev
 `ScalingConfig(num_workers, use_gpu, resources_per_worker)` from the `finetune:` section, a
 `FailureConfig(max_failures)` that restarts lost workers from the last epoch's checkpoint, and checkpoint
 storage that every worker reaches (`checkpoint_storage`): Ray Train needs a URI or a shared mount as soon as
-the cluster has more than one node.
+the cluster has more than one node. The candidates and every run's settings are the backbone's recipe
+(`backbone_recipe`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.finetune.loop import train_loop_per_worker
-from orchestrator.finetune.recipe import BUDGET_STEPS, CITATION, Recipe
+from orchestrator.finetune.recipe import backbone_recipe
 
 WALL_METRICS = ("train_wall_s", "eval_wall_s")
 
@@ -160,13 +161,14 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
     storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())   # Ray needs it absolute
     checkpoints = checkpoint_storage(ft, cfg.store, storage, len(alive_nodes()))
     root = cfg.data_root if "://" in cfg.data_root else str(Path(cfg.data_root).expanduser().resolve())
-    recipe = Recipe.from_config(ft, ft.lr[0], ft.weight_decay[0], seed)
+    recipe = backbone_recipe(ft, backbone)
+    grid = recipe.candidates()
+    run = recipe.run(grid[0]["lr"], grid[0]["weight_decay"], seed)
     job = {"backbone": backbone, "task": task, "root": root, "num_classes": spec.num_classes,
-           "recipe": recipe.as_dict(), "threads": max(1, math.floor(ft.cpus_per_worker)), "workdir": os.getcwd(),
+           "recipe": run.as_dict(), "threads": max(1, math.floor(ft.cpus_per_worker)), "workdir": os.getcwd(),
            "train_phase": "fit", "eval_phase": "val"}
     name = run_name(cfg.name, backbone, task, seed)
     base = {"job": job, "ft": ft, "storage": storage, "checkpoints": checkpoints, "name": name}
-    grid = [{"lr": lr, "weight_decay": wd} for lr in ft.lr for wd in ft.weight_decay]
     concurrent = _check_cluster(ft)
     scores = _select(base, grid, spec.metric, min(concurrent, len(grid)))
     selected = time.perf_counter()
@@ -185,20 +187,24 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
         "cell_cpu_s": sum(r["cpu_s"] for r in runs) + time.process_time() - cpu0,
         "cell_gpu_s": sum(r[m] for r in runs for m in WALL_METRICS) * gpus,
         "images_per_s": final["images_per_s"],
-        "steps_run": int(final["steps"]), "steps_budget": BUDGET_STEPS,   # the refit's steps against the recipe's
+        "steps_run": int(final["steps"]), "steps_budget": run.budget_steps,   # the refit's against the recipe's
     }
-    params = {**grid[best], "epochs": int(final["epochs_run"]), "steps": int(final["steps"]),
-              "batch_size": ft.batch_size, "image_size": ft.image_size or "backbone", "optimizer": ft.optimizer,
-              "schedule": ft.schedule, "num_workers": ft.num_workers, "precision": ft.precision,
-              "n_candidates": len(grid)}
+    chosen = recipe.run(grid[best]["lr"], grid[best]["weight_decay"], seed)
+    params = {**grid[best], "recipe": recipe.name, "epochs": int(final["epochs_run"]), "steps": int(final["steps"]),
+              "batch_size": run.batch_size, "image_size": ft.image_size or "backbone", "optimizer": run.optimizer,
+              "optimizer_lr": chosen.optimizer_lr, "optimizer_weight_decay": chosen.optimizer_weight_decay,
+              "schedule": run.schedule, "warmup_steps": run.warmup_steps, "layer_decay": run.layer_decay or "none",
+              "label_smoothing": run.label_smoothing, "drop_path": run.drop_path,
+              "sync_batchnorm": run.sync_batchnorm and ft.num_workers > 1 and ft.gpus_per_worker > 0,   # as applied
+              "num_workers": ft.num_workers, "precision": ft.precision, "n_candidates": len(grid)}
     candidates = [{"candidate": i, **c, "val_top1": s["val_top1"], "val_mean_per_class": s["val_mean_per_class"],
                    "epochs_run": int(s["epochs_run"]), "selected": int(i == best)}
                   for i, (c, s) in enumerate(zip(grid, scores))]
-    tags = {"primary_metric": spec.metric, "mode": "select", "skipped_images": "0", "recipe": CITATION,
+    tags = {"primary_metric": spec.metric, "mode": "select", "skipped_images": "0", "recipe": recipe.citation,
             "precision_used": ft.precision if ft.gpus_per_worker > 0 else "fp32",
             "n_train": str(int(final["n_train"])), "n_test": str(int(final["n_eval"])),
             "ray_nodes": ",".join(final["nodes"]),   # where the refit's workers ran
-            "flags": "under_trained" if int(final["steps"]) < BUDGET_STEPS else ""}
+            "flags": "under_trained" if int(final["steps"]) < run.budget_steps else ""}
     return {"params": params, "metrics": metrics, "tags": tags, "candidate_val_top1": [s["val_top1"] for s in scores],
             "seconds": ended - began, "candidates": candidates, "started": started, "ended": time.time(),
             "predictions": final.get("predictions", {})}

@@ -116,39 +116,34 @@ def head_plan(cfg: SweepConfig, method: str) -> HeadPlan:
 
 
 def recipe_for(cfg: SweepConfig, backbone: str) -> dict[str, Any]:
-    """The fine-tuning recipe `backbone` runs: today the config's `finetune` section for every backbone
-    (orchestrator/finetune/recipe.py has no warm-up and no layer-wise decay: 0 and None)."""
-    from orchestrator.finetune import Recipe
+    """The fine-tuning recipe `backbone` runs (orchestrator/finetune/recipe.py): its name, source and keys."""
+    from orchestrator.finetune import backbone_recipe
 
-    ft = cfg.finetune
-    recipe = Recipe.from_config(ft, ft.lr[0], ft.weight_decay[0], 0)
-    return {"backbone": backbone, "optimizer": recipe.optimizer,
-            "warmup_steps": getattr(recipe, "warmup_steps", getattr(ft, "warmup_steps", 0)),
-            "layer_decay": getattr(recipe, "layer_decay", getattr(ft, "layer_decay", None)),
-            "steps": recipe.steps if recipe.epochs is None else None, "epochs": recipe.epochs,
-            "batch_size": recipe.batch_size, "schedule": recipe.schedule, "lr": list(ft.lr),
-            "weight_decay": list(ft.weight_decay), "candidates": len(ft.lr) * len(ft.weight_decay),
-            "image_size": recipe.image_size, "precision": recipe.precision, "workers": ft.num_workers,
-            "source": "one recipe for every backbone: the config's finetune section, orchestrator/finetune/recipe.py"}
+    recipe = backbone_recipe(cfg.finetune, backbone)
+    keys = recipe.as_dict()
+    return {"backbone": backbone, "layer_decay": None, **keys, "family": recipe.family,
+            "candidates": len(recipe.candidates()), "image_size": recipe.image_size, "precision": recipe.precision, "workers": cfg.finetune.num_workers,
+            "source": recipe.citation}
 
 
 def finetune_plan(cfg: SweepConfig, cells: Sequence[Cell], sizes: Mapping[str, TaskSize]) -> list[dict[str, Any]]:
     """One entry per fine-tuned backbone: its recipe, cells, Ray Train runs, optimiser steps, images."""
-    from orchestrator.finetune import Recipe
+    from orchestrator.finetune import backbone_recipe
 
-    ft = cfg.finetune
+    workers = cfg.finetune.num_workers
     out = []
     for backbone in dict.fromkeys(c.backbone for c in cells if c.method == "finetune"):
-        entry = recipe_for(cfg, backbone)
+        entry, recipe = recipe_for(cfg, backbone), backbone_recipe(cfg.finetune, backbone)
         mine = [c for c in cells if c.method == "finetune" and c.backbone == backbone]
         n, steps, evals = entry["candidates"], 0, 0
         for cell in mine:
-            recipe, size = Recipe.from_config(ft, ft.lr[0], ft.weight_decay[0], cell.seed), sizes[cell.task]
-            steps += n * recipe.total_steps(size.phases["fit"], ft.num_workers)
-            steps += recipe.total_steps(size.phases["trainval"], ft.num_workers)
+            grid = recipe.candidates()[0]
+            run, size = recipe.run(grid["lr"], grid["weight_decay"], cell.seed), sizes[cell.task]
+            steps += n * run.total_steps(size.phases["fit"], workers)
+            steps += run.total_steps(size.phases["trainval"], workers)
             evals += n * size.phases["val"] + size.phases["test"]
         out.append({**entry, "cells": len(mine), "runs": len(mine) * (n + 1), "refits": len(mine),
-                    "optimizer_steps": steps, "train_images": steps * ft.batch_size, "eval_images": evals})
+                    "optimizer_steps": steps, "train_images": steps * entry["batch_size"], "eval_images": evals})
     return out
 
 

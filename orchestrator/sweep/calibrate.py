@@ -71,50 +71,43 @@ def extraction_rate(backbone: str, size: int, batch: int, device: str) -> float:
     return seconds / (CAL_BATCHES * batch)
 
 
-def finetune_batch(cfg: SweepConfig, size: int) -> int:
-    """Images per timed fine-tuning step: the recipe's batch, at most CAL_PIXELS pixels of them (≥ 2)."""
-    return max(2, min(cfg.finetune.batch_size, CAL_PIXELS // (size * size)))
+def finetune_batch(cfg: SweepConfig, backbone: str, size: int) -> int:
+    """Images per timed fine-tuning step: the backbone's recipe's batch, at most CAL_PIXELS pixels of them (≥ 2)."""
+    from orchestrator.finetune import backbone_recipe
+
+    batch = dict(backbone_recipe(cfg.finetune, backbone).keys)["batch_size"]
+    return max(2, min(batch, CAL_PIXELS // (size * size)))
 
 
 def finetune_rate(cfg: SweepConfig, backbone: str, size: int, classes: int, device: str) -> float:
-    """Seconds per image-step (forward, backward, optimiser step) of backbone + linear head at `size` px."""
+    """Seconds per image-step (forward, backward, optimiser step) of backbone + linear head at `size` px, with
+    the optimiser and loss of the backbone's recipe."""
     import torch
-    from torch.nn import functional as F
 
-    from orchestrator.finetune import FinetuneNet, Recipe
+    from orchestrator.finetune import FinetuneNet, backbone_recipe, build_optimizer, training_loss
     from tasks.backbones import FEATURES
 
-    ft = cfg.finetune
     spec, model = _model(backbone, device)
     if hasattr(model, "reset_classifier"):
         model.reset_classifier(0)
-    batch = finetune_batch(cfg, size)
+    batch = finetune_batch(cfg, backbone, size)
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(classes, (batch,), device=device)
     with torch.no_grad():
         dim = FEATURES[spec.feature](model.eval(), images[:1]).shape[1]
     net = FinetuneNet(model.train(), spec.feature, torch.nn.Linear(dim, classes).to(device))
-    recipe = Recipe.from_config(ft, ft.lr[0], ft.weight_decay[0], 0)
-    optimizer = _optimizer(recipe, net.parameters())
+    recipes = backbone_recipe(cfg.finetune, backbone)
+    first = recipes.candidates()[0]
+    recipe = recipes.run(first["lr"], first["weight_decay"], 0)
+    optimizer = build_optimizer(recipe, net)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(images).float(), labels).backward()
+        training_loss(recipe, net(images).float(), labels).backward()
         optimizer.step()
 
     step()
     return _timed(lambda: [step() for _ in range(CAL_STEPS)], device) / (CAL_STEPS * batch)
-
-
-def _optimizer(recipe: Any, params: Any) -> Any:
-    """The recipe's optimiser as orchestrator/finetune/recipe.py builds it (not exported: exporting it would
-    change the fine-tuning code's digest, and with it every fine-tuning cell's fingerprint)."""
-    import torch
-
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                           nesterov=recipe.optimizer == "sgd-nesterov" and recipe.momentum > 0)
 
 
 def _features(dim: int, classes: int, rows: int, device: str) -> tuple[Any, ...]:
@@ -227,14 +220,14 @@ def _finetuning(cfg: SweepConfig, cells: Sequence[Cell], sizes: Mapping[str, Tas
         backbone = entry["backbone"]
         size = entry["image_size"] or input_size(backbone) or 224
         classes = max(sizes[c.task].classes for c in cells if c.method == "finetune" and c.backbone == backbone)
-        key = ("finetune", _arch(backbone), size, classes)
+        key = ("finetune", _arch(backbone), size, classes, entry["recipe"])
         if key not in timed:
             timed[key] = _rate(skipped, f"finetune {key[1][0]}", finetune_rate, cfg, backbone, size, classes, device)
         if timed[key] is not None:
             out[backbone] = {"s_per_image_step": timed[key], "train_images": entry["train_images"],
                              "eval_images": entry["eval_images"],
                              "seconds": timed[key] * (entry["train_images"] + entry["eval_images"] / 3),
-                             "timed": f"{CAL_STEPS} steps of {finetune_batch(cfg, size)} random images at {size} px "
+                             "timed": f"{CAL_STEPS} steps of {finetune_batch(cfg, backbone, size)} random images at {size} px "
                                       "(after a warm-up step); evaluation at a third of a step's cost"}
     return out
 

@@ -24,7 +24,7 @@ METHOD_AXES: dict[str, tuple[str, ...]] = {
     "noise": (*OPTIMISATION_AXES, "eta"),
     "mixup": (*OPTIMISATION_AXES, "eta"),       # η is mixup's Beta(η, η) concentration
     "logreg": ("c",),                           # inverse L2 strength of the L-BFGS probe
-    "finetune": ("lr", "weight_decay"),         # backbone + head on images; values: the finetune section
+    "finetune": ("lr", "weight_decay"),         # backbone + head on images; values: each backbone's recipe
 }
 AXIS_DEFAULTS: dict[str, tuple[float, ...]] = {
     "lr": (0.4, 0.8, 1.6, 3.2),
@@ -66,8 +66,8 @@ def axis_values(cfg: SweepConfig, method: str, axis: str) -> tuple[float, ...]:
     A shared override (e.g. `grid.eta`) never reaches an axis whose meaning is method-specific
     (mixup's η is a Beta concentration): change that one with `grid.mixup.eta`.
     """
-    if method == "finetune":   # the recipe's own candidates, never the heads' grid
-        return getattr(cfg.finetune, axis)
+    if method == "finetune":   # each backbone's recipe has its own (finetune.backbone_recipe): the section's, if set
+        return getattr(cfg.finetune, axis) or ()
     own = cfg.grid.own(method, axis)
     if own is not None:
         return own
@@ -132,8 +132,14 @@ def plan_cells(cfg: SweepConfig, tasks: Iterable[str]) -> list[Cell]:
     tasks = list(tasks)
     if "finetune" in cfg.methods:
         _check_finetune_names(cfg, tasks)
-    return [Cell(b, t, m, s) for t in tasks for b in cfg.backbones for m in cfg.methods for s in cfg.seeds
-            if m != "finetune" or _finetuned(cfg, b, t)]
+    cells = [Cell(b, t, m, s) for t in tasks for b in cfg.backbones for m in cfg.methods for s in cfg.seeds
+             if m != "finetune" or _finetuned(cfg, b, t)]
+    if "finetune" in cfg.methods:   # every fine-tuned backbone's recipe resolves (keys it has not are refused)
+        from orchestrator.finetune import backbone_recipe
+
+        for backbone in dict.fromkeys(c.backbone for c in cells if c.method == "finetune"):
+            backbone_recipe(cfg.finetune, backbone)
+    return cells
 
 
 def _finetuned(cfg: SweepConfig, backbone: str, task: str) -> bool:
@@ -146,7 +152,8 @@ def _check_finetune_names(cfg: SweepConfig, tasks: list[str]) -> None:
     from orchestrator.errors import OrchestratorError
 
     for key, names, known in (("backbones", cfg.finetune.backbones, cfg.backbones),
-                              ("tasks", cfg.finetune.tasks, cfg.all_tasks)):
+                              ("tasks", cfg.finetune.tasks, cfg.all_tasks),
+                              ("recipes", cfg.finetune.recipes.names(), cfg.backbones)):
         unknown = [n for n in names if n not in known]
         if unknown:
             raise OrchestratorError(f"config: 'finetune.{key}' names {unknown}, not among the sweep's {key} "

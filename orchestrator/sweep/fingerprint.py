@@ -7,8 +7,10 @@ searched (not how many run at once), the features (each unit's key; for fine-tun
 and weights it starts from, not how features were stored), a digest of each module whose code decides
 a number (`sea`, the trial, the features and split code, fine-tuning), grid mode's successive halving
 (`search.halving`, its min_epochs resolved; absent when off), the carve's fraction and seed
-by value, and the library versions. Each run records its parts as a JSON tag, so that a later plan
-can say which inputs changed (`seabench status`).
+by value, the library versions, and for a fine-tuning cell its backbone's recipe as resolved (name and every
+key: `finetune.recipe.*`, so a changed recipe default, family or override never reuses a stale result).
+Each run records its parts as a JSON tag, so that a later plan can say which inputs changed
+(`seabench status`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from orchestrator.config import SweepConfig
 from orchestrator.extract import backbone_parts
+from orchestrator.finetune_config import RECIPE_KEYS
 from orchestrator.sweep.cells import Cell, candidate_configs, reference_config
 from orchestrator.sweep.features import unit_id
 
@@ -42,6 +45,8 @@ SEARCH_SCHEDULING = ("max_concurrent", "max_concurrent_cells")
 TRAINER_SCHEDULING = ("checkpoint_every",)
 # where checkpoints go, retries, CPU threads and which cells fine-tune: none of them changes a cell's numbers
 FINETUNE_OPERATIONAL = ("storage", "max_failures", "cpus_per_worker", "backbones", "tasks")
+# the recipe keys as configured (for every backbone, per backbone): a cell is keyed by its backbone's resolved recipe
+RECIPE_SECTION = ("recipe", "recipes", *RECIPE_KEYS)
 # how stored features were written: a fine-tuning cell trains on the images, never on the features
 STORAGE_ONLY = ("dtype", "compute", "format_version")
 SHORT = 24    # a part's value up to this many characters is recorded as it is, a longer one as a digest
@@ -162,8 +167,13 @@ def fingerprint_parts(cfg: SweepConfig, cell: Cell, keys: Mapping[str, str],
         parts.update({"carve.fraction": tasks.splits.VAL_FRACTION, "carve.seed": tasks.splits.VAL_SEED})
     units = cell_units(cell)
     if cell.method == "finetune":   # images, not features, are trained on: its recipe, its code, its images
-        recipe = {k: v for k, v in cfg.to_dict()["finetune"].items() if k not in FINETUNE_OPERATIONAL}
-        parts.update(_prefixed("finetune", recipe))
+        from orchestrator.finetune import backbone_recipe
+
+        section = {k: v for k, v in cfg.to_dict()["finetune"].items()
+                   if k not in (*FINETUNE_OPERATIONAL, *RECIPE_SECTION)}
+        parts.update(_prefixed("finetune", section))
+        recipe = backbone_recipe(cfg.finetune, cell.backbone)
+        parts.update({"candidates": recipe.candidates(), **_prefixed("finetune.recipe", recipe.as_dict())})
         parts.update({"code.finetune": finetune_version(),
                       **_prefixed("code", {n: module_digest(m) for n, m in FINETUNE_SEA_CODE.items()})})
         parts.update({f"images.{_unit_part(u)}": (images or {}).get(u, "") for u in units})

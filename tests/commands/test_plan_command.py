@@ -134,7 +134,12 @@ def test_the_paper_config_is_sized_without_its_data_and_without_ray_or_mlflow(tm
     images = 10000 + 8677 + 16185 + 60000 + 60000 + 11788 + 5640 + 8189 + 101000 + 7349 + 39700
     assert set(out["images"]["per_backbone"].values()) == {images} and set(out["images"]["sources"].values()) == {"registry"}
     assert out["feature_bytes"]["total"] == images * 2 * (768 + 768 + 2048 + 2048)   # float16
-    assert [(f["cells"], f["runs"], f["optimizer_steps"]) for f in out["finetune"]] == [(33, 33 * 21, 33 * 21 * 5000)] * 4
+    # the ViTs run MAE's recipe (4 base lrs × wd 0.05), the ResNets ssl-transfer's (4 lrs × 5 wds); 5000 steps each
+    assert [(f["backbone"], f["recipe"]) for f in out["finetune"]] == [
+        ("mocov3-vit-b16", "mae"), ("mae-vit-b16", "mae"), ("mocov2-r50-800ep", "ssl-transfer"),
+        ("swav-r50-800ep", "ssl-transfer")]
+    assert [(f["cells"], f["runs"], f["optimizer_steps"]) for f in out["finetune"]] == \
+        [(33, 33 * 5, 33 * 5 * 5000)] * 2 + [(33, 33 * 21, 33 * 21 * 5000)] * 2
     assert out["mlflow_runs"]["total"] == 925
     assert (out["done"]["done"], out["done"]["missing"]) == (0, 924)
     assert not (tmp_path / "mlflow.db").exists()
@@ -163,6 +168,30 @@ def test_the_text_plan_is_a_table_of_the_same_numbers(tmp_path, fake_folder, cap
     text = capsys.readouterr().out
     assert "cifar10" in text and "registry" in text and "MLflow runs: 1 parent + 58 cell runs = 59" in text
     assert any(line.split()[:2] == ["sea", "18"] for line in text.splitlines())
+
+
+def test_plan_shows_the_recipe_each_backbone_will_fine_tune_with(tmp_path, fake_folder, capsys):
+    vit = "random:test_vit@16"
+    config = small_config(tmp_path, fake_folder, backbones=[A, vit], tasks=["digits"], methods=["finetune"],
+                          finetune={"steps": 7, "recipes": {vit: {"layer_decay": 0.75, "warmup_steps": 2}}})
+    resnet, transformer = plan_json(capsys, config)["finetune"]
+    assert (resnet["backbone"], resnet["recipe"], resnet["optimizer"], resnet["warmup_steps"], resnet["layer_decay"],
+            resnet["steps"], resnet["candidates"], resnet["weight_decay_over_lr"]) == \
+        (A, "ssl-transfer", "sgd-nesterov", 0, None, 7, 20, True)
+    assert (transformer["backbone"], transformer["recipe"], transformer["optimizer"], transformer["warmup_steps"],
+            transformer["layer_decay"], transformer["steps"], transformer["candidates"], transformer["label_smoothing"],
+            transformer["drop_path"]) == (vit, "mae", "adamw", 2, 0.75, 7, 4, 0.1, 0.1)
+    assert "Ericsson" in resnet["source"] and "Masked Autoencoders" in transformer["source"]
+    capsys.readouterr()
+    assert main(["plan", "--config", str(config)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows[A][1:3] == ["ssl-transfer", "sgd-nesterov"] and rows[vit][1:3] == ["mae", "adamw"]
+    after_lr = rows[vit][rows[vit].index("×b/256") + 1:][:8]   # wd, warmup, layer decay, smoothing, drop-path, …
+    assert after_lr == ["0.05", "2", "0.75", "0.1", "0.1", "7", "64", "4"]
+    config = small_config(tmp_path, fake_folder, backbones=[A], tasks=["digits"], methods=["finetune"],
+                          finetune={"layer_decay": 0.7})
+    assert main(["plan", "--config", str(config)]) == 2
+    assert "'finetune.layer_decay' does not apply to backbone 'random:resnet10t@16'" in capsys.readouterr().err
 
 
 def test_a_config_that_does_not_validate_is_the_configs_own_error(tmp_path, fake_folder, capsys):

@@ -2,7 +2,9 @@
 fine-tuned on scikit-learn's digits improves on where it started — the network at epoch 0 after one short
 epoch, and the linear head on its frozen features after four.
 
-The recipe is the demo's (32 px, batch 32, SGD-Nesterov, cosine, lr 0.01) for 1 and for 4 short epochs of the
+The recipe is the one the demo resolves for its backbone (configs/demo.yaml: EfficientNet-Lite0's family runs the
+`default` recipe, SGD-Nesterov with weight decay as SGD's coefficient, cosine; 32 px, batch 32, lr 0.01,
+wd 1e-4) for 1 and for 4 short epochs of the
 1 151 fit images (35 and 140 optimiser steps, ≈ 6 s and 25 s on 2 cores). Measured on the development machine
 (val top-1, 287 images): epoch 0 (the freshly initialised head) 16.4 %; the protocol's logistic-regression
 probe on the frozen 32 px features, its C chosen on this same validation split (so the probe gets every
@@ -12,15 +14,20 @@ the probe: 58.9 % after 35 steps (72.8 % at lr 0.03), far above epoch 0 but belo
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from orchestrator.finetune import Recipe, build_net, build_phase, train_in_process
+from orchestrator.config import load_config
+from orchestrator.finetune import backbone_recipe, build_net, build_phase, train_in_process
 
 pytestmark = pytest.mark.real
 
 BACKBONE, TASK, SIZE = "efficientnet-lite0", "digits", 32
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +73,11 @@ def test_fine_tuning_the_demo_backbone_on_digits_beats_epoch_0_and_the_frozen_fe
     x_val, _ = _predict(net, val, head=False)
     probe = fit_logreg(x_fit, y_fit, x_val, y_val, num_classes=10).val_top1
 
+    demo = backbone_recipe(load_config(DEMO).finetune, BACKBONE)
+    assert demo.name == "default" and demo.image_size == SIZE and dict(demo.keys)["batch_size"] == 32
+
     def fine_tuned(epochs: int) -> dict:
-        recipe = Recipe(lr=0.01, weight_decay=1e-4, seed=0, epochs=epochs, batch_size=32, image_size=SIZE)
+        recipe = replace(demo.run(lr=0.01, weight_decay=1e-4, seed=0), epochs=epochs)
         job = {"backbone": BACKBONE, "task": TASK, "root": None, "num_classes": 10, "recipe": recipe.as_dict(),
                "threads": 2, "train_phase": "fit", "eval_phase": "val"}
         return train_in_process(job)[0]

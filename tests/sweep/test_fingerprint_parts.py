@@ -68,9 +68,12 @@ def test_logreg_ignores_the_trainer_settings_that_lbfgs_never_reads(store: str, 
     assert _fp(replace(cfg, resources=replace(cfg.resources, gpu=1.0)), LOGREG, keys) != _fp(cfg, LOGREG, keys)
 
 
+FT = "random:resnet10t@16"   # a fine-tuning cell's backbone must be one the registry knows: its recipe is its family's
+
+
 def _unit(store: FeatureStore, split: str, dtype: str, split_hash: str, n: int = 12) -> str:
-    """A stored unit of (bb, digits, split) with this dtype and image identity; returns its key."""
-    fkey = FeatureKey(backbone="bb", weights_sha256="w", timm_version="-", preprocessing={}, feature="pooled",
+    """A stored unit of (FT, digits, split) with this dtype and image identity; returns its key."""
+    fkey = FeatureKey(backbone=FT, weights_sha256="w", timm_version="-", preprocessing={}, feature="pooled",
                       task="digits", split=split, split_hash=split_hash, dtype=dtype)
     manifest, _ = store.open_unit(fkey, n, 4, 100)
     store.write_shard(fkey, manifest, 0, np.arange(n), np.arange(n) % 2, np.ones((n, 4), np.float32))
@@ -79,20 +82,20 @@ def _unit(store: FeatureStore, split: str, dtype: str, split_hash: str, n: int =
 
 def test_finetune_is_keyed_by_its_images_not_by_the_extraction_dtype(tmp_path: Path) -> None:
     store = FeatureStore(str(tmp_path / "store"))
-    as_stored = {dtype: {f"bb|digits|{s}": _unit(store, s, dtype, f"images-{s}") for s in ("train", "test")}
+    as_stored = {dtype: {f"{FT}|digits|{s}": _unit(store, s, dtype, f"images-{s}") for s in ("train", "test")}
                  for dtype in ("float16", "float32")}
-    rewritten = {**as_stored["float16"], "bb|digits|train": _unit(store, "train", "float16", "other-images")}
+    rewritten = {**as_stored["float16"], f"{FT}|digits|train": _unit(store, "train", "float16", "other-images")}
     assert as_stored["float16"] != as_stored["float32"]   # the dtype is part of every feature key
-    cfg = load_config(data={"name": "ft", "backbones": ["bb"], "tasks": ["digits"], "methods": ["sea", "finetune"],
+    cfg = load_config(data={"name": "ft", "backbones": [FT], "tasks": ["digits"], "methods": ["sea", "finetune"],
                             "store": str(tmp_path / "store"), "seeds": [0]})
-    finetune = Cell("bb", "digits", "finetune", 0)
+    finetune, sea = Cell(FT, "digits", "finetune", 0), Cell(FT, "digits", "sea", 0)
     half, full, moved = (_fp(cfg, finetune, keys) for keys in (as_stored["float16"], as_stored["float32"], rewritten))
     assert half == full and moved != half
-    assert _fp(cfg, SEA, as_stored["float16"]) != _fp(cfg, SEA, as_stored["float32"])
+    assert _fp(cfg, sea, as_stored["float16"]) != _fp(cfg, sea, as_stored["float32"])
     assert _fp(replace(cfg, extraction=replace(cfg.extraction, dtype="float32")), finetune, as_stored["float16"]) == half
     # read once for all cells, the same fingerprints
-    together = cell_fingerprints(cfg, [finetune, SEA], as_stored["float32"])
-    assert together[finetune.cell_id] == full and together[SEA.cell_id] == _fp(cfg, SEA, as_stored["float32"])
+    together = cell_fingerprints(cfg, [finetune, sea], as_stored["float32"])
+    assert together[finetune.cell_id] == full and together[sea.cell_id] == _fp(cfg, sea, as_stored["float32"])
 
 
 def test_the_parts_name_every_input_and_say_which_one_changed(store: str, tmp_path: Path,
