@@ -9,16 +9,22 @@ more TorchTrainer on train + validation, which evaluates the test split once. Ev
 `FailureConfig(max_failures)` that restarts lost workers from the last epoch's checkpoint, and checkpoint
 storage that every worker reaches (`checkpoint_storage`): Ray Train needs a URI or a shared mount as soon as
 the cluster has more than one node. The candidates and every run's settings are the backbone's recipe
-(`backbone_recipe`).
+(`backbone_recipe`). Each `fit()` gives the process its SIGINT handler back (`own_signals`): Ray Train and Tune
+install theirs in a main-thread caller and leave them behind, Train's holding its TrainController alive and
+turning the next Ctrl-C into a request to abort a run long finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import signal
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,24 @@ from orchestrator.finetune.loop import train_loop_per_worker
 from orchestrator.finetune.recipe import backbone_recipe
 
 WALL_METRICS = ("train_wall_s", "eval_wall_s")
+# the handlers Ray Train / Tune install for a fit() in the main thread (SIGUSR1: Tune's, where it exists)
+OWN_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def own_signals() -> Iterator[None]:
+    """Restore this process's handlers of OWN_SIGNALS when the block ends, however it ends (signal handlers
+    belong to the main thread: elsewhere there is nothing to restore)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in OWN_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
 
 
 def _safe(text: str) -> str:
@@ -79,7 +103,8 @@ def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple
         run_config=ray.train.RunConfig(name=_safe(name), storage_path=path, storage_filesystem=filesystem,
                                        failure_config=ray.train.FailureConfig(max_failures=ft.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
-    result = trainer.fit()
+    with own_signals():
+        result = trainer.fit()
     if not isinstance(result.return_value, dict):
         raise OrchestratorError(f"finetune run {name}: Ray Train returned no metrics ({result.error or 'no error'})")
     return dict(result.return_value), result
@@ -131,7 +156,8 @@ def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str, concu
         param_space={"candidate": tune.grid_search([{"index": i, **c} for i, c in enumerate(grid)])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(name=_safe(f"{base['name']}-select"), storage_path=base["storage"], verbose=0))
-    results = tuner.fit()
+    with own_signals():
+        results = tuner.fit()
     scores: dict[int, dict[str, Any]] = {}
     errors = []
     for result in results:
