@@ -3,8 +3,8 @@ MLflow tracking, leaderboard reports and the `seabench` command line.
 
 Layout, along the data flow (docs/architecture.md): `extract/` (units → actors → Parquet store),
 `sweep/` (cells → Tune trials → MLflow), `report/` (MLflow → tables, plots, pages), `commands/` (the
-verbs). The modules at this level (config, names, runs, errors, progress, raycluster, capacity) serve
-all three.
+verbs). The modules at this level (config, names, runs, tracking_retry, errors, progress, raycluster,
+capacity) serve all three.
 """
 
 from __future__ import annotations

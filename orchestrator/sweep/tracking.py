@@ -18,13 +18,13 @@ import functools
 import json
 import logging
 import math
+import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from orchestrator.errors import OrchestratorError
 from orchestrator.runs import (
     CANDIDATES_ARTIFACT,
     CELL_ROLE,
@@ -41,12 +41,12 @@ from orchestrator.sweep.cells import Cell
 from orchestrator.sweep.fingerprint import config_hash
 from orchestrator.sweep.lease import TOKEN_TAG, Lease, Timing, check_experiment, open_sweep, read_state
 from orchestrator.sweep.trial import CellOutcome
+from orchestrator.tracking_retry import Backlog, RetryPolicy, TrackingUnavailable, retried
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_METRICS = 1000   # MLflow's log_batch limit
-RETRY_SECONDS = 60.0
-T = TypeVar("T")
+WRITE_TAG = "seabench.write"   # on every cell run: its write's id, so that a replayed write finds the run
 
 
 def code_version() -> str:
@@ -63,31 +63,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return base
     return f"{base}+g{sha}" if sha else base
-
-
-def _retry(func: Callable[..., T]) -> Callable[..., T]:
-    """Retry a tracking call while SQLite reports "database is locked" (another reader/writer)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        deadline, delay = time.monotonic() + RETRY_SECONDS, 0.2
-        while True:
-            try:
-                return func(*args, **kwargs)
-            except Exception as exc:  # MlflowException or sqlalchemy OperationalError, both carry the text
-                if "database is locked" not in str(exc):
-                    raise
-                if time.monotonic() > deadline:
-                    uri = getattr(args[0], "tracking_uri", "the MLflow store") if args else "the MLflow store"
-                    raise OrchestratorError(
-                        f"{uri} stayed locked for {RETRY_SECONDS:.0f} s ({func.__name__}): another process holds "
-                        "the SQLite file; stop it, or use an MLflow server (--tracking-uri http://…) for "
-                        "concurrent sweeps. Rerunning resumes where this stopped") from exc
-                logger.info("MLflow store locked during %s; retrying in %.1f s", func.__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    return wrapper
 
 
 def candidates_csv(rows: list[dict[str, Any]]) -> str:
@@ -116,7 +91,7 @@ class SweepTracker:
     """The sweep's experiment and parent run; logs one child run per finished or failed cell."""
 
     def __init__(self, tracking_uri: str, experiment: str, config: dict[str, Any] | None = None, *,
-                 takeover: bool = False, timing: Timing | None = None) -> None:
+                 takeover: bool = False, timing: Timing | None = None, retry: RetryPolicy | None = None) -> None:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -128,8 +103,10 @@ class SweepTracker:
         self.parent_id = ""
         self.takeover, self.timing = takeover, timing or Timing.from_env()
         self.lease: Lease | None = None   # a sweep's tracker holds it from start() to finish()
+        self.retry = retry or RetryPolicy.from_env()
+        self.backlog = Backlog(tracking_uri, self.retry)   # cell records kept while the store is down
 
-    @_retry
+    @retried
     def start(self, fingerprints: Mapping[str, str] | None = None) -> dict[str, set[str]]:
         """Create or reopen the experiment and its parent run (one per sweep, reused on resume); a sweep's
         tracker (one with a config) then takes the experiment's lease, or raises naming its holder.
@@ -167,13 +144,13 @@ class SweepTracker:
             self.finish("FAILED")
             raise
 
-    @_retry
+    @retried
     def check_lease(self) -> None:
         """Raise at once, naming the holder, when another live sweep holds this experiment's lease (reads
         only: `seabench run` asks before it starts Ray and extracts; the sweep itself claims it later)."""
         check_experiment(self.client, self.experiment, self.timing, self.takeover)
 
-    @_retry
+    @retried
     def cell_runs(self) -> list:
         return search_runs(self.client, self.experiment_id, role_filter(CELL_ROLE))
 
@@ -185,7 +162,7 @@ class SweepTracker:
                 done.setdefault(run.data.tags.get("cell_id", ""), set()).add(run.data.tags.get("fingerprint", ""))
         return done
 
-    @_retry
+    @retried
     def discard_unfinished(self, cell_ids: Iterable[str]) -> int:
         """Mark KILLED and delete the unfinished or failed child runs of these cells; returns how many.
 
@@ -214,28 +191,36 @@ class SweepTracker:
         return {ROLE_TAG: CELL_ROLE, PARENT_TAG: self.parent_id, "cell_id": cell.cell_id,
                 "backbone": cell.backbone, "task": cell.task, "method": cell.method, "seed": str(cell.seed),
                 "code_version": self.code_version, **({TOKEN_TAG: self.lease.token} if self.lease else {}),
-                **{k: str(v) for k, v in extra.items()}}
+                WRITE_TAG: secrets.token_hex(8), **{k: str(v) for k, v in extra.items()}}
 
-    @_retry
-    def _create(self, cell: Cell, tags: dict[str, str], start_ms: int | None = None) -> str:
+    @retried
+    def _create(self, cell: Cell, tags: dict[str, str], start_ms: int | None = None, state: dict | None = None) -> str:
+        """The write's run, created once (a retry first looks for the run a lost answer's create made)."""
+        state = {} if state is None else state
+        if state.get("run_id"):
+            return state["run_id"]
         if self.lease:
             self.lease.ensure_held()   # a sweep taken over while frozen writes no more cell runs
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=cell.cell_id,
-                                      start_time=start_ms).info.run_id
+        found = search_runs(self.client, self.experiment_id, f"tags.`{WRITE_TAG}` = '{tags[WRITE_TAG]}'") \
+            if state.get("tried") else []
+        state["tried"] = True
+        state["run_id"] = found[0].info.run_id if found else self.client.create_run(
+            self.experiment_id, tags=tags, run_name=cell.cell_id, start_time=start_ms).info.run_id
+        return state["run_id"]
 
-    @_retry
+    @retried
     def _log_batch(self, run_id: str, metrics: list, params: list) -> None:
         self.client.log_batch(run_id, metrics=metrics, params=params)
 
-    @_retry
+    @retried
     def _terminate(self, run_id: str, status: str, end_ms: int | None = None) -> None:
         self.client.set_terminated(run_id, status=status, end_time=end_ms)
 
-    @_retry
+    @retried
     def _log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    @_retry
+    @retried
     def _log_predictions(self, run_id: str, predictions: Mapping[str, list[int]]) -> None:
         """The cell's test predictions as a small Parquet artifact (index int64, the rest int32), so that a
         report can pair two cells example by example (its bootstrap over test images)."""
@@ -252,12 +237,17 @@ class SweepTracker:
             self.client.log_artifact(run_id, str(path))
 
     def log_cell(self, cell: Cell, outcome: CellOutcome) -> str:
-        """One FINISHED child run with status=ok, spanning the cell's real compute time; returns its run id."""
+        """One FINISHED child run with status=ok, spanning the cell's real compute time; returns its run id,
+        or "" when the store is down: the record is kept in memory and logged once it answers (`finish`)."""
+        tags = self._cell_tags(cell, {**outcome.tags, "status": "ok"})
+        return self.backlog.submit(f"cell {cell.cell_id}", functools.partial(self._write_cell, cell, tags, outcome, {})) or ""
+
+    def _write_cell(self, cell: Cell, tags: dict[str, str], outcome: CellOutcome, state: dict[str, Any]) -> str:
         from mlflow.entities import Param
 
         start_ms = int(outcome.started * 1000) if outcome.started else None
         end_ms = int(outcome.ended * 1000) if outcome.ended else None
-        run_id = self._create(cell, self._cell_tags(cell, {**outcome.tags, "status": "ok"}), start_ms)
+        run_id = self._create(cell, tags, start_ms, state)
         metrics = _metric_list(outcome, end_ms or int(time.time() * 1000))
         params = [Param(k, str(v)) for k, v in sorted(outcome.params.items())]
         for start in range(0, max(len(metrics), 1), MAX_BATCH_METRICS):
@@ -280,18 +270,29 @@ class SweepTracker:
         self._log_text(self.parent_id, table, UNITS_ARTIFACT)
 
     def log_failed(self, cell: Cell, error: str, extra: dict[str, str] | None = None) -> str:
-        """A FAILED child run tagged status=failed with the error (its last 5000 characters)."""
+        """A FAILED child run tagged status=failed with the error (its last 5000 characters); kept like
+        `log_cell`'s record while the store is down."""
         tags = self._cell_tags(cell, {**(extra or {}), "status": "failed", "error": error.strip()[-5000:] or "?"})
-        run_id = self._create(cell, tags)
-        self._terminate(run_id, "FAILED")
+        return self.backlog.submit(f"failed cell {cell.cell_id}",
+                                   functools.partial(self._write_failed, cell, tags, {})) or ""
+
+    def _write_failed(self, cell: Cell, tags: dict[str, str], state: dict[str, Any]) -> str:
+        self._terminate(run_id := self._create(cell, tags, None, state), "FAILED")
         return run_id
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the parent run with `status` and release the lease (heartbeat stopped), on every path. A
-        sweep refused or taken over leaves the parent run alone: it is another holder's."""
+        """Log what a store's outage kept (a bounded wait; else TrackingUnavailable naming those cells), end
+        the parent run with `status` and release the lease (heartbeat stopped), on every path. A sweep refused
+        or taken over leaves the parent run alone: it is another holder's."""
         try:
+            self.backlog.drain()
             if self.parent_id and (self.lease is None or (self.lease.held and not self.lease.lost)):
                 self._terminate(self.parent_id, status)
+        except TrackingUnavailable:
+            if self.lease:   # a store that is down cannot be told: the lease goes stale, a rerun here reclaims it
+                self.lease.stop()
+                self.lease = None
+            raise
         finally:
             lease, self.lease = self.lease, None   # a later start() claims a fresh epoch
             if lease:

@@ -18,10 +18,10 @@ from faultkit import BACKBONE, SHARD, extract, seabench_background, shard_digest
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract.store import FeatureStore
-from orchestrator.sweep import tracking
 from orchestrator.sweep.cells import Cell
 from orchestrator.sweep.tracking import SweepTracker
 from orchestrator.sweep.trial import CellOutcome
+from orchestrator.tracking_retry import RetryPolicy, retried
 
 
 @pytest.mark.soak
@@ -83,7 +83,7 @@ def _log_while_locked(tmp_path: Path, seconds: float, caplog: pytest.LogCaptureF
     holder.start()
     locked.wait(10)
     started = time.monotonic()
-    with caplog.at_level("INFO", logger="orchestrator.sweep.tracking"):
+    with caplog.at_level("INFO", logger="orchestrator.tracking_retry"):
         run_id = tracker.log_cell(Cell("bb", "digits", "linear", 0), OUTCOME)
     waited = time.monotonic() - started
     holder.join()
@@ -102,28 +102,30 @@ def test_logging_waits_for_another_writer_of_the_sqlite_store(tmp_path, caplog):
 def test_logging_retries_when_another_writer_outlasts_mlflows_busy_timeout(tmp_path, caplog):
     """MLflow waits 20 s (PRAGMA busy_timeout) and then raises "database is locked"; the tracker retries."""
     waited = _log_while_locked(tmp_path, 24.0, caplog)
-    assert waited > 20.0 and any("MLflow store locked" in r.message for r in caplog.records)
+    assert waited > 20.0 and any("locked during" in r.message for r in caplog.records)
 
 
-def test_a_store_locked_past_the_retry_deadline_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.3)
+def test_a_store_locked_past_the_retry_deadline_is_a_clear_error():
     calls = []
 
     class Busy:
-        tracking_uri = "sqlite:///busy.db"
+        tracking_uri, retry = "sqlite:///busy.db", RetryPolicy(retry_s=0.3)
 
-        @tracking._retry
+        @retried
         def create(self) -> None:
             calls.append(time.monotonic())
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
+
+        @retried
+        def other(self) -> None:
+            calls.append(time.monotonic())
+            raise RuntimeError("no such table: runs")
 
     with pytest.raises(OrchestratorError, match=r"sqlite:///busy.db stayed locked for 0 s \(create\): another"):
         Busy().create()
     assert len(calls) >= 2   # retried with back-off before giving up
 
-    @tracking._retry
-    def other() -> None:
-        raise RuntimeError("no such table: runs")
-
+    calls.clear()
     with pytest.raises(RuntimeError, match="no such table"):   # other errors are not retried
-        other()
+        Busy().other()
+    assert len(calls) == 1
