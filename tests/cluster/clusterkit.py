@@ -1,5 +1,5 @@
-"""Real components for the multi-node tests: moto's S3 server and an `mlflow server` on 127.0.0.1, a
-`ray.cluster_utils.Cluster` of real raylets, and `seabench` driver processes that join it.
+"""Real components for the multi-node tests: moto's S3 server, a PostgreSQL server and an `mlflow server` on
+127.0.0.1, a `ray.cluster_utils.Cluster` of real raylets, and `seabench` driver processes that join it.
 
 Nothing here mocks: the store is read and written through s3fs against moto's HTTP server, MLflow runs
 as its own server process, every node is a raylet with its own worker processes, and the driver is a
@@ -9,12 +9,18 @@ session's local Ray (tests/conftest.py): `connect=False`, and only driver subpro
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
+import pwd
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -89,37 +95,178 @@ def s3_objects(env: dict[str, str], prefix: str) -> dict[str, int]:
     return found
 
 
-@contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    log = (folder / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "art")],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 in its own process group: a SQLite store and an artifact folder in `folder`,
+    or `backend` (a PostgreSQL URI, `Postgres.create_database`) and `artifacts` (`s3://BUCKET/…` on the moto
+    server, whose environment `env` gives the server). `stop()` then `start()` again is a restarted tracking
+    server: the same port, the same store."""
 
-    def healthy() -> bool:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {server.returncode}; see {folder / 'server.log'}")
+    def __init__(self, folder: Path, backend: str | None = None, artifacts: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.port = folder, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.backend = backend or f"sqlite:///{folder / 'server.db'}"
+        self.artifacts = artifacts or str(folder / "art")
+        endpoint = (env or {}).get("AWS_ENDPOINT_URL")
+        self.env = {**os.environ, **(env or {}), **({"MLFLOW_S3_ENDPOINT_URL": endpoint} if endpoint else {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> str:
+        with (self.folder / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1", "--backend-store-uri", self.backend, "--artifacts-destination", self.artifacts],
+                cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self.healthy, timeout, f"mlflow server answering {self.url}/health")
+        return self.url
+
+    def healthy(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            raise RuntimeError(f"mlflow server exited with {code}; see {self.folder / 'server.log'}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
                 return answer.status == 200
         except OSError:
             return False
 
-    try:
-        wait_until(healthy, START_TIMEOUT_S, f"mlflow server answering {url}/health")
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
+    def stop(self) -> None:
+        """Stop the server and its workers (its whole process group): SIGTERM, SIGKILL after 30 s."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):   # the group is gone already
+            os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=30)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def __enter__(self) -> MlflowServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def mlflow_server(folder: Path, backend: str | None = None, artifacts: str | None = None,
+                  env: dict[str, str] | None = None) -> Iterator[str]:
+    """An MlflowServer for the block; yields its URL."""
+    with MlflowServer(folder, backend, artifacts, env) as server:
+        yield server.url
+
+
+PG_USER = "seabench"
+PG_TOOLS = ("initdb", "pg_ctl", "postgres")
+
+
+def postgres_bin() -> Path | None:
+    """The folder of initdb, pg_ctl and postgres: on PATH, else Debian's /usr/lib/postgresql/<newest>/bin."""
+    on_path = shutil.which("pg_ctl")
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                    key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+    for folder in ([Path(on_path).resolve().parent] if on_path else []) + debian:
+        if all((folder / tool).is_file() for tool in PG_TOOLS):
+            return folder
+    return None
+
+
+def _postgres_user() -> str | None:
+    """Who runs postgres: this user, or when root (postgres refuses root) Debian's `postgres`, else `nobody`."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return None
+
+
+def postgres_missing() -> str:
+    """Why no PostgreSQL server can be started here, "" when one can."""
+    if postgres_bin() is None:
+        return ("PostgreSQL not found (initdb, pg_ctl, postgres on PATH or in /usr/lib/postgresql/*/bin): "
+                "apt-get install postgresql")
+    if importlib.util.find_spec("psycopg") is None:
+        return "psycopg is not installed: pip install -e '.[test]' (psycopg[binary])"
+    if os.geteuid() == 0 and (_postgres_user() is None or shutil.which("runuser") is None):
+        return "running as root without a 'postgres' or 'nobody' user and runuser: postgres refuses to run as root"
+    return ""
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running PostgreSQL server on 127.0.0.1 (password authentication, user PG_USER)."""
+
+    port: int
+    password: str
+    user: str = PG_USER
+
+    def uri(self, database: str) -> str:
+        """SQLAlchemy's URI with the psycopg (3) driver, as `mlflow server --backend-store-uri` takes it."""
+        return f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; returns its URI."""
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
+                             dbname="postgres", autocommit=True, connect_timeout=10) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.uri(name)
+
+
+@contextmanager
+def postgres_server(timeout: float = START_TIMEOUT_S) -> Iterator[Postgres]:
+    """A PostgreSQL server on 127.0.0.1 and a free port, its data in a temporary folder (under /tmp, owned by the
+    unprivileged user that runs it when this is root: pytest's tmp_path is root's alone); no Unix socket;
+    stopped (`pg_ctl stop -m fast`, then SIGKILL) and removed at the end. Raises with postgres_missing()'s reason."""
+    missing = postgres_missing()
+    if missing:
+        raise RuntimeError(missing)
+    tools, user = postgres_bin(), _postgres_user()
+    folder = Path(tempfile.mkdtemp(prefix="seabench-pg-"))
+    data, log, secret = folder / "data", folder / "server.log", folder / "password"
+    password = secrets.token_hex(16)
+    secret.write_text(password + "\n")
+    if user:
+        owner = pwd.getpwnam(user)
+        for path in (folder, secret):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+
+    def pg(tool: str, *args: str, wait: float = 120) -> subprocess.CompletedProcess:
+        prefix = ["runuser", "-u", user, "--"] if user else []
+        return subprocess.run([*prefix, str(tools / tool), *args], cwd=folder, capture_output=True, text=True,
+                              timeout=wait)
+
+    port = free_port()
+    try:
+        made = pg("initdb", "-D", str(data), "-U", PG_USER, "--pwfile", str(secret), "--auth=scram-sha-256",
+                  "-E", "UTF8", "--locale=C", "--no-sync")
+        if made.returncode:
+            raise RuntimeError(f"initdb failed ({made.returncode}): {made.stdout[-2000:]}{made.stderr[-2000:]}")
+        # durability is not what a test needs: fsync off; -k '': no Unix socket, TCP on 127.0.0.1 only
+        options = f"-h 127.0.0.1 -p {port} -k '' -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        started = pg("pg_ctl", "start", "-D", str(data), "-l", str(log), "-w", "-t", str(int(timeout)), "-o",
+                     options, wait=timeout + 30)
+        if started.returncode:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"pg_ctl start failed ({started.returncode}): {started.stderr[-2000:]}\n{tail}")
+        yield Postgres(port, password)
+    finally:
+        pid_file = data / "postmaster.pid"
+        if pid_file.exists():
+            pg("pg_ctl", "stop", "-D", str(data), "-m", "fast", "-t", "30", wait=60)
+        if pid_file.exists():   # it did not stop in time
+            with contextlib.suppress(ValueError, ProcessLookupError, OSError):
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

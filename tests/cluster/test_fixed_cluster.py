@@ -15,11 +15,9 @@ from clusterkit import (
     cell_runs,
     driver_env,
     manifests,
-    mlflow_server,
     ray_cluster,
     results,
     s3_objects,
-    s3_server,
     seabench,
     worker_ids,
     write_config,
@@ -32,15 +30,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """S3 + MLflow servers and a cluster whose worker nodes have their own $SEABENCH_WEIGHTS folder."""
+def site(tmp_path_factory, s3_env, tracking):
+    """The session's S3 and MLflow servers and a cluster whose worker nodes have their own $SEABENCH_WEIGHTS folder."""
     root = tmp_path_factory.mktemp("fixed-cluster")
     make_fake_imagefolder(root / "task", classes=3, n_train=6, n_test=3, size=16)
     (root / "weights-workers").mkdir()
     workers = {"SEABENCH_WEIGHTS": str(root / "weights-workers")}
-    with s3_server() as env, mlflow_server(root / "mlflow") as tracking, ray_cluster({**env, **workers}, 2) as cluster:
-        yield {"root": root, "env": env, "tracking": tracking, "cluster": cluster, "address": cluster.address,
-               "driver": driver_env(env, root)}
+    with ray_cluster({**s3_env, **workers}, 2) as cluster:
+        yield {"root": root, "env": s3_env, "tracking": tracking, "cluster": cluster, "address": cluster.address,
+               "driver": driver_env(s3_env, root)}
 
 
 def test_run_uses_both_workers_and_equals_a_single_node_run(site):

@@ -16,12 +16,10 @@ from clusterkit import (
     cell_runs,
     driver_env,
     manifests,
-    mlflow_server,
     ray_cluster,
     results,
     s3_client,
     s3_objects,
-    s3_server,
     seabench,
     start_seabench,
     wait_until,
@@ -40,12 +38,13 @@ def _lose_a_node(cluster, removed: list) -> None:
     add_worker(cluster)   # its replacement
 
 
-def test_node_lost_mid_extraction_and_mid_sweep(tmp_path):
+def test_node_lost_mid_extraction_and_mid_sweep(tmp_path, s3_env, tracking):
     make_fake_imagefolder(tmp_path / "task", classes=3, n_train=30, n_test=6, size=32)
     sweep = Sweep(f"imagefolder:{tmp_path / 'task'}", seeds=(0, 1, 2))
     store, prefix = f"s3://{BUCKET}/loss/features", "loss/features/"
     extra = {"trainer": {"epochs": 15, "batch_size": 8}}
-    with s3_server() as env, mlflow_server(tmp_path / "mlflow") as tracking, ray_cluster(env, workers=2) as cluster:
+    env = s3_env
+    with ray_cluster(env, workers=2) as cluster:
         driver = driver_env(env, tmp_path)
         config = write_config(tmp_path / "loss.yaml", sweep.config("loss", store, **extra))
         log = tmp_path / "driver.log"

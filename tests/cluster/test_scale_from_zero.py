@@ -13,9 +13,7 @@ from clusterkit import (
     cell_runs,
     driver_env,
     manifests,
-    mlflow_server,
     ray_cluster,
-    s3_server,
     start_seabench,
     wait_until,
     worker_ids,
@@ -47,10 +45,11 @@ def _run_until_nodes_join(cluster, args, env, cwd, log, wait_for: str) -> str:
     return text
 
 
-def test_first_run_and_a_resumed_gpu_sweep_start_with_zero_workers(tmp_path):
+def test_first_run_and_a_resumed_gpu_sweep_start_with_zero_workers(tmp_path, s3_env, tracking):
     make_fake_imagefolder(tmp_path / "task", classes=3, n_train=6, n_test=3, size=16)
     store = f"s3://{BUCKET}/zero/features"
-    with s3_server() as env, mlflow_server(tmp_path / "mlflow") as tracking, ray_cluster(env, workers=0) as cluster:
+    env = s3_env
+    with ray_cluster(env, workers=0) as cluster:
         driver = driver_env(env, tmp_path)
         common = ["--address", cluster.address, "--store", store, "--tracking-uri", tracking, "--autoscaling",
                   "--no-progress", "--out", str(tmp_path / "report")]
