@@ -300,17 +300,31 @@ def ray_cluster(env: dict[str, str], workers: int, worker_resources: dict | None
 
 
 def add_worker(cluster, num_gpus: int = 0, env: dict[str, str] | None = None):
-    """A worker node of 1 CPU (and `num_gpus` declared GPUs), started in this process's environment plus `env`."""
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
+    """A worker node of 1 CPU (and `num_gpus` declared GPUs), started in this process's environment plus `env`,
+    with a unit cache of its own ($SEABENCH_CACHE, `node_cache(node)`), as separate machines would have: so
+    "each unit decoded once per node" is exercised per node, and no test reads the user's ~/.cache."""
+    import tempfile
+
+    env = {"SEABENCH_CACHE": tempfile.mkdtemp(prefix="seabench-node-cache-"), **(env or {})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        return cluster.add_node(num_cpus=1, num_gpus=num_gpus)
+        node = cluster.add_node(num_cpus=1, num_gpus=num_gpus)
+        NODE_CACHES[node.node_id] = Path(env["SEABENCH_CACHE"])
+        return node
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+NODE_CACHES: dict[str, Path] = {}   # node id -> that node's unit cache folder
+
+
+def node_cache(node_id: str) -> Path:
+    return NODE_CACHES[node_id]
 
 
 def worker_ids(cluster) -> set[str]:

@@ -1,6 +1,7 @@
 """Against Ray's own autoscaler (its monitor and the fake multi-node provider launching and removing real
 raylets by node type): `seabench run --autoscaling` on a cluster scaled to zero (a head of 0 CPUs and a
-`gpu` type of {1 CPU, 1 GPU}, 0-2 nodes, idle timeout 15 s).
+`gpu` type of {1 CPU, 1 GPU}, 0-2 nodes, idle timeout 15 s), features on the session's S3 server and tracking
+on its MLflow server (on PostgreSQL). It replaces a test that added nodes by hand, as an autoscaler would.
 
 - A trial shape no node type holds (resources.gpu=2) is refused up front, naming the types; nothing launched.
 - A first run asks for GPU nodes for extraction (the actors hold the GPU resource and compute on CPU,
@@ -16,7 +17,7 @@ import time
 
 import pytest
 from autoscalekit import AUTH_ENV, autoscaling_head
-from clusterkit import Sweep, cell_runs, driver_env, seabench, wait_until, write_config
+from clusterkit import BUCKET, Sweep, cell_runs, driver_env, manifests, seabench, wait_until, write_config
 from fakedata import make_fake_imagefolder
 
 pytestmark = pytest.mark.slow
@@ -32,18 +33,19 @@ def _ok(result, what: str) -> str:
     return text
 
 
-def test_autoscaled_runs_from_zero_release_their_nodes_and_impossible_shapes_are_refused(tmp_path):
+def test_autoscaled_runs_from_zero_release_their_nodes_and_impossible_shapes_are_refused(tmp_path, s3_env, tracking):
     make_fake_imagefolder(tmp_path / "task", classes=3, n_train=6, n_test=3, size=16)
     make_fake_imagefolder(tmp_path / "task2", classes=2, n_train=6, n_test=3, size=16)
-    with autoscaling_head(GPU_TYPE, idle_timeout_s=IDLE_TIMEOUT_S) as head:
-        env = driver_env(AUTH_ENV, tmp_path)
-        store = str(tmp_path / "features")
-        common = ["--address", head.address, "--store", store, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    # the session's S3 (moto) and MLflow (on PostgreSQL) servers; the launched nodes inherit the S3 endpoint
+    with autoscaling_head(GPU_TYPE, idle_timeout_s=IDLE_TIMEOUT_S, env=s3_env) as head:
+        env = driver_env({**s3_env, **AUTH_ENV}, tmp_path)
+        store = f"s3://{BUCKET}/autoscaled/features"
+        common = ["--address", head.address, "--store", store, "--tracking-uri", tracking,
                   "--autoscaling", "--wait-for-nodes", "5m", "--no-progress", "--out", str(tmp_path / "report")]
         sweep = Sweep(f"imagefolder:{tmp_path / 'task'}", seeds=(0,))
         gpu = {"extraction": {"shard_size": 4, "dtype": "float32", "batch_size": 4, "num_gpus_per_actor": 1},
-               "resources": {"cpu": 1, "gpu": 0.5}}
-        first = write_config(tmp_path / "first.yaml", sweep.config("auto", store, **gpu))
+               "resources": {"cpu": 1, "gpu": 0.5}}   # as cluster.yaml's GPU workers would be used
+        first = write_config(tmp_path / "first.yaml", sweep.config("autoscaled", store, **gpu))
 
         began = time.monotonic()
         refused = seabench(["run", "--config", str(first), *common, "--set", "resources.gpu=2"], env, tmp_path,
@@ -59,11 +61,14 @@ def test_autoscaled_runs_from_zero_release_their_nodes_and_impossible_shapes_are
         assert "asked the autoscaler for" in text and "waiting for nodes to join" in text
         assert "the actor holds a GPU but CUDA is not available there; computing on CPU" in text
         assert "node(s) of type gpu" in head.monitor_log()    # the autoscaler launched them, by type
-        assert [r.info.status for r in cell_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "auto")] == ["FINISHED"] * 2
+        units = manifests(s3_env, "autoscaled/features/")
+        assert len(units) == 2 and all(m["complete"] for m in units.values())
+        assert {m["metadata"]["compute"] for m in units.values()} == {"bf16-autocast"}   # as on a GPU node
+        assert [r.info.status for r in cell_runs(tracking, "autoscaled")] == ["FINISHED"] * 2
 
         # started at once, while the first run's nodes go idle and the autoscaler removes them: a second task
         # to extract (its per-node check and its actors meet nodes that are leaving) and cells to train
-        grown = dict(sweep.config("auto", store, **gpu), tasks=[sweep.task, f"imagefolder:{tmp_path / 'task2'}"])
+        grown = dict(sweep.config("autoscaled", store, **gpu), tasks=[sweep.task, f"imagefolder:{tmp_path / 'task2'}"])
         text = _ok(seabench(["run", "--config", str(write_config(tmp_path / "grown.yaml", grown)), *common], env,
                             tmp_path, timeout=RUN_TIMEOUT_S), "a run started while nodes were being removed")
         assert "2 already complete, 2 computed, 0 failed" in text
@@ -76,6 +81,8 @@ def test_autoscaled_runs_from_zero_release_their_nodes_and_impossible_shapes_are
         assert "sweep: asked the autoscaler for 1 × {1 CPU, 0.5 GPU}" in text
         assert "sweep: withdrew its request from the autoscaler" in text
         assert "4 already complete, 4 computed, 0 failed" in text
+        runs = [r for r in cell_runs(tracking, "autoscaled") if r.data.tags.get("seed") == "1"]
+        assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
         removals = head.monitor_log().count("(idle)")
         wait_until(lambda: head.worker_raylets() == 0, IDLE_TIMEOUT_S + 90, "the resumed sweep's nodes released")
         assert head.monitor_log().count("(idle)") > removals

@@ -15,6 +15,7 @@ from clusterkit import (
     cell_runs,
     driver_env,
     manifests,
+    node_cache,
     ray_cluster,
     results,
     s3_objects,
@@ -60,6 +61,11 @@ def test_run_uses_both_workers_and_equals_a_single_node_run(site):
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     trial_nodes = {r.data.tags["ray_node"] for r in runs}
     assert trial_nodes == workers, f"trials ran on {trial_nodes}, workers are {workers}"
+    # each node decoded the units its cells read into its own cache, once: one entry per unit, none elsewhere
+    keys = {path.rsplit("/", 2)[-2] for path in units}   # <prefix>/…/<key>/_manifest.json
+    for node in workers:
+        entries = [p.name for p in node_cache(node).iterdir() if p.is_dir() and not p.name.startswith(".")]
+        assert sorted(e.rsplit("-", 1)[0] for e in entries) == sorted(keys), (node, entries, keys)
 
     # the same sweep on one local node, local disk and SQLite gives the same numbers
     local = root / "single"
