@@ -87,7 +87,9 @@ def _extract(cfg: SweepConfig, tasks: list[str], backbones: tuple[str, ...], pro
     skipped = summary.images_skipped + summary.images_skipped_before
     print(f"extract: {summary.units} units ({summary.units_skipped} cached), "
           f"{summary.images} images in {summary.seconds:.1f} s"
-          + (f"; {skipped} unreadable image(s) skipped (see the report)" if skipped else ""))
+          + (f"; {skipped} unreadable image(s) skipped (see the report)" if skipped else "")
+          + (f"; {summary.actor_restarts} shard job(s) re-submitted after their actor was lost"
+             if summary.actor_restarts else ""))
     return dict(summary.keys)
 
 
