@@ -97,11 +97,6 @@ def fits(bundle: dict[str, float], resources: dict[str, float]) -> int:
     return min(counts) if counts else 1 << 30
 
 
-def cluster_gpus() -> float:
-    """GPUs the running cluster offers (0.0 on a CPU-only cluster)."""
-    return float(ray.cluster_resources().get("GPU", 0.0))
-
-
 def on_each_node(function: Callable[..., Any], *args: Any, nodes: list[str]) -> dict[str, Any]:
     """`function(*args)` run once on each of `nodes` (node ids), as a zero-CPU task pinned there. A node that
     leaves meanwhile (scaled down, reclaimed: Ray may list it alive for a few seconds after) is skipped,

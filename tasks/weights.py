@@ -49,14 +49,6 @@ def weights_location() -> str | Path:
     return Path(value or Path.home() / ".cache" / "seabench" / "weights").expanduser()
 
 
-def weights_dir() -> Path:
-    """The local weights folder (`weights_location()` when it is a path)."""
-    where = weights_location()
-    if isinstance(where, str):
-        raise TaskError(f"${WEIGHTS_ENV} is the URI {where}, not a local folder")
-    return where
-
-
 def locate(spec: BackboneSpec) -> str | Path:
     """The weights file (local path or URI) a "file:" or "package:" source points at; not checked to exist."""
     scheme, _, ref = spec.weights.partition(":")

@@ -43,14 +43,6 @@ def _probe(actor: Any) -> ray.ObjectRef:
     return actor.ready.options(max_task_retries=-1).remote()
 
 
-def wait_until_ready(actors: Sequence[Any]) -> None:
-    """Block until every actor has run its constructor (so start-up failures surface before any job)."""
-    try:
-        ray.get([actor.ready.remote() for actor in actors])
-    except RayActorError as exc:
-        raise OrchestratorError(f"extraction actor failed to start: {exc}") from exc
-
-
 def run_jobs(
     actors: Sequence[Any],
     jobs: Sequence[Hashable],

@@ -20,7 +20,6 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.finetune.recipe import mix_seed
 
 TRAIN_PHASES = ("fit", "trainval")
-EVAL_PHASES = ("val", "test")
 
 
 class PhaseImages(Dataset):
