@@ -275,9 +275,8 @@ def ray_cluster(env: dict[str, str], workers: int, worker_resources: dict | None
     with `env` (so that its workers reach the S3 server). Not connected: drivers join by address."""
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)   # raylets (and so their workers) inherit the environment they start in
-    try:
+    # raylets (and so their workers) inherit the environment they start in: `env` while the cluster lives
+    with environment(env):
         # Cluster() records its address in /tmp/ray/ray_current_cluster, where every later ray.init() on
         # this machine (this session's local cluster, anyone's) would find and join it: not ours.
         with mock.patch("ray._private.utils.write_ray_address"):
@@ -291,12 +290,6 @@ def ray_cluster(env: dict[str, str], workers: int, worker_resources: dict | None
         finally:
             with mock.patch("ray._common.utils.reset_ray_address"):   # nor delete someone else's
                 cluster.shutdown()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def add_worker(cluster, num_gpus: int = 0, env: dict[str, str] | None = None):
@@ -306,12 +299,19 @@ def add_worker(cluster, num_gpus: int = 0, env: dict[str, str] | None = None):
     import tempfile
 
     env = {"SEABENCH_CACHE": tempfile.mkdtemp(prefix="seabench-node-cache-"), **(env or {})}
+    with environment(env):   # a raylet (and so its workers) inherits the environment it starts in
+        node = cluster.add_node(num_cpus=1, num_gpus=num_gpus)
+    NODE_CACHES[node.node_id] = Path(env["SEABENCH_CACHE"])
+    return node
+
+
+@contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """This process's environment plus `env` while the block runs, restored after."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        node = cluster.add_node(num_cpus=1, num_gpus=num_gpus)
-        NODE_CACHES[node.node_id] = Path(env["SEABENCH_CACHE"])
-        return node
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
