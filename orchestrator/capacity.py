@@ -166,14 +166,20 @@ def wait_for_nodes(bundle: dict[str, float], what: str, poll_s: float = 1.0) -> 
 
 
 @contextlib.contextmanager
-def requested(bundles: list[dict[str, float]], what: str) -> Iterator[None]:
-    """Ask the autoscaler for `bundles` while the block runs; withdraw the request however it ends."""
+def requested(bundles: list[dict[str, float]], what: str, one: str = "") -> Iterator[None]:
+    """Ask the autoscaler for `bundles` while the block runs; withdraw the request however it ends. With
+    `one` (what a bundle holds: "trial", …), also wait, up to --wait-for-nodes, until a live node holds one
+    before the block starts. No-op on a fixed cluster."""
     if not autoscaling() or not bundles:
         yield
         return
     request_resources(bundles)
     print(f"{what}: asked the autoscaler for {len(bundles)} × {{{shape(bundles[0])}}}", file=sys.stderr, flush=True)
     try:
+        if one and not any(fits(bundles[0], n["Resources"]) for n in alive_nodes()):
+            print(f"{what}: no node holds one {one} of {{{shape(bundles[0])}}} yet; waiting for nodes to join (up to "
+                  f"{wait_seconds():g} s, --wait-for-nodes)", file=sys.stderr, flush=True)
+            wait_for_nodes(bundles[0], one)
         yield
     finally:
         with contextlib.suppress(Exception):   # the cluster may be gone already: nothing then to withdraw

@@ -24,11 +24,11 @@ import numpy as np
 import ray
 
 import tasks
-from orchestrator.capacity import check_shape, wait_for_nodes, wait_seconds
+from orchestrator.capacity import check_shape, requested
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract.actor import ShardExtractor, ShardResult
 from orchestrator.extract.manifest import DTYPES, Manifest, ShardRecord
-from orchestrator.extract.nodes import check_nodes, plan_actors, request
+from orchestrator.extract.nodes import ActorPlan, check_nodes, plan_actors
 from orchestrator.extract.plan import Unit, backbone_parts, compute_of, data_name, plan_units
 from orchestrator.extract.pool import JobFailed, run_jobs
 from orchestrator.extract.store import FeatureStore
@@ -103,15 +103,14 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
         print(f"extract: {plan.note}", flush=True)
     check_shape(plan.bundle, "an extraction actor", "Lower extraction.num_gpus_per_actor (--num-gpus-per-actor) "
                 "or --cpus-per-actor to what a node type holds, or add such a type")
-    request(plan)
-    try:
-        if plan.placeable == 0:
-            print(f"extract: no node holds an actor of {plan.num_cpus:g} CPU, {plan.num_gpus:g} GPU yet; asked the "
-                  f"autoscaler for {plan.count}, waiting for nodes to join (up to {wait_seconds():g} s)", flush=True)
-            wait_for_nodes(plan.bundle, "extraction actor")
-    except BaseException:
-        request(None)   # a stage that stops withdraws what it asked for: no paid node left up for nothing
-        raise
+    # asked of the autoscaler while this backbone extracts, withdrawn however it ends: no paid node left up
+    with requested([plan.bundle] * plan.count, "extract", one="extraction actor"):
+        return _extract(units, spec, store, data_root, settings, progress, plan, jobs)
+
+
+def _extract(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureStore, data_root: str | None,
+             settings: ActorSettings, progress: Progress, plan: ActorPlan, jobs: list[tuple[int, int]]) -> int:
+    """`jobs` (unit, shard) on the plan's actors; returns how many jobs were re-submitted."""
     options = {"num_cpus": plan.num_cpus, "num_gpus": plan.num_gpus,
                "max_restarts": MAX_ACTOR_RESTARTS, "max_task_retries": 0}
     actor_cls = ray.remote(ShardExtractor)
@@ -177,7 +176,6 @@ def _run_backbone(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureSto
     finally:
         startup = (started[0] - start) if started else 0.0
         progress.backbone_seconds(spec.name, time.perf_counter() - start, startup)
-        request(None)
         for actor in actors:
             ray.kill(actor, no_restart=True)
 

@@ -3,8 +3,8 @@ that may run one sees the data, the weights and the store the driver sees.
 
 Actors ask for what the settings say (`num_gpus_per_actor`, `cpus_per_actor`); their number comes from
 the plan (its shards) and the node types, not from what happens to be free when the run starts. On an
-autoscaling cluster (`--autoscaling`) the shapes are requested from the autoscaler, so a cluster
-scaled to zero grows; elsewhere a shape that no node could ever hold is an error naming the nodes.
+autoscaling cluster (`--autoscaling`) the shapes are requested from the autoscaler (capacity.requested,
+withdrawn when the backbone's extraction ends), so a cluster scaled to zero grows; elsewhere a shape that no node could ever hold is an error naming the nodes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import ray
 
 import tasks
 from orchestrator.errors import OrchestratorError
-from orchestrator.raycluster import alive_nodes, autoscaling, fits, on_each_node, request_resources
+from orchestrator.raycluster import alive_nodes, autoscaling, fits, on_each_node
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ def plan_actors(jobs: int, num_gpus: float, num_cpus: float, num_actors: int | N
     else:
         count = min(jobs, capacity)
     return ActorPlan(max(1, count), num_gpus, num_cpus, note, capacity)
-
-
-def request(plan: ActorPlan | None) -> None:
-    """Ask the autoscaler for the plan's actors (None: withdraw the request)."""
-    request_resources([plan.bundle] * plan.count if plan else [])
 
 
 def _missing_here(specs: Sequence[tasks.BackboneSpec], task_names: Sequence[str], data_root: str | None,

@@ -263,9 +263,8 @@ def _check_resources(cfg: SweepConfig) -> Iterator[None]:
     of a fixed cluster can hold. On an autoscaling cluster (--autoscaling) a shape that no node type of the
     autoscaler holds is refused; one that no node has *yet* is asked of the autoscaler while the block runs
     (withdrawn however it ends, so nodes go once idle) and waited for up to --wait-for-nodes."""
-    import sys
 
-    from orchestrator.capacity import check_shape, requested, wait_for_nodes, wait_seconds
+    from orchestrator.capacity import check_shape, requested
     from orchestrator.raycluster import alive_nodes, autoscaling, fits
 
     bundle = {"CPU": cfg.resources.cpu, "GPU": cfg.resources.gpu}
@@ -277,11 +276,7 @@ def _check_resources(cfg: SweepConfig) -> Iterator[None]:
     if autoscaling():
         check_shape(bundle, "a sweep trial (resources.cpu, resources.gpu)",
                     "Lower resources.cpu / resources.gpu to what a node type holds, or add such a type")
-        with requested([bundle] * (cfg.search.max_concurrent or 1), "sweep"):
-            print(f"sweep: no node holds a trial of resources.cpu={cfg.resources.cpu:g}, resources.gpu="
-                  f"{cfg.resources.gpu:g} yet (nodes: {shapes or 'none'}); asked the autoscaler, trials start as "
-                  f"nodes join (waiting up to {wait_seconds():g} s)", file=sys.stderr, flush=True)
-            wait_for_nodes(bundle, "sweep trial")
+        with requested([bundle] * (cfg.search.max_concurrent or 1), "sweep", one="sweep trial"):
             yield
         return
     if cfg.resources.gpu > 0 and not any(n["Resources"].get("GPU", 0) for n in nodes):

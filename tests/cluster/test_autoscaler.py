@@ -58,7 +58,8 @@ def test_autoscaled_runs_from_zero_release_their_nodes_and_impossible_shapes_are
         assert "Adding" not in head.monitor_log()
 
         text = _ok(seabench(["run", "--config", str(first), *common], env, tmp_path, timeout=RUN_TIMEOUT_S), "first run")
-        assert "asked the autoscaler for" in text and "waiting for nodes to join" in text
+        assert "extract: asked the autoscaler for" in text and "waiting for nodes to join" in text
+        assert "extract: withdrew its request from the autoscaler" in text
         assert "the actor holds a GPU but CUDA is not available there; computing on CPU" in text
         assert "node(s) of type gpu" in head.monitor_log()    # the autoscaler launched them, by type
         units = manifests(s3_env, "autoscaled/features/")

@@ -127,7 +127,7 @@ def test_trial_resources_no_node_holds_are_an_error_on_a_fixed_cluster_and_a_req
         _enter(cfg)
     assert time.monotonic() - began < 30
     err = capsys.readouterr().err
-    assert "asked the autoscaler, trials start as nodes join (waiting up to 2 s)" in err
+    assert "sweep: no node holds one sweep trial of {1 CPU, 0.5 GPU} yet; waiting for nodes to join (up to 2 s" in err
     assert "sweep: asked the autoscaler for 1 × {1 CPU, 0.5 GPU}" in err and "sweep: withdrew its request" in err
     # a shape no node type of the autoscaler holds is refused at once, naming the types
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({
@@ -155,7 +155,10 @@ def test_an_extraction_whose_nodes_never_come_stops_at_the_deadline_naming_the_s
         extract_features("random:resnet10t@16", f"imagefolder:{tmp_path / 'task'}", store=str(tmp_path / "store"),
                          settings=ActorSettings(num_gpus_per_actor=1.0, batch_size=4), progress=False)
     assert time.monotonic() - began < 60
-    assert "waiting for nodes to join (up to 2 s)" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "extract: asked the autoscaler for 1 × {1 CPU, 1 GPU}" in err
+    assert "extract: no node holds one extraction actor of {1 CPU, 1 GPU} yet; waiting for nodes to join (up to 2 s" in err
+    assert "extract: withdrew its request from the autoscaler" in err   # a stage that stops withdraws
     assert not list((tmp_path / "store").rglob("*.parquet"))
 
 
