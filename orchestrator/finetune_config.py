@@ -93,6 +93,7 @@ class FinetuneConfig(RecipeKeys):   # the recipe keys above (for every backbone)
     gpus_per_worker: float = field(default=0.0, metadata={"min": 0})
     precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))   # bf16: autocast, CUDA only
     max_failures: int = field(default=2, metadata={"min": 0})        # lost workers resumed from a checkpoint
+    asha: bool = False                # Tune's ASHA stops candidates whose validation falls behind (finetune/trainer.py)
     storage: str | None = None        # checkpoints (URI / shared mount); None: see finetune/trainer.py
     backbones: tuple[str, ...] = ()   # fine-tune only these of the sweep's backbones (empty: all but ensembles)
     tasks: tuple[str, ...] = ()       # only these of its tasks (empty: all)

@@ -236,3 +236,23 @@ def remove_folder(folder: str) -> None:
     fs, path = fsspec.core.url_to_fs(folder)
     with contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=True)
+
+
+def remove_orphaned_placement_groups() -> int:
+    """Remove the placement groups whose creator, an actor, is dead: Ray keeps them until the job ends. Ray
+    Train's PlacementGroupCleaner would remove its controller's, but it asks the state API, which needs the
+    dashboard seabench does not start — so the worker group of a candidate that Tune stopped (ASHA kills its
+    trial, and the controller with it) would hold its CPUs and GPUs for the rest of the run. Returns how many."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    nil = ray.ActorID.nil().binary()
+    removed = 0
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        data = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        if (data.creator_actor_dead and data.creator_actor_id not in (b"", nil) and not data.is_detached
+                and data.state != gcs_pb2.PlacementGroupTableData.REMOVED):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(data.placement_group_id)))
+            removed += 1
+    return removed

@@ -6,9 +6,10 @@ worker r its share, each share's loss is a mean, DDP averages the workers' gradi
 k shares of every step one after the other in a single process, accumulating gradients / k and keeping
 BatchNorm's running statistics of worker 0's share (DDP broadcasts worker 0's buffers) — the same numbers as
 k Ray Train workers on CPU, up to float summation order (SyncBatchNorm, whose statistics span the workers,
-runs on GPU workers only). Each epoch ends with a checkpoint through `ray.train.report`; a restarted worker
-group resumes from `ray.train.get_checkpoint()` and, all randomness being seeded by position, continues
-exactly as if nothing had happened.
+runs on GPU workers only). Each epoch ends with a report through `ray.train.report` — its point of the run's
+curve (train loss, learning rate, images/s and, for a selection candidate, the validation metrics: Tune's ASHA
+reads them) — and a checkpoint; a restarted worker group resumes from `ray.train.get_checkpoint()` and, all
+randomness being seeded by position, continues exactly as if nothing had happened.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class Run:
         self.epochs = self.recipe.epochs_for(len(self.train_set), world)
         self.epoch = self.step = 0
         self.losses: list[float] = []
+        self.curve: list[dict[str, float]] = []     # one point per epoch; seconds spent evaluating:
+        self.eval_s = 0.0
         self.cpu_before = 0.0                       # CPU seconds of earlier attempts, all workers
         self.began, self.cpu0, self.images = time.perf_counter(), time.process_time(), 0
 
@@ -116,13 +119,14 @@ class Run:
     def state(self, module: nn.Module, cpu_total: float) -> dict[str, Any]:
         return {"model": module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
-                "losses": list(self.losses), "cpu_s": cpu_total}
+                "losses": list(self.losses), "curve": list(self.curve), "cpu_s": cpu_total}
 
     def load(self, state: dict[str, Any]) -> None:
         """Model weights first (before DDP wraps the model); optimiser and schedule in `load_progress`."""
         self.net.load_state_dict(state["model"])
         self.epoch, self.step, self.losses, self.cpu_before = (state["epoch"], state["step"], list(state["losses"]),
                                                               float(state["cpu_s"]))
+        self.curve = list(state.get("curve", []))
 
     def train_epoch(self, model: nn.Module, shares: list[tuple[int, DataLoader, DistributedSampler]]) -> float:
         """One epoch (or what is left of `total` steps); `shares` are (worker rank, loader, sampler) this
@@ -171,21 +175,29 @@ class Run:
                 preds.append(module(images.to(self.device)).float().argmax(1).cpu().numpy())
         return index, np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
-    def metrics(self, index: np.ndarray, pred: np.ndarray, eval_s: float, cpu_total: float) -> dict[str, Any]:
+    def lr(self) -> float:
+        """The largest learning rate of the optimiser's groups now (the head's, under layer-wise decay)."""
+        return max(float(group["lr"]) for group in self.optimizer.param_groups)
+
+    def scores(self, index: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+        """The eval phase's top-1 and mean per-class accuracy (percent) of predictions `pred` of rows `index`."""
         from sea import mean_per_class_accuracy, top1_accuracy
 
         order = np.argsort(index)
-        pred, y = torch.as_tensor(pred[order]), torch.as_tensor(self.eval_targets[index[order]])
-        phase = self.job["eval_phase"]
+        pred, y, phase = torch.as_tensor(pred[order]), torch.as_tensor(self.eval_targets[index[order]]), self.job["eval_phase"]
         return {f"{phase}_top1": top1_accuracy(pred, y),
-                f"{phase}_mean_per_class": mean_per_class_accuracy(pred, y, self.job["num_classes"]),
+                f"{phase}_mean_per_class": mean_per_class_accuracy(pred, y, self.job["num_classes"])}
+
+    def metrics(self, index: np.ndarray, pred: np.ndarray, eval_s: float, cpu_total: float) -> dict[str, Any]:
+        order = np.argsort(index)
+        return {**self.scores(index, pred), "curve": list(self.curve),
                 "epochs_run": self.epoch, "steps": self.step, "train_loss": self.losses[-1] if self.losses else math.nan,
                 "train_wall_s": self.train_s, "eval_wall_s": eval_s, "cpu_s": cpu_total,
                 "images_per_s": self.images / self.train_s if self.train_s > 0 else math.nan,
                 "n_train": len(self.train_set), "n_eval": len(index),
                 # the test phase's predictions travel to the cell's record (a report pairs them with the heads')
-                **({"predictions": {"index": index[order].tolist(), "label": y.tolist(), "pred": pred.tolist()}}
-                   if phase == "test" else {})}
+                **({"predictions": {"index": index[order].tolist(), "label": self.eval_targets[index[order]].tolist(),
+                                    "pred": pred[order].tolist()}} if self.job["eval_phase"] == "test" else {})}
 
 
 def train_in_process(job: dict[str, Any], shards: int = 1) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -210,9 +222,28 @@ def _all_sum(value: float, world: int) -> float:
     return float(tensor.item())
 
 
+def _evaluate_all(run: Run, module: nn.Module, rank: int, world: int) -> tuple[np.ndarray, np.ndarray, list[str], float]:
+    """Every worker's share of the eval phase, gathered on each: (indices, predictions, nodes, seconds)."""
+    import ray
+    began = time.perf_counter()
+    if world > 1:   # every worker evaluates with worker 0's BatchNorm statistics, as DDP trains with them
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, 0)
+    index, pred = run.evaluate(module, [rank])
+    mine = (index, pred, ray.get_runtime_context().get_node_id())
+    gathered: list[Any] = [None] * world
+    if world > 1:
+        torch.distributed.all_gather_object(gathered, mine)
+    else:
+        gathered = [mine]
+    index, pred = (np.concatenate([g[i] for g in gathered]) for i in (0, 1))
+    return index, pred, sorted({g[2] for g in gathered}), time.perf_counter() - began
+
+
 def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """The Ray Train worker: DDP (gloo on CPU, NCCL on GPU), a checkpoint per epoch, test/val at the end;
-    returns the final metrics (worker 0's return value is `ray.train.Result.return_value`)."""
+    """The Ray Train worker: DDP (gloo on CPU, NCCL on GPU), a report and a checkpoint per epoch (validated after
+    each epoch when `job["validate_each_epoch"]`), test/val at the end; returns the final metrics (worker 0's
+    return value is `ray.train.Result.return_value`)."""
     import ray
     import ray.train
     import ray.train.torch
@@ -237,31 +268,33 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     loader, sampler = run.loader(rank)
     shares = [(rank, ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False), sampler)]
     after_epoch: Callable[[int, int], None] | None = job.get("after_epoch")
+    validate, last = bool(job.get("validate_each_epoch")), None
     while run.epoch < run.epochs and run.step < run.total:
+        began, images = time.perf_counter(), run.images
         loss = _all_sum(run.train_epoch(model, shares), world) / world
         run.losses.append(loss)
+        point = {"epoch": run.epoch, "step": run.step, "train_loss": loss, "lr": run.lr(),
+                 "images_per_s": _all_sum(run.images - images, world) / max(time.perf_counter() - began, 1e-9)}
+        if validate:   # the candidate's validation curve: what ASHA (finetune.asha) stops a candidate on
+            last = _evaluate_all(run, module, rank, world)
+            run.eval_s += last[3]
+            point.update(run.scores(last[0], last[1]))
+        run.curve.append(point)
         cpu_total = run.cpu_before + _all_sum(time.process_time() - run.cpu0, world)
+        # enough for a candidate that ASHA stops here to be scored and costed like one that finishes
+        progress = {**point, "epochs_run": run.epoch, "steps": run.step, "cpu_s": cpu_total, "curve_point": 1,
+                    "train_wall_s": time.perf_counter() - run.began - run.eval_s, "eval_wall_s": run.eval_s}
         with tempfile.TemporaryDirectory(prefix="seabench-ft-") as folder:
             if rank == 0:
                 torch.save(run.state(module, cpu_total), Path(folder) / STATE_FILE)
-            ray.train.report({"epoch": run.epoch, "step": run.step, "train_loss": loss},
-                             checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
+            ray.train.report(progress, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
         if after_epoch is not None:
             after_epoch(run.epoch, rank)
-    run.train_s = time.perf_counter() - run.began
-    began = time.perf_counter()
-    if world > 1:   # every worker evaluates with worker 0's BatchNorm statistics, as DDP trains with them
-        for buffer in module.buffers():
-            torch.distributed.broadcast(buffer, 0)
-    index, pred = run.evaluate(module, [rank])
-    mine = (index, pred, ray.get_runtime_context().get_node_id())
-    gathered: list[Any] = [None] * world
-    if world > 1:
-        torch.distributed.all_gather_object(gathered, mine)
-    else:
-        gathered = [mine]
-    index, pred = (np.concatenate([g[i] for g in gathered]) for i in (0, 1))
+    run.train_s = time.perf_counter() - run.began - run.eval_s
+    if last is None:   # the final model not validated yet (or a test phase: read once, here)
+        last = _evaluate_all(run, module, rank, world)
+        run.eval_s += last[3]
+    index, pred, nodes, _ = last
     cpu_total = run.cpu_before + _all_sum(time.process_time() - run.cpu0, world)
     run.images = int(_all_sum(run.images, world))   # images/s of the whole worker group, not worker 0's share
-    return {**run.metrics(index, pred, time.perf_counter() - began, cpu_total),
-            "nodes": sorted({g[2] for g in gathered})}   # the Ray nodes the workers ran on
+    return {**run.metrics(index, pred, run.eval_s, cpu_total), "nodes": nodes}   # the Ray nodes the workers ran on

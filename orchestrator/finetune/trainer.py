@@ -33,6 +33,9 @@ from orchestrator.finetune.loop import train_loop_per_worker
 from orchestrator.finetune.recipe import backbone_recipe
 
 WALL_METRICS = ("train_wall_s", "eval_wall_s")
+CURVE = ("train_loss", "lr", "images_per_s", "val_top1", "val_mean_per_class")   # an epoch's point of a run's curve
+ASHA_REDUCTION = 3           # finetune.asha: keep the best third at each rung…
+ASHA_MAX_EPOCHS = 10 ** 6    # …with rungs at 1, 3, 9, … epochs; no cap of its own (the recipe's budget ends a run)
 # the handlers Ray Train / Tune install for a fit() in the main thread (SIGUSR1: Tune's, where it exists)
 OWN_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
 
@@ -86,7 +89,8 @@ def checkpoint_storage(ft: Any, store: str, tune_storage: str, nodes: int) -> st
                           "(s3://BUCKET/seabench/checkpoints) or a shared mount")
 
 
-def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple[dict[str, Any], Any]:
+def run_training(job: dict[str, Any], ft: Any, storage: str, name: str,
+                 callbacks: tuple[Any, ...] = ()) -> tuple[dict[str, Any], Any]:
     """One TorchTrainer run of `job`, checkpoints under `storage` (a path or a URI); returns (worker 0's final
     metrics, the Result)."""
     import ray.train
@@ -101,6 +105,7 @@ def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=job, scaling_config=scaling_config(ft),
         run_config=ray.train.RunConfig(name=_safe(name), storage_path=path, storage_filesystem=filesystem,
+                                       callbacks=list(callbacks),
                                        failure_config=ray.train.FailureConfig(max_failures=ft.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
     with own_signals():
@@ -111,14 +116,18 @@ def run_training(job: dict[str, Any], ft: Any, storage: str, name: str) -> tuple
 
 
 def candidate_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
-    """Tune function trainable: one candidate's TorchTrainer on fit → val; reports its final metrics."""
+    """Tune function trainable: one candidate's TorchTrainer on fit → val. Each epoch's report (its point of the
+    curve, validation included) reaches Tune through Ray Train's TuneReportCallback, where ASHA may stop the
+    candidate; then its final metrics."""
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     candidate = config["candidate"]
     job = {**base["job"], "recipe": {**base["job"]["recipe"], "lr": candidate["lr"],
                                      "weight_decay": candidate["weight_decay"]}}
     metrics, _ = run_training(job, base["ft"], base["checkpoints"],
-                              f"{base['name']}-c{candidate['index']}-{tune.get_context().get_trial_id()}")
+                              f"{base['name']}-c{candidate['index']}-{tune.get_context().get_trial_id()}",
+                              callbacks=(TuneReportCallback(),))
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
 
@@ -145,30 +154,46 @@ def _check_cluster(ft: Any) -> int:
     return max(1, min(fits)) if fits else 1
 
 
-def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str, concurrent: int) -> list[dict[str, Any]]:
-    """Every candidate's validation metrics (Tune trials, grid order), OrchestratorError if any failed."""
+def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str,
+            concurrent: int) -> tuple[list[dict[str, Any]], list[list[dict[str, float]]]]:
+    """Every candidate's validation metrics and per-epoch curve (Tune trials, grid order), OrchestratorError if
+    any failed. With `finetune.asha`, Tune's ASHA stops the candidates whose validation metric falls behind at
+    epochs 1, 3, 9, … (grace 1 epoch, reduction factor 3); a stopped candidate is scored on its last epoch."""
     from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
 
     # the trial only drives its TorchTrainer: it holds no CPU (a byte of logical memory: Tune refuses an empty bundle)
     trainable = tune.with_resources(tune.with_parameters(candidate_trial, base=base), {"cpu": 0, "memory": 1})
     tuner = tune.Tuner(
         trainable,
         param_space={"candidate": tune.grid_search([{"index": i, **c} for i, c in enumerate(grid)])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id,
+            scheduler=ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", grace_period=1,
+                                    reduction_factor=ASHA_REDUCTION, max_t=ASHA_MAX_EPOCHS) if base["ft"].asha else None),
         run_config=tune.RunConfig(name=_safe(f"{base['name']}-select"), storage_path=base["storage"], verbose=0))
     with own_signals():
         results = tuner.fit()
+    if base["ft"].asha:   # a stopped candidate's worker group is left holding its resources: free them
+        from orchestrator.raycluster import remove_orphaned_placement_groups
+
+        remove_orphaned_placement_groups()
     scores: dict[int, dict[str, Any]] = {}
+    curves: dict[int, list[dict[str, float]]] = {}
     errors = []
     for result in results:
         index = result.config["candidate"]["index"]
         if result.error is not None or f"val_{metric}" not in (result.metrics or {}):
             errors.append(f"candidate {index} {grid[index]}: {result.error or 'reported no validation metrics'}")
-        else:
-            scores[index] = result.metrics
+            continue
+        # a candidate that ASHA stopped ends on an epoch's report, not on the run's final metrics (n_train)
+        scores[index] = {**result.metrics, "stopped_early": int("n_train" not in result.metrics)}
+        frame = result.metrics_dataframe   # every report of the trial: the epochs' (curve_point) and the final one
+        points = [] if frame is None or "curve_point" not in frame else frame[frame["curve_point"] == 1].to_dict("records")
+        curves[index] = [{k: float(row[k]) for k in CURVE if k in row} for row in points]
     if errors:
         raise OrchestratorError("finetune: candidate run(s) failed: " + "; ".join(errors))
-    return [scores[i] for i in range(len(grid))]
+    return [scores[i] for i in range(len(grid))], [curves[i] for i in range(len(grid))]
 
 
 def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -> dict[str, Any]:
@@ -192,14 +217,14 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
     run = recipe.run(grid[0]["lr"], grid[0]["weight_decay"], seed)
     job = {"backbone": backbone, "task": task, "root": root, "num_classes": spec.num_classes,
            "recipe": run.as_dict(), "threads": max(1, math.floor(ft.cpus_per_worker)), "workdir": os.getcwd(),
-           "train_phase": "fit", "eval_phase": "val"}
+           "train_phase": "fit", "eval_phase": "val", "validate_each_epoch": True}
     name = run_name(cfg.name, backbone, task, seed)
     base = {"job": job, "ft": ft, "storage": storage, "checkpoints": checkpoints, "name": name}
     concurrent = _check_cluster(ft)
-    scores = _select(base, grid, spec.metric, min(concurrent, len(grid)))
+    scores, curves = _select(base, grid, spec.metric, min(concurrent, len(grid)))
     selected = time.perf_counter()
     best = max(range(len(grid)), key=lambda i: (scores[i][f"val_{spec.metric}"], -i))
-    refit_job = {**job, "train_phase": "trainval", "eval_phase": "test",
+    refit_job = {**job, "train_phase": "trainval", "eval_phase": "test", "validate_each_epoch": False,
                  "recipe": {**job["recipe"], **grid[best]}}
     final, _ = run_training(refit_job, ft, checkpoints, f"{name}-refit")
     ended = time.perf_counter()
@@ -224,13 +249,18 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
               "sync_batchnorm": run.sync_batchnorm and ft.num_workers > 1 and ft.gpus_per_worker > 0,   # as applied
               "num_workers": ft.num_workers, "precision": ft.precision, "n_candidates": len(grid)}
     candidates = [{"candidate": i, **c, "val_top1": s["val_top1"], "val_mean_per_class": s["val_mean_per_class"],
-                   "epochs_run": int(s["epochs_run"]), "selected": int(i == best)}
+                   "epochs_run": int(s["epochs_run"]), "stopped_early": s["stopped_early"], "selected": int(i == best)}
                   for i, (c, s) in enumerate(zip(grid, scores))]
     tags = {"primary_metric": spec.metric, "mode": "select", "skipped_images": "0", "recipe": recipe.citation,
             "precision_used": ft.precision if ft.gpus_per_worker > 0 else "fp32",
             "n_train": str(int(final["n_train"])), "n_test": str(int(final["n_eval"])),
             "ray_nodes": ",".join(final["nodes"]),   # where the refit's workers ran
             "flags": "under_trained" if int(final["steps"]) < run.budget_steps else ""}
+    # each run's curve as MLflow metrics with the epoch as step: curve/c<i>/<metric>, curve/refit/<metric>
+    runs_curves = [*((f"c{i}", points) for i, points in enumerate(curves)), ("refit", final.get("curve", []))]
+    curve = {f"curve/{who}/{k}": [p.get(k, math.nan) for p in points]
+             for who, points in runs_curves for k in CURVE if any(k in p for p in points)}
     return {"params": params, "metrics": metrics, "tags": tags, "candidate_val_top1": [s["val_top1"] for s in scores],
+            "curves": curve,
             "seconds": ended - began, "candidates": candidates, "started": started, "ended": time.time(),
             "predictions": final.get("predictions", {})}

@@ -84,6 +84,7 @@ def _metric_list(outcome: CellOutcome, now: int) -> list:
     out = [Metric(k, float(v), now, 0) for k, v in outcome.metrics.items() if v is not None and math.isfinite(v)]
     out += [Metric("candidate_val_top1", float(v), now, i) for i, v in enumerate(outcome.candidate_val_top1)]
     out += [Metric("val_best_top1", float(v), now, e) for e, v in enumerate(outcome.val_best_top1, start=1)]
+    out += [Metric(k, float(v), now, e) for k, vs in outcome.curves.items() for e, v in enumerate(vs, 1) if math.isfinite(v)]
     return out
 
 

@@ -49,6 +49,7 @@ class CellOutcome:
     ended: float = 0.0
     # the test split's row index, label and each head's prediction (pred, pred_selected, pred_refit_<i>)
     predictions: dict[str, list[int]] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)   # per-epoch values (finetune: curve/<run>/<metric>)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)

@@ -32,7 +32,7 @@ def sweep_config(tmp_path: Path, task, **finetune: object):
         "seeds": [0], "store": store, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "tune_dir": str(tmp_path / "tune"), "max_failures": 0, "trainer": {"epochs": 3, "batch_size": 16},
         "grid": {"lr": [0.8], "weight_decay": [1e-6], "lamda": [0.1], "eta": [0.2], "alpha": [0.05]},
-        "finetune": {"epochs": 1, "batch_size": 4, "image_size": 32, "lr": [0.05], "weight_decay": [0.0, 1e-4],
+        "finetune": {"epochs": 2, "batch_size": 4, "image_size": 32, "lr": [0.05], "weight_decay": [0.0, 1e-4],
                      "num_workers": 1, "max_failures": 0, **finetune}})
 
 
@@ -72,8 +72,8 @@ def test_the_finetune_cell_is_one_mlflow_run_with_fingerprint_candidates_and_cos
     assert all(metrics[k] >= 0 for k in COST) and metrics["cell_wall_s"] >= metrics["select_wall_s"] > 0
     assert metrics["cell_gpu_s"] == 0.0
     assert tags["n_test"] == str(task.sizes["test"])   # the test split, evaluated once, whole
-    # one epoch of 24 images in batches of 4 is 6 steps of the recipe's 5 000: flagged, and its predictions kept
-    assert metrics["steps_run"] == 6 and metrics["steps_budget"] == 5000 and tags["flags"] == "under_trained"
+    # two epochs of 24 images in batches of 4 are 12 steps of the recipe's 5 000: flagged, and its predictions kept
+    assert metrics["steps_run"] == 12 and metrics["steps_budget"] == 5000 and tags["flags"] == "under_trained"
     import pyarrow.parquet as pq
     from mlflow import MlflowClient as _Client
 
@@ -85,7 +85,7 @@ def test_the_finetune_cell_is_one_mlflow_run_with_fingerprint_candidates_and_cos
     assert 100 * float((pred == label).mean()) == pytest.approx(metrics["test_top1"])
     per_class = [float((pred[label == c] == c).mean()) for c in range(task.num_classes)]
     assert 100 * sum(per_class) / task.num_classes == pytest.approx(metrics["test_mean_per_class"])
-    assert params["n_candidates"] == "2" and params["epochs"] == "1" and float(params["lr"]) == 0.05
+    assert params["n_candidates"] == "2" and params["epochs"] == "2" and float(params["lr"]) == 0.05
     # a ResNet runs ssl-transfer's recipe: SGD is given weight decay / lr
     assert params["recipe"] == "ssl-transfer" and params["optimizer"] == "sgd-nesterov"
     assert float(params["optimizer_weight_decay"]) == pytest.approx(float(params["weight_decay"]) / 0.05)
@@ -96,10 +96,68 @@ def test_the_finetune_cell_is_one_mlflow_run_with_fingerprint_candidates_and_cos
     assert [r["weight_decay"] for r in rows] == ["0.0", "0.0001"]
     assert sum(int(r["selected"]) for r in rows) == 1
     assert set(rows[0]) == {"candidate", "lr", "weight_decay", "val_top1", "val_mean_per_class", "epochs_run",
-                            "selected"}
+                            "stopped_early", "selected"}
+    assert [r["stopped_early"] for r in rows] == ["0", "0"]   # finetune.asha is off by default
     chosen = next(r for r in rows if r["selected"] == "1")
     assert float(chosen["weight_decay"]) == float(params["weight_decay"])
     assert float(chosen["val_top1"]) == pytest.approx(metrics["val_top1"])
+
+
+def test_each_epoch_of_each_run_is_a_point_of_its_curves_in_mlflow(finished_sweep) -> None:
+    """Candidates: validation metrics, train loss, lr and images/s per epoch (step = epoch); the refit the same
+    without validation (its eval phase is the test split, read once); the selected candidate's last point is
+    the cell's validation score."""
+    from mlflow import MlflowClient
+
+    cfg, task, _, _ = finished_sweep
+    (run,) = cell_runs(cfg)[Cell(BACKBONE, task.name, "finetune", 0).cell_id]
+    client = MlflowClient(cfg.tracking_uri)
+
+    def curve(key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+
+    for who in ("c0", "c1"):
+        for key in ("val_top1", "val_mean_per_class", "train_loss", "lr", "images_per_s"):
+            points = curve(f"curve/{who}/{key}")
+            assert [step for step, _ in points] == [1, 2], (who, key, points)
+            assert all(value >= 0 for _, value in points)
+        assert all(0 <= v <= 100 for _, v in curve(f"curve/{who}/val_top1"))
+        (_, lr1), (_, lr2) = curve(f"curve/{who}/lr")
+        # the recipe's cosine schedule over the run's 12 steps, after each epoch: half-way down, then 0
+        assert lr1 == pytest.approx(0.05 / 2, rel=0.2) and lr2 == pytest.approx(0.0, abs=1e-9)
+    assert [s for s, _ in curve("curve/refit/train_loss")] == [1, 2] and curve("curve/refit/val_top1") == []
+    chosen = "c0" if float(run.data.params["weight_decay"]) == 0.0 else "c1"
+    assert curve(f"curve/{chosen}/val_top1")[-1][1] == pytest.approx(run.data.metrics["val_top1"])
+
+
+@pytest.mark.slow
+def test_asha_stops_the_candidate_whose_validation_falls_behind_after_its_first_epoch(
+        ray_cluster: None, tmp_path: Path) -> None:
+    """finetune.asha: candidates one at a time (one takes both CPUs); the second (lr 1e-5: it barely moves) is
+    behind the first after epoch 1 on digits, so Tune's ASHA stops it there; the first trains its 2 epochs."""
+    from mlflow import MlflowClient
+
+    cfg = load_config(data={
+        "name": "ft-asha", "backbones": [BACKBONE], "tasks": ["digits"], "methods": ["finetune"], "seeds": [0],
+        "store": str(tmp_path / "store"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "tune_dir": str(tmp_path / "tune"), "max_failures": 0,
+        "finetune": {"epochs": 2, "batch_size": 32, "image_size": 16, "lr": [0.1, 1e-5], "weight_decay": [0.0],
+                     "num_workers": 1, "cpus_per_worker": 2, "max_failures": 0, "asha": True}})
+    summary = run_sweep(cfg, cfg.all_tasks, progress=False)
+    assert (summary.completed, summary.failed) == (1, [])
+    (run,) = next(iter(cell_runs(cfg).values()))
+    text = MlflowClient(cfg.tracking_uri).download_artifacts(run.info.run_id, CANDIDATES_ARTIFACT)
+    rows = list(csv.DictReader(io.StringIO(Path(text).read_text())))
+    client = MlflowClient(cfg.tracking_uri)
+    first = {who: [m.value for m in client.get_metric_history(run.info.run_id, f"curve/{who}/val_top1") if m.step == 1]
+             for who in ("c0", "c1")}
+    assert first["c0"][0] > first["c1"][0], first   # the precondition: behind at epoch 1 (ASHA's first rung)
+    assert [(r["epochs_run"], r["stopped_early"], r["selected"]) for r in rows] == [("2", "0", "1"), ("1", "1", "0")]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "curve/c1/val_top1")] == [1]
+    # the stopped candidate's worker group gave its CPUs back (the refit above needed both); nothing is left held
+    from ray.util import placement_group_table
+
+    assert [p["bundles"] for p in placement_group_table().values() if p["state"] != "REMOVED"] == []
 
 
 def test_the_finetune_cell_trains_while_the_heads_tuner_runs(finished_sweep) -> None:
@@ -117,7 +175,7 @@ def test_a_rerun_trains_nothing_and_a_changed_recipe_recomputes_only_finetune(fi
     again = run_sweep(cfg, cfg.all_tasks, progress=False)
     assert (again.skipped, again.completed) == (2, 0)
     assert all(len(runs) == 1 for runs in cell_runs(cfg).values())
-    changed = replace(cfg, finetune=replace(cfg.finetune, epochs=2))
+    changed = replace(cfg, finetune=replace(cfg.finetune, epochs=3))
     keys = current_keys(cfg.store, [Cell(BACKBONE, task.name, m, 0) for m in ("sea", "finetune")])
     for method, moves in (("finetune", True), ("sea", False)):
         cell = Cell(BACKBONE, task.name, method, 0)
