@@ -77,3 +77,37 @@ def test_bad_regularisation_grid_is_rejected(digits, cs, needle):
     x_train, y_train, x_val, y_val, _, _ = digits
     with pytest.raises(SeaError, match=needle):
         fit_logreg(x_train, y_train, x_val, y_val, cs=cs)
+
+
+def _objective(weight, bias, x, y, c):
+    """scikit-learn's multinomial L2 objective: ½‖W‖² + C·Σ cross-entropy (the bias not penalised)."""
+    logits = x @ weight.T + bias
+    logits = logits - logits.max(1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return 0.5 * float((weight ** 2).sum()) - c * float(log_p[np.arange(len(y)), y].sum())
+
+
+@pytest.mark.parametrize("c", [0.1, 1.0, 10.0])
+def test_the_objective_and_the_weights_are_sklearns_at_a_tolerance_that_catches_a_doubled_penalty(digits, c):
+    """Same minimiser as scikit-learn's LogisticRegression(C) — weights, centred bias and objective — at a
+    tolerance that a doubled penalty (sklearn at C/2) or a penalised bias (a constant feature, no intercept)
+    each miss by more than tenfold."""
+    x, y = digits[0].astype(np.float64), digits[1]
+    ours = fit_logreg(digits[0], y, digits[2], digits[3], cs=[c], max_iter=1000)
+    w, b = ours.weight.double().numpy(), ours.bias.double().numpy()
+    sk = LogisticRegression(C=c, tol=1e-12, max_iter=100_000).fit(x, y)
+    half = LogisticRegression(C=c / 2, tol=1e-12, max_iter=100_000).fit(x, y)
+    ones = np.hstack([x, np.ones((len(x), 1))])
+    biased = LogisticRegression(C=c, tol=1e-12, max_iter=100_000, fit_intercept=False).fit(ones, y)
+
+    def gap(weight, bias):   # relative distance to sklearn's minimiser (the bias up to softmax's shift)
+        return (np.linalg.norm(weight - sk.coef_) + np.linalg.norm((bias - bias.mean()) - (sk.intercept_ - sk.intercept_.mean()))) \
+            / np.linalg.norm(sk.coef_)
+
+    tolerance = 2e-3
+    assert gap(w, b) < tolerance
+    assert gap(half.coef_, half.intercept_) > 10 * tolerance                 # a doubled penalty is caught
+    assert gap(biased.coef_[:, :-1], biased.coef_[:, -1]) > 10 * tolerance   # so is a penalised bias
+    reference = _objective(sk.coef_, sk.intercept_, x, y, c)   # L-BFGS stops at a gradient of 1e-5: close, not equal
+    assert _objective(w, b, x, y, c) == pytest.approx(reference, rel=1e-5)
+    assert _objective(half.coef_, half.intercept_, x, y, c) > reference * (1 + 1e-4)
