@@ -184,6 +184,22 @@ def test_k_heads_of_mixed_methods_trained_together_each_equal_their_reference(n,
         assert rel(together[k], expected) < 1e-5, head
 
 
+@pytest.mark.parametrize("momentum, batch_size", [(0.0, 7), (0.5, 32), (0.95, 10)])
+def test_other_momenta_and_batch_sizes_equal_the_reference(momentum, batch_size):
+    """Not only the paper's momentum 0.9 and batch 16: plain SGD, a half and a heavy momentum, with batches of
+    7 (49 rows split evenly), 32 (a last batch of 17) and 10 (a last batch of 9)."""
+    from sea import TrainSettings, train_heads
+
+    x, y = data(2)
+    settings = TrainSettings(epochs=3, batch_size=batch_size, seed=7, momentum=momentum)
+    together = train_heads(x, y, [ours(h) for h in MIXED], settings, num_classes=C).weights
+    for k, head in enumerate(MIXED):
+        expected = reference_train(x, y, head, epochs=3, batch_size=batch_size, seed=7, momentum=momentum)
+        assert rel(together[k], expected) < 1e-5, (head, momentum, batch_size)
+    other = reference_train(x, y, MIXED[0], epochs=3, batch_size=batch_size, seed=7, momentum=0.9)
+    assert rel(together[0], other) > 1e-3   # the momentum is really used: 0.9 gives other weights
+
+
 @pytest.mark.parametrize("head", [Head("sea", lr=0.8, delta=0.1), Head("noise", eta=0.5), Head("mixup", eta=0.3)],
                          ids=lambda h: h.method)
 def test_float64_training_equals_the_reference_to_rounding(head):
