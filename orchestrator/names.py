@@ -24,6 +24,12 @@ def slug(text: str, allowed: str = "A-Za-z0-9-", sep: str = "_", limit: int = 48
     return re.sub(f"[^{allowed}]+", sep, text).strip(trim)[:limit].strip(trim) or fallback
 
 
+def ray_run_name(text: str) -> str:
+    """A Ray Tune / Ray Train run name (a folder of the sweep's storage) from `text`: each run of other
+    characters than letters, digits, '.', '_' and '-' becomes '_'."""
+    return slug(text, "A-Za-z0-9_.-", limit=200)
+
+
 def is_safe_name(name: str) -> bool:
     return isinstance(name, str) and bool(_SAFE.fullmatch(name)) and ".." not in name
 

@@ -195,7 +195,9 @@ def shared_storage(where: str, key: str, nodes: int, fix: str) -> str:
     """`where` as Ray needs it — a URI as it is, a local path absolute — for folders that every node of a
     cluster of `nodes` must reach (checkpoints a restarted worker reads on another node). A relative path on
     a cluster is refused naming `key` (the config key it came from) and `fix`."""
-    if "://" in where:
+    from tasks import is_uri
+
+    if is_uri(where):
         return where
     if nodes > 1 and not os.path.isabs(os.path.expanduser(where)):
         raise OrchestratorError(

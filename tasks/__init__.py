@@ -32,7 +32,7 @@ from tasks.splits import (
     stored_split_hash,
     validation_indices,
 )
-from tasks.staging import is_uri, stage
+from tasks.staging import absolute, is_uri, stage
 
 __all__ = [
     "BACKBONES",
@@ -48,6 +48,7 @@ __all__ = [
     "TaskData",
     "TaskError",
     "TaskSpec",
+    "absolute",
     "build_backbone",
     "build_task",
     "get_backbone",

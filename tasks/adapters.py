@@ -26,15 +26,6 @@ _CONTAINER_KEYS = ("state_dict", "model")
 _DDP_PREFIX = "module."
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file's bytes, streamed (checkpoints can be gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """Deterministic sha256 over key, dtype, shape and bytes of each tensor, in key order."""
     digest = hashlib.sha256()

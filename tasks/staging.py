@@ -39,6 +39,12 @@ def is_uri(where: str | Path | None) -> bool:
     return isinstance(where, str) and bool(_URI_RE.match(where))
 
 
+def absolute(where: str) -> str:
+    """A URI as it is, a local path made absolute (`~` expanded): what Ray's workers, each in a working
+    directory of its own, read the same as the driver."""
+    return where if is_uri(where) else str(Path(where).expanduser().resolve())
+
+
 def join(base: str | Path, *parts: str) -> str | Path:
     """`base/part/…` for a URI (with '/') or a path."""
     if is_uri(base):
@@ -123,7 +129,8 @@ def _entry_key(uri: str, folder: bool, files: dict[str, dict[str, Any]]) -> str:
     return digest.hexdigest()[:20]
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes, streamed (checkpoints can be gigabytes)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -134,7 +141,7 @@ def _file_sha256(path: Path) -> str:
 def _check_sha(uri: str, local: Path, expected: str) -> None:
     """Compare with the digest recorded when the entry was made (computed once, on copy)."""
     sidecar = local.parent / _SHA_SIDECAR
-    actual = sidecar.read_text().strip() if sidecar.is_file() else _file_sha256(local)
+    actual = sidecar.read_text().strip() if sidecar.is_file() else file_sha256(local)
     if not sidecar.is_file():
         sidecar.write_text(actual)
     if actual != expected.lower():
@@ -186,7 +193,7 @@ def _copy(fs: Any, path: str, uri: str, folder: bool, files: dict[str, dict[str,
             if (mtime := _mtime(info)) is not None:
                 os.utime(local, ns=(round(mtime * 1e9),) * 2)
         if sha256:
-            actual = _file_sha256(target)
+            actual = file_sha256(target)
             if actual != sha256.lower():
                 raise TaskError(f"{uri} has sha256 {actual}, expected {sha256}: refusing to use it "
                                 "(the download is corrupt or the file is not the one asked for)")

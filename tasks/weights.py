@@ -24,14 +24,13 @@ import torch
 
 from tasks.adapters import (
     adapt,
-    file_sha256,
     load_strict,
     read_checkpoint,
     state_dict_sha256,
     unwrap_checkpoint,
 )
 from tasks.errors import TaskError
-from tasks.staging import exists, is_uri, join, stage
+from tasks.staging import exists, file_sha256, is_uri, join, stage
 
 if TYPE_CHECKING:
     from tasks.backbones import BackboneSpec

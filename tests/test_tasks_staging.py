@@ -81,7 +81,7 @@ def test_second_stage_of_an_unchanged_uri_copies_nothing_and_a_changed_one_is_st
 def test_sha256_mismatch_names_the_uri_and_both_digests_and_keeps_nothing(tmp_path: Path) -> None:
     source = tmp_path / "w.pth"
     source.write_bytes(b"not the published file")
-    actual = staging._file_sha256(source)
+    actual = staging.file_sha256(source)
     with pytest.raises(TaskError) as err:
         stage(source.as_uri(), tmp_path / "cache", sha256="ab" * 32)
     assert source.as_uri() in str(err.value) and "ab" * 32 in str(err.value) and actual in str(err.value)
@@ -92,9 +92,9 @@ def test_matching_sha256_is_accepted_and_checked_again_on_reuse_without_rehashin
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "w.pth"
     source.write_bytes(b"the published file")
-    digest = staging._file_sha256(source)
+    digest = staging.file_sha256(source)
     local = stage(source.as_uri(), tmp_path / "cache", sha256=digest)
-    monkeypatch.setattr(staging, "_file_sha256", lambda path: pytest.fail("re-hashed a verified entry"))
+    monkeypatch.setattr(staging, "file_sha256", lambda path: pytest.fail("re-hashed a verified entry"))
     assert stage(source.as_uri(), tmp_path / "cache", sha256=digest.upper()) == local
     with pytest.raises(TaskError, match=f"has sha256 {digest}, expected {'0' * 64}"):
         stage(source.as_uri(), tmp_path / "cache", sha256="0" * 64)

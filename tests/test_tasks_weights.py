@@ -13,9 +13,9 @@ import torch
 
 import tasks.backbones as backbones
 from tasks import staging
-from tasks.adapters import file_sha256
 from tasks.backbones import BackboneSpec, build_backbone, get_backbone
 from tasks.errors import TaskError
+from tasks.staging import file_sha256
 from tasks.weights import missing_weights
 
 TINY = "random:resnet18@32"

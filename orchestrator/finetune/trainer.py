@@ -19,18 +19,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.finetune.loop import train_loop_per_worker
 from orchestrator.finetune.recipe import backbone_recipe
+from orchestrator.names import ray_run_name
 
 WALL_METRICS = ("train_wall_s", "eval_wall_s")
 CURVE = ("train_loss", "lr", "images_per_s", "val_top1", "val_mean_per_class")   # an epoch's point of a run's curve
@@ -56,14 +55,10 @@ def own_signals() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
 def run_name(sweep: str, backbone: str, task: str, seed: int) -> str:
     """A cell's Ray Train / Tune run names begin with this; they are told apart by their tail (-c<i>-<trial>,
     -select, -refit), so only the descriptive head is cut short (Ray would resume a run of the same name)."""
-    return f"{_safe(f'{sweep}-ft-{backbone}-{task}-s{seed}')[:60]}-{uuid.uuid4().hex[:8]}"
+    return f"{ray_run_name(f'{sweep}-ft-{backbone}-{task}-s{seed}')[:60]}-{uuid.uuid4().hex[:8]}"
 
 
 def scaling_config(ft: Any) -> Any:
@@ -104,7 +99,7 @@ def run_training(job: dict[str, Any], ft: Any, storage: str, name: str,
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=job, scaling_config=scaling_config(ft),
-        run_config=ray.train.RunConfig(name=_safe(name), storage_path=path, storage_filesystem=filesystem,
+        run_config=ray.train.RunConfig(name=ray_run_name(name), storage_path=path, storage_filesystem=filesystem,
                                        callbacks=list(callbacks),
                                        failure_config=ray.train.FailureConfig(max_failures=ft.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
@@ -171,7 +166,7 @@ def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str,
             max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id,
             scheduler=ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", grace_period=1,
                                     reduction_factor=ASHA_REDUCTION, max_t=ASHA_MAX_EPOCHS) if base["ft"].asha else None),
-        run_config=tune.RunConfig(name=_safe(f"{base['name']}-select"), storage_path=base["storage"], verbose=0))
+        run_config=tune.RunConfig(name=ray_run_name(f"{base['name']}-select"), storage_path=base["storage"], verbose=0))
     with own_signals():
         results = tuner.fit()
     if base["ft"].asha:   # a stopped candidate's worker group is left holding its resources: free them
@@ -202,16 +197,16 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
     CellOutcome, less the cell id."""
     from orchestrator.extract import backbone_parts
     from orchestrator.raycluster import alive_nodes
-    from tasks import get_task
+    from tasks import absolute, get_task
 
     if len(backbone_parts(backbone)) > 1:
         raise OrchestratorError(f"finetune: {backbone!r} is a virtual ensemble of stored features; only a real "
                                 "backbone can be fine-tuned (drop finetune for ensembles)")
     started, began, cpu0 = time.time(), time.perf_counter(), time.process_time()
     ft, spec = cfg.finetune, get_task(task)
-    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())   # Ray needs it absolute
+    storage = absolute(storage)   # Ray needs it absolute
     checkpoints = checkpoint_storage(ft, cfg.store, storage, len(alive_nodes()))
-    root = cfg.data_root if "://" in cfg.data_root else str(Path(cfg.data_root).expanduser().resolve())
+    root = absolute(cfg.data_root)
     recipe = backbone_recipe(ft, backbone)
     grid = recipe.candidates()
     run = recipe.run(grid[0]["lr"], grid[0]["weight_decay"], seed)

@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from orchestrator.config import SweepConfig
@@ -36,6 +35,7 @@ from orchestrator.sweep.search import checkpointed_cell, search_cells, tune_run_
 from orchestrator.sweep.tracking import SweepTracker
 from orchestrator.sweep.trial import CellOutcome, TrialContext, halving_settings
 from orchestrator.sweep.units import UnitCost, cell_extract_metrics, csv_table, unit_costs, unit_metrics
+from tasks import absolute
 
 
 @dataclass
@@ -51,7 +51,7 @@ class SweepSummary:
 
 def store_uri(cfg: SweepConfig) -> str:
     # Tune runs each trial in its own working directory: a relative local store path must be made absolute
-    return cfg.store if "://" in cfg.store else str(Path(cfg.store).expanduser().resolve())
+    return absolute(cfg.store)
 
 
 def trial_context(cfg: SweepConfig, keys: Mapping[str, str] | None = None) -> TrialContext:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from typing import Any
 
 from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
+from orchestrator.names import ray_run_name
 from orchestrator.sweep.cells import METHOD_AXES, Cell, search_space
 from orchestrator.sweep.features import SplitLoader, load_features, phase_rows
 from orchestrator.sweep.trial import (
@@ -64,7 +64,7 @@ def tune_run_config(cfg: SweepConfig, storage: str, label: str, callbacks: Seque
 
     from orchestrator.raycluster import storage_args
 
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = ray_run_name(f"{cfg.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
     path, filesystem = storage_args(storage)   # a URI through the store's fsspec filesystem
     return RunConfig(name=name, storage_path=path, storage_filesystem=filesystem, verbose=0, callbacks=list(callbacks),
                      failure_config=FailureConfig(max_failures=cfg.max_failures),
