@@ -21,6 +21,18 @@ UNITS_ARTIFACT = "units.csv"             # parent run: the extraction cost of ea
 PREDICTIONS_ARTIFACT = "predictions.parquet"   # cell run: test labels and predictions (index, label, pred, …)
 
 
+def cell_id(fields: dict[str, Any]) -> str:
+    """A cell's id from its parts (CELL_TAGS, by name): "backbone|task|method|seed"."""
+    return "|".join(str(fields[t]) for t in CELL_TAGS)
+
+
+def cell_parts(text: str) -> dict[str, str] | None:
+    """The parts of a cell id by name (seed as text); None if `text` is not one. Backbone and task names may
+    hold '|' no more than the id's other parts: split from the right."""
+    parts = text.rsplit("|", len(CELL_TAGS) - 1)
+    return dict(zip(CELL_TAGS, parts)) if len(parts) == len(CELL_TAGS) else None
+
+
 def role_filter(role: str) -> str:
     """The MLflow filter string selecting the runs of one role (sweep or cell)."""
     return f"tags.`{ROLE_TAG}` = '{role}'"

@@ -22,6 +22,8 @@ from orchestrator.runs import (
     CELLS_ARTIFACT,
     DEFAULT_TRACKING_URI,
     SWEEP_ROLE,
+    cell_id,
+    cell_parts,
     is_complete,
     is_failed,
     role_filter,
@@ -103,9 +105,8 @@ def _experiment_id(client, experiment: str) -> str:
 def _cell_fields(run) -> dict:
     tags = run.data.tags
     missing = [t for t in CELL_TAGS if t not in tags]
-    if missing and tags.get("cell_id", "").count("|") == len(CELL_TAGS) - 1:
-        # a run that failed before its tags were written still carries its canonical id
-        tags = {**tags, **dict(zip(CELL_TAGS, tags["cell_id"].split("|")))}
+    if missing and (parts := cell_parts(tags.get("cell_id", ""))) is not None:
+        tags = {**tags, **parts}   # a run that failed before its tags were written still carries its canonical id
     elif missing:
         raise OrchestratorError(
             f"cell run {run.info.run_id} lacks tag(s) {', '.join(missing)}; it was not written by seabench's sweep"
@@ -115,10 +116,6 @@ def _cell_fields(run) -> dict:
     except ValueError:
         raise OrchestratorError(f"cell run {run.info.run_id} has a non-integer seed tag {tags['seed']!r}") from None
     return {"backbone": tags["backbone"], "task": tags["task"], "method": tags["method"], "seed": seed}
-
-
-def _cell_id(fields: dict) -> str:
-    return "|".join(str(fields[t]) for t in CELL_TAGS)
 
 
 def run_flags(tag: str | None) -> str:
@@ -154,7 +151,7 @@ def _latest_per_cell(runs: Iterable) -> dict[str, object]:
     # a resumed sweep may have re-run a cell: the most recent run of a cell is its result
     latest: dict[str, object] = {}
     for run in runs:
-        cid = _cell_id(_cell_fields(run))
+        cid = cell_id(_cell_fields(run))
         if cid not in latest or (run.info.start_time or 0) > (latest[cid].info.start_time or 0):
             latest[cid] = run
     return latest

@@ -23,6 +23,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.report.blocks import Figure, Heading, Para
 from orchestrator.report.data import _client
 from orchestrator.report.plots import Plot, _png, _pyplot, slug
+from orchestrator.runs import cell_id
 
 ARTIFACT = "candidates.csv"
 HYPER = ("lr", "weight_decay", "lamda", "eta", "alpha", "c")
@@ -40,7 +41,7 @@ class Candidates:
 
 
 def _invalid(cell: dict, problem: str) -> OrchestratorError:
-    name = "|".join(str(cell[c]) for c in CELL)
+    name = cell_id(cell)
     return OrchestratorError(
         f"cell {name} of experiment {cell.get('source', '?')!r} (run {cell['run_id']}): its {ARTIFACT} {problem}. "
         f"The file must hold one row per candidate with columns {', '.join(REQUIRED)} and the method's "
@@ -209,7 +210,7 @@ def sensitivity_blocks(candidates: Candidates, plots: list[Plot]) -> list:
         blocks.append(Para(f"No cell run has a {ARTIFACT} artifact (the candidate tables), so there is nothing "
                            "to plot; sweeps recorded before candidate tables were logged lack it: rerun their cells."))
     if n_missing and plots:
-        listed = ", ".join("|".join(str(r[c]) for c in CELL) for r in candidates.missing.head(MAX_LISTED).to_dict("records"))
+        listed = ", ".join(cell_id(r) for r in candidates.missing.head(MAX_LISTED).to_dict("records"))
         more = f" and {n_missing - MAX_LISTED} more" if n_missing > MAX_LISTED else ""
         blocks.append(Para(f"{n_missing} of {n_all} cell runs have no {ARTIFACT} (recorded before candidate tables "
                            f"were logged) and are left out of these plots: {listed}{more}."))

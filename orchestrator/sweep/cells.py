@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.runs import CELL_TAGS, cell_id
+
 if TYPE_CHECKING:
     from orchestrator.config import SweepConfig
 
@@ -49,14 +51,14 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        return f"{self.backbone}|{self.task}|{self.method}|{self.seed}"
+        return cell_id(self.__dict__)
 
     def as_dict(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "task": self.task, "method": self.method, "seed": self.seed}
 
     @classmethod
     def from_id(cls, cell_id: str) -> Cell:
-        backbone, task, method, seed = cell_id.rsplit("|", 3)
+        backbone, task, method, seed = cell_id.rsplit("|", len(CELL_TAGS) - 1)
         return cls(backbone, task, method, int(seed))
 
 
