@@ -52,9 +52,7 @@ def test_interrupted_search_logs_nothing_as_finished_and_resumes(
 
     import ray
 
-    # two searches at a time: Tune copies a search's trial folders (result.json) to the storage only when the
-    # search ends, so the first one seen means one cell is done while the next ones are still searching
-    search = {"algorithm": "random", "num_samples": 3, "max_concurrent_cells": 2}
+    search = {"algorithm": "random", "num_samples": 3, "max_concurrent_cells": 4}
     cfg = make_config(tmp_path, store, methods=["linear", "sea"], seeds=[0, 1], search=search,
                       trainer={"epochs": 20, "batch_size": 16})
     data = {**cfg.to_dict(), "grid": {**TINY_GRID, "lr": [0.4, 3.2]}}
@@ -63,13 +61,17 @@ def test_interrupted_search_logs_nothing_as_finished_and_resumes(
                                                          os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([sys.executable, "-c", DRIVER.format(data=data), ray.get_runtime_context().gcs_address],
                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Tune writes a trial's result.json live only in the node's session folder (the sweep's storage gets a copy
+    # when the search ends): the first epoch reported there means the searches are running and none has ended
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    pattern = f"artifacts/*/{cfg.name}-search-*/driver_artifacts/*/result.json"
     try:
         deadline = time.monotonic() + 300
-        while not any(p.stat().st_size for p in (tmp_path / "tune").rglob("result.json")):
+        while not any(p.stat().st_size for p in session.glob(pattern)):
             assert child.poll() is None, f"the driver exited early with {child.returncode}"
-            assert time.monotonic() < deadline, "no search finished in time"
-            time.sleep(0.2)
-        child.send_signal(signal.SIGINT)   # Ctrl-C while the next searches run
+            assert time.monotonic() < deadline, "no search trial reported in time"
+            time.sleep(0.1)
+        child.send_signal(signal.SIGINT)   # Ctrl-C while the searches run
         child.wait(timeout=120)
     finally:
         if child.poll() is None:
