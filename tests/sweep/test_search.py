@@ -65,9 +65,10 @@ def test_interrupted_search_logs_nothing_as_finished_and_resumes(
     # when the search ends): the first epoch reported there means the searches are running and none has ended
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     pattern = f"artifacts/*/{cfg.name}-search-*/driver_artifacts/*/result.json"
+    earlier = set(session.glob(pattern))   # another test's searches of a sweep of the same name
     try:
         deadline = time.monotonic() + 300
-        while not any(p.stat().st_size for p in session.glob(pattern)):
+        while not any(p.stat().st_size for p in set(session.glob(pattern)) - earlier):
             assert child.poll() is None, f"the driver exited early with {child.returncode}"
             assert time.monotonic() < deadline, "no search trial reported in time"
             time.sleep(0.1)
