@@ -6,10 +6,9 @@ worker r its share, each share's loss is a mean, DDP averages the workers' gradi
 k shares of every step one after the other in a single process, accumulating gradients / k and keeping
 BatchNorm's running statistics of worker 0's share (DDP broadcasts worker 0's buffers) — the same numbers as
 k Ray Train workers on CPU, up to float summation order (SyncBatchNorm, whose statistics span the workers,
-runs on GPU workers only). Each epoch ends with a report through `ray.train.report` — its point of the run's
-curve (train loss, learning rate, images/s and, for a selection candidate, the validation metrics: Tune's ASHA
-reads them) — and a checkpoint; a restarted worker group resumes from `ray.train.get_checkpoint()` and, all
-randomness being seeded by position, continues exactly as if nothing had happened.
+runs on GPU workers only). Each epoch ends with a report (its curve point: loss, lr, images/s, a candidate's
+validation, which ASHA reads) and a checkpoint through `ray.train.report`; a restarted worker group resumes
+from `ray.train.get_checkpoint()` and, all randomness seeded by position, continues as if nothing happened.
 """
 
 from __future__ import annotations
@@ -99,8 +98,8 @@ class Run:
         self.epochs = self.recipe.epochs_for(len(self.train_set), world)
         self.epoch = self.step = 0
         self.losses: list[float] = []
-        self.curve: list[dict[str, float]] = []     # one point per epoch; seconds spent evaluating:
-        self.eval_s = 0.0
+        self.curve: list[dict[str, float]] = []     # one point per epoch
+        self.eval_s, self.eval_set = 0.0, None      # seconds spent evaluating; the eval phase, built once
         self.cpu_before = 0.0                       # CPU seconds of earlier attempts, all workers
         self.began, self.cpu0, self.images = time.perf_counter(), time.process_time(), 0
 
@@ -162,9 +161,10 @@ class Run:
 
     def evaluate(self, module: nn.Module, ranks: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Predictions of worker `ranks`' strided shares of the eval phase, with their example indices."""
-        phase = build_phase(self.job["task"], self.job["root"], self.job["eval_phase"], self.backbone,
-                            self.recipe.image_size, self.recipe.seed)
-        self.eval_targets = phase.targets
+        if self.eval_set is None:   # a candidate validates after every epoch
+            self.eval_set = build_phase(self.job["task"], self.job["root"], self.job["eval_phase"], self.backbone,
+                                        self.recipe.image_size, self.recipe.seed)
+        phase, self.eval_targets = self.eval_set, self.eval_set.targets
         index = np.concatenate([np.arange(r, len(phase), self.world) for r in ranks])
         loader = DataLoader(Subset(phase, index.tolist()), batch_size=max(self.recipe.batch_size, 64),
                             num_workers=self.recipe.loader_workers)
