@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.extract import DTYPES
 from orchestrator.finetune_config import FinetuneConfig, check_finetune
 from orchestrator.names import check_safe_name
+from orchestrator.protocol import STORE_DTYPES
 from orchestrator.runs import DEFAULT_TRACKING_URI
 from orchestrator.schema import (
     CUSTOM_BUILDERS,
@@ -30,7 +30,7 @@ from orchestrator.schema import (
     unknown_key,
     where_of,
 )
-from orchestrator.sweep import AXIS_DEFAULTS, METHOD_AXES
+from sea.methods import PROTOCOL_GRID, get_method, method_names
 
 MODES = ("select", "reference")
 ALGORITHMS = ("grid", "random", "optuna")
@@ -86,7 +86,7 @@ class ProtocolConfig:
 @dataclass(frozen=True)
 class ExtractionConfig:
     shard_size: int = field(default=4096, metadata={"min": 1})
-    dtype: str = field(default="float16", metadata=_choices(*DTYPES))
+    dtype: str = field(default="float16", metadata=_choices(*STORE_DTYPES))
     batch_size: int = field(default=64, metadata={"min": 1})
     num_gpus_per_actor: float = field(default=0.0, metadata={"min": 0})
     num_actors: int | None = field(default=None, metadata={"min": 1})
@@ -132,6 +132,7 @@ class SweepConfig:
     tasks: tuple[str, ...] = ()
     optional_tasks: tuple[str, ...] = ()   # run only where their data is present; else skipped with a note
     methods: tuple[str, ...] = ("linear", "sea")
+    plugins: tuple[str, ...] = ()          # modules or .py files that register methods (sea.register_method)
     seeds: tuple[int, ...] = (0, 1, 2)
     data_root: str = "data"
     store: str = "features"
@@ -163,12 +164,24 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SweepConfig:
+        if isinstance(data, Mapping) and data.get("plugins"):   # before the grid, which may name their methods
+            _import_plugins(coerce(tuple[str, ...], data["plugins"], "plugins"))
         cfg = build(cls, data, "")
         _check_cross_fields(cfg)
         return cfg
 
 
 # ---------------------------------------------------------------- validation machinery
+
+
+def _import_plugins(plugins: Sequence[str]) -> None:
+    from sea.errors import SeaError
+    from sea.methods import import_plugins
+
+    try:
+        import_plugins(plugins)
+    except SeaError as exc:
+        raise OrchestratorError(f"config: 'plugins': {exc}") from None
 
 
 def _build_axes(data: object, path: str, allowed: Sequence[str]) -> Axes:
@@ -191,13 +204,14 @@ def _build_grid(data: object, path: str) -> GridConfig:
     if "finetune" in data:   # its candidates are each backbone's recipe's lr × weight_decay
         raise OrchestratorError(f"config: {where_of(path, 'finetune')!r}: set finetune.lr and finetune.weight_decay "
                                 "(every backbone) or finetune.recipes.<backbone>.lr / .weight_decay")
-    common = {k: v for k, v in data.items() if k not in METHOD_AXES}
-    per_method = tuple((m, _build_axes(data[m], where_of(path, m), METHOD_AXES[m]))
-                       for m in sorted(data) if m in METHOD_AXES)
+    methods = method_names()
+    common = {k: v for k, v in data.items() if k not in methods}
+    per_method = tuple((m, _build_axes(data[m], where_of(path, m), get_method(m).axes))
+                       for m in sorted(data) if m in methods)
     for key in common:
-        if key not in AXIS_DEFAULTS:
-            raise unknown_key(key, [*AXIS_DEFAULTS, *METHOD_AXES], path)
-    return GridConfig(_build_axes(common, path, list(AXIS_DEFAULTS)), per_method)
+        if key not in PROTOCOL_GRID:
+            raise unknown_key(key, [*PROTOCOL_GRID, *methods], path)
+    return GridConfig(_build_axes(common, path, list(PROTOCOL_GRID)), per_method)
 
 
 CUSTOM_BUILDERS[GridConfig] = _build_grid
@@ -215,7 +229,7 @@ def _check_cross_fields(cfg: SweepConfig) -> None:
     if not cfg.methods:
         raise OrchestratorError("config: 'methods' needs at least one method")
     for i, method in enumerate(cfg.methods):
-        check_meta({"choices": tuple(METHOD_AXES)}, method, f"methods[{i}]")
+        check_meta({"choices": method_names()}, method, f"methods[{i}]")
     check_finetune(cfg.finetune, cfg.methods, cfg.mode)
     _check_protocol(cfg)
     for key in ("backbones", "tasks", "optional_tasks", "methods", "seeds"):

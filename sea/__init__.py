@@ -1,40 +1,31 @@
-"""SeA and its baselines as linear heads on frozen, L2-normalised features (pure PyTorch + numpy)."""
+"""SeA and its baselines as linear heads on frozen, L2-normalised features (pure PyTorch + numpy).
 
-from sea.config import HEAD_METHODS, METHOD_KNOBS, METHODS, SCHEDULES, HeadConfig, TrainResult, TrainSettings
-from sea.direction import input_gradient, semantic_direction
-from sea.errors import SeaError
-from sea.halving import Halving, head_epochs, rungs
-from sea.logreg import DEFAULT_CS, LogRegResult, fit_logreg, refit_logreg
-from sea.metrics import mean_per_class_accuracy, top1_accuracy
-from sea.selection import LOGREG, SelectionResult, select_and_refit
-from sea.trainer import initial_weight, predict, train_heads
-from sea.validation import validate_features
+The names below are imported on first use, so `sea.methods` (the method registry, pure Python) is
+read by configs and reports without importing torch.
+"""
 
-__all__ = [
-    "DEFAULT_CS",
-    "HEAD_METHODS",
-    "LOGREG",
-    "METHODS",
-    "METHOD_KNOBS",
-    "SCHEDULES",
-    "Halving",
-    "HeadConfig",
-    "LogRegResult",
-    "SeaError",
-    "SelectionResult",
-    "TrainResult",
-    "TrainSettings",
-    "fit_logreg",
-    "head_epochs",
-    "initial_weight",
-    "input_gradient",
-    "mean_per_class_accuracy",
-    "predict",
-    "refit_logreg",
-    "rungs",
-    "select_and_refit",
-    "semantic_direction",
-    "top1_accuracy",
-    "train_heads",
-    "validate_features",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SCHEDULES": "config", "HeadConfig": "config", "TrainResult": "config", "TrainSettings": "config",
+    "Method": "methods", "get_method": "methods", "method_names": "methods", "ordered_methods": "methods",
+    "register_method": "methods", "unregister_method": "methods",
+    "input_gradient": "direction", "semantic_direction": "direction",
+    "SeaError": "errors",
+    "Halving": "halving", "head_epochs": "halving", "rungs": "halving",
+    "DEFAULT_CS": "logreg", "LogRegResult": "logreg", "fit_logreg": "logreg", "refit_logreg": "logreg",
+    "mean_per_class_accuracy": "metrics", "top1_accuracy": "metrics",
+    "LOGREG": "selection", "SelectionResult": "selection", "select_and_refit": "selection",
+    "initial_weight": "trainer", "predict": "trainer", "train_heads": "trainer",
+    "validate_features": "validation",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sea' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sea.{_EXPORTS[name]}"), name)

@@ -1,11 +1,11 @@
-"""The augmentation family: one small function per method, registered by name.
+"""The augmentation family: one small function per method, each declared in `sea.methods`.
 
 Each augmenter sees one batch and a contiguous slice of heads that share its method, and returns
 the features the SGD step is taken at (see `Augmented`) plus soft targets or None for one-hot.
 
 The random numbers are a documented stream, so that an outside implementation can draw the same
-ones. Per head, with `seq = numpy.random.SeedSequence([seed, METHODS.index(method)])` (noise 3,
-mixup 4) and `seed` = `TrainSettings.seed`:
+ones. Per head, with `seq = numpy.random.SeedSequence([seed, stream])`, `stream` the method's id in
+`sea.methods` (noise 3, mixup 4), and `seed` = `TrainSettings.seed`:
 
 * noise: `torch.Generator(device).manual_seed(int(seq.generate_state(1, numpy.uint64)[0]))`, and
   per step one `torch.randn(B, d, generator=..., dtype=<training dtype>)`; x̃ = normalise(x + η·normalise(n));
@@ -18,14 +18,13 @@ The stream depends on (seed, method) only: a head draws the same numbers alone o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from sea.config import METHODS
 from sea.direction import EPS, fgsm_directions, normalise, projection_weights
+from sea.methods import get_method, group_order
 
 
 @dataclass
@@ -37,7 +36,7 @@ class HeadRandom:
 
     @classmethod
     def create(cls, seed: int, method: str, device: torch.device) -> HeadRandom:
-        sequence = np.random.SeedSequence([seed, METHODS.index(method)])
+        sequence = np.random.SeedSequence([seed, get_method(method).stream])
         state = int(sequence.generate_state(1, dtype=np.uint64)[0])
         return cls(torch.Generator(device=device).manual_seed(state), np.random.default_rng(sequence))
 
@@ -101,7 +100,7 @@ class Augmented:
     targets: torch.Tensor | None = None
 
 
-def _sea(ctx: StepContext, heads: slice) -> Augmented:
+def sea_step(ctx: StepContext, heads: slice) -> Augmented:
     x = ctx.x
     b, d = x.shape
     if b < 2:                                     # a batch of one has no other example to move toward
@@ -134,12 +133,12 @@ def gram_is_cheaper(k: int, b: int, d: int) -> bool:
     return b * b * d + k * b ** 3 < k * b * b * d
 
 
-def _fgsm(ctx: StepContext, heads: slice) -> Augmented:
+def fgsm_step(ctx: StepContext, heads: slice) -> Augmented:
     g_hat = fgsm_directions(ctx.z[heads], ctx.weight[heads], ctx.onehot, ctx.lamda[heads], ctx.delta[heads])
     return Augmented(features=normalise(ctx.x + ctx.eta[heads] * g_hat))
 
 
-def _noise(ctx: StepContext, heads: slice) -> Augmented:
+def noise_step(ctx: StepContext, heads: slice) -> Augmented:
     b, d = ctx.x.shape
     # drawn and transformed in one reused buffer: K×B×d fresh temporaries per step cost more than the math
     n = ctx.workspace.get("noise", (heads.stop - heads.start, b, d), ctx.x)
@@ -150,7 +149,7 @@ def _noise(ctx: StepContext, heads: slice) -> Augmented:
     return Augmented(features=n.div_(torch.linalg.vector_norm(n, dim=-1, keepdim=True).clamp_min_(EPS)))
 
 
-def _mixup(ctx: StepContext, heads: slice) -> Augmented:
+def mixup_step(ctx: StepContext, heads: slice) -> Augmented:
     # one mixing coefficient m per head and step (Zhang et al.), partner = a permutation of the batch
     b = ctx.x.shape[0]
     etas = ctx.eta[heads].flatten().tolist()
@@ -162,23 +161,11 @@ def _mixup(ctx: StepContext, heads: slice) -> Augmented:
     return Augmented(mix=mix, targets=torch.matmul(mix, ctx.onehot))
 
 
-# order matters: re-weighting groups come first so that, after the plain heads, they form one
-# contiguous block whose weight gradients share a single GEMM
-AUGMENTERS: dict[str, Callable[[StepContext, slice], Augmented]] = {
-    "sea": _sea,
-    "mixup": _mixup,
-    "fgsm": _fgsm,
-    "noise": _noise,
-}
-MIXING: tuple[str, ...] = ("sea", "mixup")
-
-# η = 0 makes these the plain linear head; they are trained in its (cheaper, exact) group
-_ETA_IS_STEP = ("sea", "fgsm", "noise")
-
-
 def group_of(method: str, eta: float) -> str:
     """Heads are trained in groups; 'linear' is the unperturbed group, first in every K-batch."""
-    return "linear" if method == "linear" or (method in _ETA_IS_STEP and eta == 0) else method
+    return "linear" if method == "linear" or (get_method(method).eta_is_step and eta == 0) else method
 
 
-GROUP_ORDER: tuple[str, ...] = ("linear", *AUGMENTERS)
+def group_position(key: str) -> int:
+    """Where a group trains in a K-batch (`sea.methods.group_order`)."""
+    return group_order().index(key)

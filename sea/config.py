@@ -20,27 +20,14 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
+from sea.augment import HeadRandom
 from sea.errors import SeaError
+from sea.methods import HEAD_KNOBS, get_method, method_names
 
-if TYPE_CHECKING:   # sea.augment imports this module
-    from sea.augment import HeadRandom
-
-METHODS: tuple[str, ...] = ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
-HEAD_METHODS: tuple[str, ...] = METHODS[:5]
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-_OPTIMISATION = ("lr", "weight_decay", "lamda", "delta")
-# the HeadConfig fields each head method uses (the others do not change its training)
-METHOD_KNOBS: dict[str, tuple[str, ...]] = {
-    "linear": _OPTIMISATION,
-    "sea": (*_OPTIMISATION, "eta", "alpha"),
-    "fgsm": (*_OPTIMISATION, "eta"),
-    "noise": (*_OPTIMISATION, "eta"),
-    "mixup": (*_OPTIMISATION, "eta"),          # eta: the Beta(eta, eta) concentration
-}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -59,7 +46,7 @@ def _check(owner: str, name: str, value: float, ok: Callable[[float], bool], rul
 class HeadConfig:
     """One classifier configuration in a K-batch; every head owns its hyper-parameters."""
 
-    method: str = "sea"         # linear | sea | fgsm | noise | mixup
+    method: str = "sea"         # a head of sea.methods: linear | sea | fgsm | noise | mixup | …
     lr: float = 1.6
     weight_decay: float = 1e-6
     eta: float = 0.8            # step (sea/fgsm/noise); for mixup: Beta(eta, eta) concentration
@@ -68,12 +55,15 @@ class HeadConfig:
     delta: float = 0.0          # margin
 
     def __post_init__(self) -> None:
-        if self.method not in HEAD_METHODS:
+        heads = method_names("head")
+        if self.method not in heads:
+            known = self.method in method_names()
             hint = ("logreg is not a linear head: use fit_logreg or select_and_refit(configs='logreg')"
-                    if self.method == "logreg" else f"choose one of {', '.join(HEAD_METHODS)}")
-            raise SeaError(f"HeadConfig.method={self.method!r} is unknown; {hint}")
+                    if self.method == "logreg" else f"{self.method} is not a linear head ({get_method(self.method).kind})"
+                    if known else f"choose one of {', '.join(heads)} (sea.methods registers more)")
+            raise SeaError(f"HeadConfig.method={self.method!r} is {'not a head' if known else 'unknown'}; {hint}")
         own = "HeadConfig"
-        for name in ("lr", "weight_decay", "eta", "alpha", "lamda", "delta"):
+        for name in HEAD_KNOBS:
             # numpy scalars from a grid become plain floats (hashable, JSON- and MLflow-friendly)
             object.__setattr__(self, name, _finite(own, name, getattr(self, name)))
         _check(own, "lr", self.lr, lambda v: v >= 0, ">= 0", "use a positive learning rate such as 1.6")

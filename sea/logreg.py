@@ -17,8 +17,7 @@ import torch
 
 from sea.errors import SeaError
 from sea.metrics import mean_per_class_accuracy, top1_accuracy
-from sea.progress import progress_bar
-from sea.validation import as_features, check_val_classes, infer_num_classes, validate_features
+from sea.validation import as_features, check_val_classes, infer_num_classes, progress_bar, validate_features
 
 DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 4, 9))
 

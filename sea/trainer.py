@@ -37,17 +37,7 @@ from typing import Any
 import torch
 from torch.nn.functional import one_hot
 
-from sea.augment import (
-    AUGMENTERS,
-    GROUP_ORDER,
-    MIXING,
-    HeadRandom,
-    StepContext,
-    Workspace,
-    bmm,
-    group_of,
-    matmul_into,
-)
+from sea.augment import HeadRandom, StepContext, Workspace, bmm, group_of, group_position, matmul_into
 from sea.config import (
     DEFAULT_SETTINGS,
     DTYPES,
@@ -61,9 +51,16 @@ from sea.config import (
 )
 from sea.direction import loss_residual
 from sea.errors import SeaError
+from sea.methods import HEAD_KNOBS, get_method
 from sea.metrics import batched_scores
-from sea.progress import progress_bar
-from sea.validation import as_features, check_configs, check_val_classes, infer_num_classes, validate_features
+from sea.validation import (
+    as_features,
+    check_configs,
+    check_val_classes,
+    infer_num_classes,
+    progress_bar,
+    validate_features,
+)
 
 EpochCallback = Callable[[int, list["dict | None"]], "bool | None"]
 # (epoch, val_history so far, caller indices still training) -> those that go on, or None for all
@@ -93,17 +90,18 @@ class _Heads:
     params: dict[str, torch.Tensor]  # lr, weight_decay, eta, alpha, lamda, delta: K×1×1
     random: list[HeadRandom]
     workspace: Workspace
+    augmenters: dict[str, Callable[..., Any]]   # group -> its augment function (sea.methods)
 
     @classmethod
     def build(cls, configs: Sequence[HeadConfig], seed: int, device: torch.device,
               dtype: torch.dtype = torch.float32, bf16: bool = False) -> _Heads:
         keys = [group_of(c.method, c.eta) for c in configs]
-        order = sorted(range(len(configs)), key=lambda i: (GROUP_ORDER.index(keys[i]), i))
-        names = ("lr", "weight_decay", "eta", "alpha", "lamda", "delta")
+        order = sorted(range(len(configs)), key=lambda i: (group_position(keys[i]), i))
         params = {name: torch.tensor([getattr(configs[i], name) for i in order], dtype=dtype,
-                                     device=device).view(-1, 1, 1) for name in names}
+                                     device=device).view(-1, 1, 1) for name in HEAD_KNOBS}
         random = [HeadRandom.create(seed, configs[i].method, device) for i in order]
-        return cls(order, *_grouped([keys[i] for i in order]), params, random, Workspace(bf16))
+        augmenters = {key: get_method(key).augmenter() for key in set(keys) - {"linear"}}
+        return cls(order, *_grouped([keys[i] for i in order]), params, random, Workspace(bf16), augmenters)
 
     def subset(self, positions: list[int]) -> _Heads:
         """The heads at these training positions (ascending): same relative order, their streams continue."""
@@ -111,7 +109,7 @@ class _Heads:
         index = torch.tensor(positions, device=self.params["lr"].device)
         return _Heads([self.order[p] for p in positions], *_grouped([keys[p] for p in positions]),
                       {name: p.index_select(0, index) for name, p in self.params.items()},
-                      [self.random[p] for p in positions], self.workspace)
+                      [self.random[p] for p in positions], self.workspace, self.augmenters)
 
 
 def _grouped(keys: list[str]) -> tuple[list[tuple[str, slice]], int]:
@@ -122,7 +120,7 @@ def _grouped(keys: list[str]) -> tuple[list[tuple[str, slice]], int]:
             groups[-1] = (key, slice(groups[-1][1].start, pos + 1))
         else:
             groups.append((key, slice(pos, pos + 1)))
-    shared = [hs.stop for key, hs in groups if key == "linear" or key in MIXING]
+    shared = [hs.stop for key, hs in groups if key == "linear" or get_method(key).mixing]
     return groups, max(shared, default=0)
 
 
@@ -143,7 +141,7 @@ def _step(weight: torch.Tensor, buf: torch.Tensor, x: torch.Tensor, y: torch.Ten
         if key == "linear":
             q[hs] = loss_residual(z[hs], onehot, lamda, delta)
             continue
-        aug = AUGMENTERS[key](ctx, hs)
+        aug = heads.augmenters[key](ctx, hs)
         targets = onehot if aug.targets is None else aug.targets
         if aug.mix is not None:
             r = loss_residual(torch.bmm(aug.mix, z[hs]), targets, lamda, delta)

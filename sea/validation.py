@@ -1,8 +1,10 @@
-"""Input checks: bad arrays are rejected where they enter, with a message that says how to fix them."""
+"""Input checks: bad arrays are rejected where they enter, with a message that says how to fix them; and what a
+pass shows while it runs (`progress_bar`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,3 +135,12 @@ def check_configs(configs: Sequence[HeadConfig]) -> tuple[HeadConfig, ...]:
             raise SeaError(f"configs[{i}] is a {type(config).__name__}, not a HeadConfig; build it with "
                            "HeadConfig(**values) so its hyper-parameters are checked")
     return configs
+
+
+def progress_bar(items: Iterable[Any], enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
+    """`items`, wrapped in a tqdm bar on stderr if `enabled` and stderr is a terminal; else the bare iterable."""
+    if enabled and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=desc, unit=unit, total=total, file=sys.stderr)
+    return items

@@ -26,29 +26,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from tasks.adapters import ADAPTERS
 from tasks.errors import TaskError
-from tasks.weights import WEIGHT_LOADERS, load_file, local_file, missing_weights
+from tasks.weights import WEIGHT_LOADERS, BackboneSpec, load_file, local_file, missing_weights
 
 _PREPROCESSING_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std", "crop_mode")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$")
 _RANDOM_RE = re.compile(r"^random:([A-Za-z0-9_.]+)@(\d+)$")
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One registry entry; hashable data only, so it can be logged and compared."""
-
-    name: str
-    arch: str                                  # timm architecture name
-    weights: str                               # "timm:<tag>" | "file:<path>" | "package:<module>:<attr>" | "random:<seed>"
-    adapter: str = "timm"                      # key of tasks.adapters.ADAPTERS
-    feature: str = "pooled"                    # key of FEATURES: "pooled" (pre-logits) | "cls"
-    input_size: int | None = None              # square input override (tiny resolutions for tests)
-    model_kwargs: tuple[tuple[str, Any], ...] = ()      # extra timm.create_model kwargs
-    source_url: str = ""                       # where the authors publish the weights
-    sha256: str = ""                           # of the published file, when known; checked on load
-    note: str = ""
-    feature_dim: int = 0                       # known statically; 0 = measure at build time
-    data_config: tuple[tuple[str, Any], ...] = ()       # overrides of timm's data config (authors' eval transform)
 
 
 def _pooled(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

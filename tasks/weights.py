@@ -1,4 +1,5 @@
-"""Where a backbone's weights are and how they get into its timm model, strictly and without pickle.
+"""A backbone's registry entry (`BackboneSpec`, registered by `tasks.backbones`), where its weights are and
+how they get into its timm model, strictly and without pickle.
 
 Weights sources (`BackboneSpec.weights`), one loader each in `WEIGHT_LOADERS`:
   "file:<path or URI>"                 a checkpoint; relative paths live under $SEABENCH_WEIGHTS
@@ -16,8 +17,9 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
@@ -32,11 +34,26 @@ from tasks.adapters import (
 from tasks.errors import TaskError
 from tasks.staging import exists, file_sha256, is_uri, join, stage
 
-if TYPE_CHECKING:
-    from tasks.backbones import BackboneSpec
-
 WEIGHTS_ENV = "SEABENCH_WEIGHTS"
 Loaded = tuple[torch.nn.Module, str, "str | None"]   # model, weights sha256, the file loaded (if any)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry; hashable data only, so it can be logged and compared."""
+
+    name: str
+    arch: str                                  # timm architecture name
+    weights: str                               # "timm:<tag>" | "file:<path>" | "package:<module>:<attr>" | "random:<seed>"
+    adapter: str = "timm"                      # key of tasks.adapters.ADAPTERS
+    feature: str = "pooled"                    # key of FEATURES: "pooled" (pre-logits) | "cls"
+    input_size: int | None = None              # square input override (tiny resolutions for tests)
+    model_kwargs: tuple[tuple[str, Any], ...] = ()      # extra timm.create_model kwargs
+    source_url: str = ""                       # where the authors publish the weights
+    sha256: str = ""                           # of the published file, when known; checked on load
+    note: str = ""
+    feature_dim: int = 0                       # known statically; 0 = measure at build time
+    data_config: tuple[tuple[str, Any], ...] = ()       # overrides of timm's data config (authors' eval transform)
 
 
 def weights_location() -> str | Path:

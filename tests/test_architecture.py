@@ -26,7 +26,7 @@ FOLDER_FORBIDDEN = {
     "report": {"sweep", "extract", "finetune", "commands"},
     "finetune": {"sweep", "report", "commands"},   # the sweep's driver runs it, never the other way round
 }
-TOP_LEVEL_MAY_IMPORT = {"extract", "sweep"}   # config validates against the grid axes and the store dtypes
+TOP_LEVEL_MAY_IMPORT: set[str] = set()   # what config shares with the folders lives in protocol.py, sea.methods
 MAX_LINES, MAX_MODULES = 300, 12
 EXPORTING = ("extract", "sweep", "report", "finetune")   # folders used from outside through `_EXPORTS` only
 
@@ -141,6 +141,84 @@ def test_extraction_does_not_import_the_sweeps_cell_planning():
     graph = _graph()
     reach = set().union(*(_reachable(graph, m) for m in graph if _folder(m) == "extract"))
     assert "orchestrator.sweep.cells" not in reach
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every module of the three packages -> the modules of them it imports, lazy and TYPE_CHECKING imports
+    included (a circle kept from breaking by a function-level import is still a circle). `from pkg import
+    sub` is an import of the submodule `pkg.sub`; a name taken from a lazily exporting `__init__` is an
+    import of the module that defines it."""
+    modules = {_module_name(p): p for pkg in PACKAGES for p in _sources(pkg)}
+    lazy = {"sea": _sea_exports(), **{f"orchestrator.{f}": _export_map(f) for f in EXPORTING}}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for module, names in _imports(path):
+            if module.split(".")[0] not in PACKAGES:
+                continue
+            subs = {f"{module}.{n}" for n in names if f"{module}.{n}" in modules}
+            defined = {f"{module}.{lazy[module][n]}" for n in names if n in lazy.get(module, {})}
+            targets |= subs | defined
+            if not names or len(subs) + len(defined) < len(names):
+                targets.add(module)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _sea_exports() -> dict[str, str]:
+    tree = ast.parse((REPO_ROOT / "sea" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_EXPORTS" for t in node.targets):
+            return dict(ast.literal_eval(node.value))
+    return {}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle of the graph (its modules, the first repeated at the end), or [] when there is none."""
+    state: dict[str, int] = {}   # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> list[str]:
+        state[module] = 1
+        for nxt in sorted(graph.get(module, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt, [*path, nxt])):
+                return found
+        state[module] = 2
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return []
+
+
+def test_no_module_imports_itself_through_others():
+    """No import circle in sea, tasks or orchestrator, lazy imports included (report's stats → reference →
+    blocks → plots → stats and tasks' backbones ↔ weights were kept from breaking by function-level imports)."""
+    circle = _cycle(_module_graph())
+    assert not circle, "import circle: " + " → ".join(circle)
+
+
+def test_the_cycle_check_finds_a_circle():
+    """The check above is a real check: it finds a planted circle, a lazy one included."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"b"}}) == []
+    graph = _module_graph()
+    graph["orchestrator.names"] = graph["orchestrator.names"] | {"orchestrator.config"}   # config imports names
+    assert _cycle(graph)
+
+
+def test_sea_exports_exist_and_the_registry_imports_no_torch():
+    import subprocess
+    import sys
+
+    import sea
+
+    missing = [name for name in sea.__all__ if not hasattr(sea, name)]
+    assert not missing, f"sea exports missing names {missing}"
+    code = "import sys, sea.methods, orchestrator.config; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
 def test_top_level_modules_never_import_commands_or_report():

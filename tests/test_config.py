@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator.config import SweepConfig, apply_override, load_config
 from orchestrator.errors import OrchestratorError
-from orchestrator.sweep.cells import AXIS_DEFAULTS, METHOD_AXES, axis_values, candidate_configs
+from orchestrator.sweep.cells import axis_values, candidate_configs
+from sea.methods import PROTOCOL_GRID, get_method, method_names
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {"name": "t", "backbones": ["random:resnet10t@32"], "tasks": ["digits"]}
@@ -51,7 +52,7 @@ def test_round_trip_with_every_section_set() -> None:
 def test_paper_preset_is_the_protocol() -> None:
     cfg = load_config(REPO / "configs" / "paper.yaml")
     assert len(cfg.tasks) == 11 and cfg.seeds == (0, 1, 2) and cfg.trainer.epochs == 100
-    assert set(cfg.methods) == set(METHOD_AXES)
+    assert set(cfg.methods) == set(method_names())
     assert len(candidate_configs(cfg, "linear")) == 4 * 3 * 3
     assert len(candidate_configs(cfg, "sea")) == 36 * 4 * 3
 
@@ -130,7 +131,7 @@ def test_baseline_gets_exactly_the_optimisation_grid_sea_gets() -> None:
         values = {axis_values(cfg, m, axis) for m in ("linear", "sea", "fgsm", "noise", "mixup")}
         assert len(values) == 1
     linear = {tuple(sorted(c.items())) for c in candidate_configs(cfg, "linear")}
-    sea_opt = {tuple(sorted((k, v) for k, v in c.items() if k in METHOD_AXES["linear"]))
+    sea_opt = {tuple(sorted((k, v) for k, v in c.items() if k in get_method("linear").axes))
                for c in candidate_configs(cfg, "sea")}
     assert linear == sea_opt
 
@@ -143,10 +144,11 @@ def test_shared_eta_override_does_not_reach_mixups_beta_concentration() -> None:
 
 
 def test_protocol_defaults_match_the_benchmark_protocol() -> None:
-    assert AXIS_DEFAULTS["lr"] == (0.4, 0.8, 1.6, 3.2)
-    assert AXIS_DEFAULTS["weight_decay"] == (1e-6, 1e-5, 1e-4)
-    assert AXIS_DEFAULTS["lamda"] == (0.05, 0.1, 0.2)
-    assert AXIS_DEFAULTS["eta"] == (0.1, 0.2, 0.4, 0.8) and AXIS_DEFAULTS["alpha"] == (0.01, 0.05, 0.1)
-    from sea import METHODS
-
-    assert tuple(m for m in METHOD_AXES if m != "finetune") == METHODS   # finetune trains images, not heads
+    assert PROTOCOL_GRID["lr"] == (0.4, 0.8, 1.6, 3.2)
+    assert PROTOCOL_GRID["weight_decay"] == (1e-6, 1e-5, 1e-4)
+    assert PROTOCOL_GRID["lamda"] == (0.05, 0.1, 0.2)
+    assert PROTOCOL_GRID["eta"] == (0.1, 0.2, 0.4, 0.8) and PROTOCOL_GRID["alpha"] == (0.01, 0.05, 0.1)
+    # the random streams of sea.augment's documentation: SeedSequence([seed, stream]), noise 3 and mixup 4
+    assert {m: get_method(m).stream for m in method_names()} == {
+        "linear": 0, "sea": 1, "fgsm": 2, "noise": 3, "mixup": 4, "logreg": 5, "finetune": 6}
+    assert method_names("head") == ("linear", "sea", "fgsm", "noise", "mixup")   # the report's order too

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from orchestrator.commands.features_io import load_feature_file
 from orchestrator.errors import OrchestratorError
-from orchestrator.features_io import load_feature_file
 
 HELP = "Train one linear classifier (with or without SeA) on feature files and report test accuracy."
 
@@ -45,7 +45,7 @@ def _defaults(cls: type) -> dict[str, object]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sea import METHODS, SCHEDULES, HeadConfig, TrainSettings
+    from sea import SCHEDULES, HeadConfig, TrainSettings
     from sea.curves import SELECT_ON, SELECTION_METRICS
 
     heads, training = _defaults(HeadConfig), _defaults(TrainSettings)
@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", required=True, help="test features, same format")
     parser.add_argument("--val", help="validation features: enables selection over comma-list grids, "
                         "a refit on train+val and one test evaluation")
-    parser.add_argument("--method", default=heads["method"], choices=METHODS)
+    parser.add_argument("--method", default=heads["method"], help="a head (linear, sea, fgsm, noise, mixup, "
+                        "or one a --plugin registers) or logreg")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first: it registers methods (sea.register_method); repeatable")
     # None = not given: a knob the method does not use is then left alone instead of reported ignored
     for flag, name in GRID_FLAGS.items():
         parser.add_argument(f"--{flag}", type=_float_list, default=None,
@@ -95,9 +98,9 @@ def _device(name: str) -> str:
 
 def _ignored(args: argparse.Namespace) -> list[str]:
     """Flags given that do not apply to the method (so that no grid axis duplicates a head)."""
-    from sea import METHOD_KNOBS
+    from sea.methods import get_method
 
-    used = set(METHOD_KNOBS.get(args.method, ()))
+    used = set(get_method(args.method).knobs)
     flags = [f"--{flag}" for flag, name in GRID_FLAGS.items() if name not in used and getattr(args, flag) is not None]
     if args.method == "logreg":
         flags += [f"--{flag.replace('_', '-')}" for flag in (*TRAINING_FLAGS, "halving", "halving_min_epochs")
@@ -115,10 +118,11 @@ def _settings(args: argparse.Namespace):
 
 
 def _head_configs(args: argparse.Namespace) -> list:
-    from sea import METHOD_KNOBS, HeadConfig
+    from sea import HeadConfig
+    from sea.methods import get_method
 
     knobs = [(name, getattr(args, flag)) for flag, name in GRID_FLAGS.items()
-             if name in METHOD_KNOBS[args.method] and getattr(args, flag) is not None]
+             if name in get_method(args.method).knobs and getattr(args, flag) is not None]
     names = [name for name, _ in knobs]
     return [HeadConfig(method=args.method, **dict(zip(names, combo)))
             for combo in itertools.product(*(values for _, values in knobs))]
@@ -126,11 +130,11 @@ def _head_configs(args: argparse.Namespace) -> list:
 
 def _shown(config: object, method: str) -> dict:
     """The configuration as reported: the method's own knobs only."""
-    from sea import METHOD_KNOBS
+    from sea.methods import get_method
 
     if isinstance(config, dict):
         return {k: v for k, v in config.items() if k != "method"}
-    return {k: getattr(config, k) for k in METHOD_KNOBS[method]}
+    return {k: getattr(config, k) for k in get_method(method).knobs}
 
 
 def _num_classes(**splits: tuple | None) -> int:
@@ -218,7 +222,12 @@ def _halving(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from sea.methods import get_method, import_plugins
+
     started = time.perf_counter()
+    import_plugins(args.plugin)
+    if get_method(args.method).kind not in ("head", "probe"):
+        raise OrchestratorError(f"--method {args.method} runs in a sweep (seabench run); fit trains heads and logreg")
     ignored = _ignored(args)
     if ignored:
         print(f"seabench fit: {', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to "

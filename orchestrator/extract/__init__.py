@@ -13,6 +13,7 @@ _EXPORTS = {
     "ShardRecord": "manifest",
     "FeatureStore": "store", "StoredUnit": "store",
     "ShardExtractor": "actor",
+    "ExtractSummary": "progress",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -31,8 +31,8 @@ from orchestrator.extract.manifest import DTYPES, Manifest, ShardRecord
 from orchestrator.extract.nodes import ActorPlan, check_nodes, plan_actors
 from orchestrator.extract.plan import Unit, backbone_parts, compute_of, data_name, plan_units
 from orchestrator.extract.pool import JobFailed, run_jobs
+from orchestrator.extract.progress import ExtractSummary, Progress
 from orchestrator.extract.store import FeatureStore
-from orchestrator.progress import ExtractSummary, Progress
 from orchestrator.raycluster import alive_nodes, check_address, init_ray
 
 log = logging.getLogger(__name__)

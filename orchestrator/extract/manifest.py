@@ -13,11 +13,12 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.names import path_component
+from orchestrator.protocol import STORE_DTYPES
 
 # Bump when the meaning or layout of stored features changes: every key changes with it.
 # 2: the split hash covers each image's identity, and the key holds how the features were computed.
 FEATURE_FORMAT_VERSION = 2
-DTYPES = ("float32", "float16")
+DTYPES = STORE_DTYPES
 COMPUTE_FLOAT32, COMPUTE_BF16 = "float32", "bf16-autocast"   # how the backbone ran (`compute` in the key)
 COMPUTES = (COMPUTE_FLOAT32, COMPUTE_BF16)
 # The leading "_" makes pyarrow/pandas/Spark skip it, so `pandas.read_parquet(<unit folder>)` just works.

@@ -20,8 +20,8 @@ import timm
 import tasks
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract.manifest import COMPUTE_BF16, COMPUTE_FLOAT32, FeatureKey, Manifest
+from orchestrator.extract.progress import ExtractSummary
 from orchestrator.extract.store import FeatureStore
-from orchestrator.progress import ExtractSummary
 
 ENSEMBLE_PREFIX = "ensemble:"
 

@@ -21,8 +21,9 @@ from orchestrator.report.evidence.claims import finetune_label
 from orchestrator.report.evidence.predictions import cell_bootstraps, load_predictions, run_details
 from orchestrator.report.evidence.stability import gather_evidence
 from orchestrator.report.plots import difference_heatmap, task_bars
-from orchestrator.report.reference import finetune_blocks, finetune_claim, load_reference
+from orchestrator.report.reference import finetune_claim, load_reference
 from orchestrator.report.render import render_html, render_latex, render_markdown
+from orchestrator.report.sections import finetune_blocks
 from orchestrator.report.sensitivity import (
     load_candidates,
     sensitivity_blocks,

@@ -20,7 +20,7 @@ import pandas as pd
 
 from orchestrator.report.blocks import MISSING, Figure, Heading, Para, Table, TableCell, seconds
 from orchestrator.report.plots import Plot, _png, _pyplot
-from orchestrator.report.stats import ordered_methods
+from sea.methods import ordered_methods
 
 COST_METRICS = ("select_wall_s", "refit_wall_s", "test_wall_s", "cell_wall_s", "cell_cpu_s", "cell_gpu_s", "extract_s")
 SHARE = "extract_share_s"  # the sum over the cell's units of unit seconds / cells reading that unit

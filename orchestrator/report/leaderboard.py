@@ -15,7 +15,8 @@ import pandas as pd
 
 from orchestrator.report.blocks import MISSING, Heading, Para, Table, TableCell, interval, mean_std, num
 from orchestrator.report.evidence.flags import legend, mark, marked
-from orchestrator.report.stats import CONFIDENCE, Leaderboard, ordered_methods, t_interval
+from orchestrator.report.stats import CONFIDENCE, Leaderboard, t_interval
+from sea.methods import ordered_methods
 
 CONVENTIONS = {"top1": "top-1 accuracy", "mean_per_class": "mean per-class accuracy"}
 DIFF = "SeA − linear"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import names
-from orchestrator.report.stats import ordered_methods
+from sea.methods import ordered_methods
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ rule as SeA, the difference SeA − fine-tuning paired by seed with a t-interval
 user-supplied CSV is still accepted and labelled external (another recipe, other splits, no seeds): it
 decides the claim only when the sweep has no finetune cells, and is shown beside it otherwise.
 
-CSV columns: `task`, optional `backbone`, and the reference accuracy in percent as `top1` (compared
+Rendered by `report.sections` (`finetune_blocks`). CSV columns: `task`, optional `backbone`, and the reference accuracy in percent as `top1` (compared
 with SeA's test top-1) or `value` (compared with SeA's test value of the task's primary metric).
 """
 
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.report.stats import WITHIN, FinetuneComparison, paired_differences, primary_values
 
-WITHIN = 1.0  # points: "comparable to fine-tuning" means at most this far below it
-PAPER_TASKS = (6, 11)  # the paper: SeA comparable to fine-tuning on 6 of its 11 tasks
 VALUE_COLUMNS = ("top1", "value")
 COMPARISON_COLUMNS = ["task", "backbone", "metric", "sea", "finetune", "gap", "within"]
 
@@ -80,17 +79,6 @@ def _sea_value(results: pd.DataFrame, task: str, backbone: str, metric: str) -> 
     return float(per_backbone.mean()) if len(per_backbone) else math.nan
 
 
-@dataclass(frozen=True)
-class FinetuneComparison:
-    table: pd.DataFrame  # COMPARISON_COLUMNS, one row per reference row
-    within: int  # tasks on which SeA is within WITHIN points of (or above) fine-tuning
-    compared: int  # tasks with both a reference and SeA results
-    paper: tuple[int, int] = PAPER_TASKS
-    source: str = "external"  # "sweep": the sweep's own finetune cells; "external": the CSV
-    differences: pd.DataFrame | None = None  # sweep: per (task, backbone) SeA − finetune paired over seeds
-    external: FinetuneComparison | None = None  # a CSV shown beside the sweep's own comparison, not counted
-
-
 def compare_to_finetuning(results: pd.DataFrame, reference: pd.DataFrame) -> FinetuneComparison:
     """A task counts when every reference row of it (one per backbone, or one for all) is matched."""
     rows = []
@@ -109,8 +97,6 @@ def compare_to_finetuning(results: pd.DataFrame, reference: pd.DataFrame) -> Fin
 def compare_with_sweep(results: pd.DataFrame) -> FinetuneComparison | None:
     """SeA against the sweep's own finetune cells, paired by seed per (task, backbone); None without any pair.
     A (task, backbone) is within when its mean paired difference is ≥ −1 point; a task when all its backbones are."""
-    from orchestrator.report.stats import paired_differences, primary_values
-
     differences = paired_differences(results, treatment="sea", baseline="finetune")
     if differences.empty:
         return None
@@ -136,52 +122,3 @@ def finetune_claim(results: pd.DataFrame, reference: pd.DataFrame | None = None)
     if own is None or external is None:
         return own or external
     return replace(own, external=external)
-
-
-def _difference_rows(comparison: FinetuneComparison) -> tuple:
-    from orchestrator.report.blocks import TableCell, interval, num
-
-    merged = comparison.differences.merge(comparison.table, on=["task", "backbone"])
-    return tuple(
-        (TableCell(r.task), TableCell(r.backbone), TableCell(r.metric), TableCell(str(r.n)), TableCell(num(r.sea)),
-         TableCell(num(r.finetune)), TableCell(num(r.mean, True)), TableCell(interval(r.ci_low, r.ci_high)),
-         TableCell("yes" if r.within else "no", bool(r.within)))
-        for r in merged.itertuples(index=False))
-
-
-def _external_rows(comparison: FinetuneComparison) -> tuple:
-    from orchestrator.report.blocks import NA, TableCell, num
-
-    return tuple(
-        (TableCell(r.task), TableCell(r.backbone), TableCell(r.metric), TableCell(num(r.sea)), TableCell(num(r.finetune)),
-         TableCell(num(r.gap, True)), TableCell(NA if r.within is None else ("yes" if r.within else "no")))
-        for r in comparison.table.itertuples(index=False))
-
-
-def finetune_blocks(comparison: FinetuneComparison | None, label: str = "") -> list:
-    """The report's fine-tuning section: where the fine-tuning numbers come from, and the comparison in full;
-    `label` (e.g. "under-trained (20 of 5 000 steps): a check of the machinery, not a verdict") heads it."""
-    from orchestrator.report.blocks import Heading, Para, Table  # blocks → plots → stats → this module
-
-    if comparison is None:
-        return []
-    blocks: list = [Heading("SeA vs fine-tuning")]
-    if label and comparison.source == "sweep":
-        blocks.append(Para(f"{label[0].upper()}{label[1:]}.", strong=True))
-    external = comparison if comparison.source == "external" else comparison.external
-    if comparison.source == "sweep":
-        blocks += [
-            Para(f"Source: this sweep's own finetune cells (the backbone + a linear head trained on the images with "
-                 f"Ray Train), under the same tasks, splits, seeds and selection rule as SeA. SeA is within 1 point "
-                 f"of (or above) fine-tuning on {comparison.within} of {comparison.compared} tasks (a task counts when "
-                 "the mean paired difference of each of its backbones is ≥ −1 point).", strong=True),
-            Table(("task", "backbone", "metric", "paired seeds", "SeA", "fine-tuning", "SeA − FT", "95 % CI",
-                   "within 1 point"), _difference_rows(comparison),
-                  caption="Test, mean over the paired seeds; SeA − FT: mean of the per-seed differences, t-interval")]
-    if external is not None:
-        counted = "decides the claim above" if comparison.source == "external" else "shown beside, not counted"
-        blocks += [Para(f"External reference (the CSV given with --reference): another recipe on other splits, without "
-                        f"seeds — {counted}."),
-                   Table(("task", "backbone", "compared on", "SeA", "fine-tuning (external)", "SeA − FT", "within 1 point"),
-                         _external_rows(external), caption="SeA (test, mean over seeds) vs the external reference")]
-    return blocks

@@ -14,18 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from orchestrator.report.reference import FinetuneComparison
-
 CONFIDENCE = 0.95
 PAPER_GAIN = 2.0  # points; the paper's mean SeA − linear over all (backbone, task) cells
 CELL = ["task", "backbone"]
-# the protocol's order (baseline first); methods a sweep adds later follow alphabetically
-METHOD_ORDER = ("linear", "sea", "fgsm", "noise", "mixup", "logreg")
-
-
-def ordered_methods(methods: Iterable[str]) -> list[str]:
-    present = set(methods)
-    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+WITHIN = 1.0  # points: "comparable to fine-tuning" means at most this far below it
+PAPER_TASKS = (6, 11)  # the paper: SeA comparable to fine-tuning on 6 of its 11 tasks
 
 
 def t_interval(values: np.ndarray | pd.Series, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -83,6 +76,20 @@ def paired_differences(
         rows.append({"task": task, "backbone": backbone, "n": len(d), "mean": mean, "std": std,
                      "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class FinetuneComparison:
+    """The fine-tuning claim (`report.reference` computes it): SeA within WITHIN points of fine-tuning on
+    `within` of `compared` tasks."""
+
+    table: pd.DataFrame  # reference.COMPARISON_COLUMNS, one row per (task, backbone) or reference row
+    within: int  # tasks on which SeA is within WITHIN points of (or above) fine-tuning
+    compared: int  # tasks with both a reference and SeA results
+    paper: tuple[int, int] = PAPER_TASKS
+    source: str = "external"  # "sweep": the sweep's own finetune cells; "external": the CSV
+    differences: pd.DataFrame | None = None  # sweep: per (task, backbone) SeA − finetune paired over seeds
+    external: FinetuneComparison | None = None  # a CSV shown beside the sweep's own comparison, not counted
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ and logged to MLflow from the driver. The names below are what the rest of seabe
 from orchestrator import lazy_exports
 
 _EXPORTS = {
-    "AXIS_DEFAULTS": "cells", "METHOD_AXES": "cells", "Cell": "cells", "candidate_configs": "cells",
+    "Cell": "cells", "candidate_configs": "cells",
     "expand_backbones": "cells", "plan_cells": "cells",
     "CellOutcome": "trial", "TrialContext": "trial", "head_configs": "trial", "run_cell": "trial",
     "SweepSummary": "driver", "run_sweep": "driver", "trial_context": "driver",

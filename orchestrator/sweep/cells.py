@@ -1,9 +1,9 @@
 """The cell plan and the search spaces of a sweep.
 
 A cell is (backbone, task, method, seed): one Tune trial in grid mode, one result row in MLflow.
-Search spaces are registries: which axes a method searches (`METHOD_AXES`) and the protocol's
-default values of each axis (`AXIS_DEFAULTS`, per-method exceptions in `METHOD_DEFAULTS`). The
-baseline searches exactly the optimisation axes SeA searches; SeA only adds η and α.
+What a method searches and the protocol's values of each axis are declared with the method, in the
+registry `sea.methods` (`Method.axes`, `PROTOCOL_GRID`, a method's own `grid`). The baseline searches
+exactly the optimisation axes SeA searches; SeA only adds η and α.
 """
 
 from __future__ import annotations
@@ -14,30 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.runs import CELL_TAGS, cell_id
+from sea.methods import get_method, grid_values
 
 if TYPE_CHECKING:
     from orchestrator.config import SweepConfig
 
-OPTIMISATION_AXES = ("lr", "weight_decay", "lamda")
-METHOD_AXES: dict[str, tuple[str, ...]] = {
-    "linear": OPTIMISATION_AXES,
-    "sea": (*OPTIMISATION_AXES, "eta", "alpha"),
-    "fgsm": (*OPTIMISATION_AXES, "eta"),
-    "noise": (*OPTIMISATION_AXES, "eta"),
-    "mixup": (*OPTIMISATION_AXES, "eta"),       # η is mixup's Beta(η, η) concentration
-    "logreg": ("c",),                           # inverse L2 strength of the L-BFGS probe
-    "finetune": ("lr", "weight_decay"),         # backbone + head on images; values: each backbone's recipe
-}
-AXIS_DEFAULTS: dict[str, tuple[float, ...]] = {
-    "lr": (0.4, 0.8, 1.6, 3.2),
-    "weight_decay": (1e-6, 1e-5, 1e-4),
-    "lamda": (0.05, 0.1, 0.2),
-    "eta": (0.1, 0.2, 0.4, 0.8),
-    "alpha": (0.01, 0.05, 0.1),
-    "c": tuple(10.0 ** k for k in range(-4, 5)),   # log-spaced 1e-4 … 1e4 (sea.fit_logreg default)
-}
-# mixup's η is a Beta concentration, not a step length: its own protocol values
-METHOD_DEFAULTS: dict[str, dict[str, tuple[float, ...]]] = {"mixup": {"eta": (0.2, 0.5, 1.0, 2.0)}}
 # reference mode: the authors' fixed defaults (sea-method.md) = HeadConfig's defaults; logreg's fixed C
 REFERENCE_LOGREG_C = 1.0
 
@@ -73,15 +54,15 @@ def axis_values(cfg: SweepConfig, method: str, axis: str) -> tuple[float, ...]:
     own = cfg.grid.own(method, axis)
     if own is not None:
         return own
-    if axis in METHOD_DEFAULTS.get(method, {}):
-        return METHOD_DEFAULTS[method][axis]
+    if axis in get_method(method).grid:
+        return grid_values(method, axis)
     shared = cfg.grid.shared(axis)
-    return shared if shared is not None else AXIS_DEFAULTS[axis]
+    return shared if shared is not None else grid_values(method, axis)
 
 
 def candidate_configs(cfg: SweepConfig, method: str) -> list[dict[str, Any]]:
     """The grid of one method as plain dicts (HeadConfig fields, or {"c": …} for logreg), in a fixed order."""
-    axes = METHOD_AXES[method]
+    axes = get_method(method).axes
     grids = [axis_values(cfg, method, axis) for axis in axes]
     return [dict(zip(axes, combo)) for combo in itertools.product(*grids)]
 
@@ -98,7 +79,7 @@ def candidate_rows(method: str, grid: list[dict[str, Any]], val_metrics: list[di
     ran = [epochs_run] * len(grid) if isinstance(epochs_run, int) else list(epochs_run)
     rows = []
     for i, (config, scores) in enumerate(zip(grid, val_metrics)):
-        row = {"candidate": i, **{axis: config[axis] for axis in METHOD_AXES[method]},
+        row = {"candidate": i, **{axis: config[axis] for axis in get_method(method).axes},
                "val_top1": scores["top1"], "val_mean_per_class": scores["mean_per_class"]}
         last = last_scores(val_history, i) if val_history else None
         if last is not None:
@@ -121,7 +102,7 @@ def search_space(cfg: SweepConfig, method: str) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {}
-    for axis in METHOD_AXES[method]:
+    for axis in get_method(method).axes:
         values = axis_values(cfg, method, axis)
         lo, hi = min(values), max(values)
         space[axis] = lo if lo == hi else tune.loguniform(lo, hi)

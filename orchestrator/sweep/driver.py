@@ -60,7 +60,8 @@ def trial_context(cfg: SweepConfig, keys: Mapping[str, str] | None = None) -> Tr
     return TrialContext(store=store_uri(cfg), mode=cfg.mode, trainer=trainer,
                         candidates={m: candidate_configs(cfg, m) for m in cfg.methods},
                         cpus=cfg.resources.cpu, gpus=cfg.resources.gpu, workdir=os.getcwd(), keys=dict(keys or {}),
-                        protocol=dict(cfg.protocol.__dict__), halving=halving_settings(cfg.search))
+                        protocol=dict(cfg.protocol.__dict__), halving=halving_settings(cfg.search),
+                        plugins=cfg.plugins)
 
 
 def grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:

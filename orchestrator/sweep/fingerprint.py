@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -71,6 +72,18 @@ def sea_version() -> str:
 def finetune_version() -> str:
     """A digest of orchestrator/finetune's source files: a change to the fine-tuning loop counts."""
     return _digest_files((Path(__file__).parents[1] / "finetune").glob("*.py"))
+
+
+def method_code(method: str) -> dict[str, str]:
+    """A registered (plugin) method's own code: the source file of its augment function, by digest; empty for
+    a built-in method (its code is `sea`'s, in code.sea) and for a plugin head without augmentation."""
+    from sea.methods import BUILT_IN, get_method
+
+    if method in BUILT_IN:
+        return {}
+    augment = get_method(method).augmenter()
+    source = inspect.getsourcefile(augment) if augment is not None else None
+    return {"code.method": _digest_files([Path(source)])} if source else {}
 
 
 @functools.cache
@@ -178,6 +191,7 @@ def fingerprint_parts(cfg: SweepConfig, cell: Cell, keys: Mapping[str, str],
                       **_prefixed("code", {n: module_digest(m) for n, m in FINETUNE_SEA_CODE.items()})})
         parts.update({f"images.{_unit_part(u)}": (images or {}).get(u, "") for u in units})
         return parts
+    parts.update(method_code(cell.method))
     parts.update({"accelerated": cfg.resources.gpu > 0, "code.sea": sea_version(),
                   **_prefixed("code", {name: module_digest(module) for name, module in HEAD_CODE.items()}),
                   **{f"features.{_unit_part(u)}": keys.get(u, "") for u in units}})

@@ -37,7 +37,7 @@ from typing import Any
 from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.names import ray_run_name
-from orchestrator.sweep.cells import METHOD_AXES, Cell, search_space
+from orchestrator.sweep.cells import Cell, search_space
 from orchestrator.sweep.features import SplitLoader, load_features, phase_rows
 from orchestrator.sweep.trial import (
     CellOutcome,
@@ -49,6 +49,7 @@ from orchestrator.sweep.trial import (
     settings_for,
     store_loader,
 )
+from sea.methods import get_method
 
 CHECKPOINT_FILE = "cell.pt"   # a head trial's checkpoint: the cell state sea.select_and_refit handed over
 SCORE = "val_score"   # the trial's validation score on the task's primary metric
@@ -136,7 +137,7 @@ def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     prepare_worker(ctx)
     cell = Cell(**config["cell"])
     metric = get_task(cell.task).metric
-    hyper = {k: config[k] for k in METHOD_AXES[cell.method]}
+    hyper = {k: config[k] for k in get_method(cell.method).axes}
     window = selection_window(ctx)
     seen: list[list[dict]] = []
 
@@ -214,14 +215,14 @@ def search_cell(cfg: SweepConfig, cell: Cell, ctx: TrialContext, run_config: Any
     if not scored:
         raise OrchestratorError(f"cell {cell.cell_id}: every search trial failed ({results.num_errors} errors)")
     best = max(scored, key=lambda r: r.metrics[SCORE])
-    chosen = {k: best.config[k] for k in METHOD_AXES[cell.method]}
+    chosen = {k: best.config[k] for k in get_method(cell.method).axes}
     refit = ray.remote(run_cell).options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu,
                                          max_retries=cfg.max_failures)
     outcome: CellOutcome = ray.get(refit.remote(cell, replace(ctx, candidates={cell.method: [chosen]})))
     outcome.params["n_candidates"] = len(scored)
     outcome.candidate_val_top1 = [float(r.metrics["val_top1"]) for r in scored]
     outcome.candidates = [
-        {"candidate": i, **{k: r.config[k] for k in METHOD_AXES[cell.method]}, "val_top1": float(r.metrics["val_top1"]),
+        {"candidate": i, **{k: r.config[k] for k in get_method(cell.method).axes}, "val_top1": float(r.metrics["val_top1"]),
          "val_mean_per_class": float(r.metrics.get("val_mean_per_class", float("nan"))),
          "epochs_run": int(r.metrics.get("epoch", 0)), "selected": int(r is best)}
         for i, r in enumerate(scored)]

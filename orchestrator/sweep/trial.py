@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.sweep.cells import METHOD_AXES, Cell, candidate_rows, reference_config
+from orchestrator.sweep.cells import Cell, candidate_rows, reference_config
 from orchestrator.sweep.features import (
     LoadedSplit,
     SplitLoader,
@@ -28,6 +28,7 @@ from orchestrator.sweep.features import (
     phase_rows,
     unit_id,
 )
+from sea.methods import get_method
 
 EpochReport = Callable[[int, list[dict]], Any]
 PROTOCOL_EPOCHS = 100   # benchmark-protocol.md: a head cell trained for fewer is flagged reduced_budget
@@ -73,6 +74,7 @@ class TrialContext:
     keys: dict[str, str] = field(default_factory=dict)    # unit_id -> the feature key the trials must read
     protocol: dict[str, Any] = field(default_factory=dict)   # select_on, k, refits (config's protocol section)
     halving: dict[str, Any] | None = None                 # search.halving (grid mode): factor, min_epochs; None: off
+    plugins: tuple[str, ...] = ()                         # what registers the config's own methods (sea.methods)
 
     def device(self) -> str:
         import torch
@@ -85,13 +87,16 @@ def prepare_worker(ctx: TrialContext) -> None:
 
     A trial owns ctx.cpus cores (more intra-op threads would oversubscribe the node), and Tune starts it
     in its own trial folder: going back to the driver's folder keeps relative paths (the store, an
-    `imagefolder:` task) meaning what they meant on the command line, where that folder exists.
+    `imagefolder:` task, a plugin file) meaning what they meant on the command line, where that folder exists.
     """
     import torch
+
+    from sea.methods import import_plugins
 
     torch.set_num_threads(max(1, math.floor(ctx.cpus)))
     if ctx.workdir and os.path.isdir(ctx.workdir):
         os.chdir(ctx.workdir)
+    import_plugins(ctx.plugins)   # a worker process registers the config's own methods before training one
 
 
 def store_loader(store_uri: str, keys: Mapping[str, str] | None = None) -> SplitLoader:
@@ -204,7 +209,7 @@ def _node() -> str:
 def _config_params(method: str, best: Any, ctx: TrialContext, n_candidates: int) -> dict[str, Any]:
     """The selected configuration: the method's own knobs only (e.g. no η for linear), plus the schedule."""
     chosen = dict(best) if isinstance(best, dict) else best.as_dict()
-    params = {k: chosen[k] for k in METHOD_AXES[method]}
+    params = {k: chosen[k] for k in get_method(method).axes}
     if method != "logreg":
         params.update(delta=chosen["delta"], epochs=ctx.trainer.get("epochs"),
                       batch_size=ctx.trainer.get("batch_size"))

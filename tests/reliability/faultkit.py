@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from orchestrator.extract import ExtractSummary
 from orchestrator.extract.extraction import ActorSettings, extract_features
 from orchestrator.extract.store import FeatureStore
-from orchestrator.progress import ExtractSummary
 
 BACKBONE = "random:resnet10t@32"
 SHARD = 4

@@ -7,12 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from orchestrator.report.reference import (
-    compare_to_finetuning,
-    finetune_blocks,
-    finetune_claim,
-    load_reference,
-)
+from orchestrator.report.reference import compare_to_finetuning, finetune_claim, load_reference
+from orchestrator.report.sections import finetune_blocks
 
 
 def results(values: dict[tuple[str, str, str, int], float]) -> pd.DataFrame:

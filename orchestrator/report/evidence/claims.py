@@ -18,8 +18,8 @@ from orchestrator.report.evidence.flags import (
     without_flagged,
 )
 from orchestrator.report.evidence.stability import Evidence, budgets, count_text
-from orchestrator.report.reference import FinetuneComparison, compare_with_sweep
-from orchestrator.report.stats import CONFIDENCE, Leaderboard
+from orchestrator.report.reference import compare_with_sweep
+from orchestrator.report.stats import CONFIDENCE, FinetuneComparison, Leaderboard
 
 ENSEMBLE_PREFIX = "ensemble:"  # orchestrator.extract's spelling of a virtual backbone (report never imports extract)
 PC = f"{CONFIDENCE:.0%}".replace("%", " %")
