@@ -165,7 +165,11 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SweepConfig:
         if isinstance(data, Mapping) and data.get("plugins"):   # before the grid, which may name their methods
-            _import_plugins(coerce(tuple[str, ...], data["plugins"], "plugins"))
+            # a .py file means what it means here, also to a Ray worker started elsewhere
+            plugins = [str(Path(p).resolve()) if p.endswith(".py") else p
+                       for p in coerce(tuple[str, ...], data["plugins"], "plugins")]
+            _import_plugins(plugins)
+            data = {**data, "plugins": plugins}
         cfg = build(cls, data, "")
         _check_cross_fields(cfg)
         return cfg

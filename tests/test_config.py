@@ -152,3 +152,24 @@ def test_protocol_defaults_match_the_benchmark_protocol() -> None:
     assert {m: get_method(m).stream for m in method_names()} == {
         "linear": 0, "sea": 1, "fgsm": 2, "noise": 3, "mixup": 4, "logreg": 5, "finetune": 6}
     assert method_names("head") == ("linear", "sea", "fgsm", "noise", "mixup")   # the report's order too
+
+
+def test_plugins_are_imported_before_the_methods_are_checked_and_a_missing_one_is_named(tmp_path, monkeypatch) -> None:
+    plugin = tmp_path / "extras" / "my_head.py"
+    plugin.parent.mkdir()
+    plugin.write_text("from sea.methods import OPTIMISATION_AXES, Method, register_method\n"
+                      "register_method(Method('myhead', 200, OPTIMISATION_AXES), replace=True)\n")
+    monkeypatch.chdir(tmp_path)
+    try:
+        cfg = load_config(data={**MINIMAL, "methods": ["myhead"], "plugins": ["extras/my_head.py"],
+                                "grid": {"myhead": {"lr": [0.5]}}})
+        assert cfg.plugins == (str(plugin),)            # made absolute: a Ray worker elsewhere finds it too
+        assert axis_values(cfg, "myhead", "lr") == (0.5,)
+    finally:
+        from sea.methods import unregister_method
+
+        unregister_method("myhead")
+    with pytest.raises(OrchestratorError, match=r"config: 'plugins': plugin 'no_such\.module' cannot be imported"):
+        load_config(data={**MINIMAL, "plugins": ["no_such.module"]})
+    with pytest.raises(OrchestratorError, match="methods"):
+        load_config(data={**MINIMAL, "methods": ["myhead"]})      # unregistered again: refused, with the choices

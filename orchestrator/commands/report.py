@@ -28,11 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})"
     )
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (or a .py file) first: the sections and methods it registers "
+                             "(report order) are in the report; repeatable")
 
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.report import build_report  # heavy imports (mlflow, matplotlib) only for this verb
+    from sea.methods import import_plugins
 
+    import_plugins(args.plugin)
     paths = build_report(args.experiment, args.out, tracking_uri=args.tracking_uri, reference_csv=args.reference,
                          prefer=args.prefer, patterns=args.experiment_pattern)
     for path in paths.files:

@@ -82,7 +82,7 @@ def _extract(cfg: SweepConfig, tasks: list[str], backbones: tuple[str, ...], pro
         stored, tasks, store=cfg.store, data_root=cfg.data_root, shard_size=ex.shard_size, dtype=ex.dtype,
         address=cfg.address, num_cpus=cfg.num_cpus, progress=progress,
         settings=ActorSettings(num_gpus_per_actor=ex.num_gpus_per_actor, num_actors=ex.num_actors,
-                               batch_size=ex.batch_size, skip_bad_images=ex.skip_bad_images),
+                               batch_size=ex.batch_size, skip_bad_images=ex.skip_bad_images, plugins=cfg.plugins),
     )
     skipped = summary.images_skipped + summary.images_skipped_before
     print(f"extract: {summary.units} units ({summary.units_skipped} cached), "

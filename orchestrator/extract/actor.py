@@ -72,7 +72,10 @@ class ShardExtractor:
     def __init__(self, spec: tasks.BackboneSpec, data_root: str | None, device: str, dtype: str,
                  batch_size: int, num_workers: int | None, num_threads: int, skip_bad_images: bool = False,
                  weights_sha256: str = "", store: str | None = None, compute: str = "float32",
-                 task_names: Sequence[str] = ()) -> None:
+                 task_names: Sequence[str] = (), plugins: Sequence[str] = ()) -> None:
+        from sea.methods import import_plugins
+
+        import_plugins(plugins)   # a task a plugin registers is known on this node too
         self.node = node_id()
         self.compute = compute
         self.note = ""

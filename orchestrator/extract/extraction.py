@@ -80,6 +80,7 @@ class ActorSettings:
     num_workers: int | None = None      # DataLoader workers per actor; None: default_num_workers()
     batch_size: int = 64
     skip_bad_images: bool = False       # an unreadable image: zero features, row recorded as skipped
+    plugins: tuple[str, ...] = ()       # what registers the config's own tasks (a config's `plugins`)
 
     def __post_init__(self) -> None:
         if self.num_gpus_per_actor < 0 or self.cpus_per_actor <= 0:
@@ -122,7 +123,7 @@ def _extract(units: list[Unit], spec: tasks.BackboneSpec, store: FeatureStore, d
     actors = [actor_cls.options(name=f"seabench-extract-{run_id}-{i}", **options).remote(
         spec, data_root, "cuda" if plan.num_gpus > 0 else "cpu", dtype, settings.batch_size, settings.num_workers,
         int(plan.num_cpus), settings.skip_bad_images, weights, where, units[0].key.compute,
-        sorted({data_name(u.task) for u in units}))
+        sorted({data_name(u.task) for u in units}), settings.plugins)
         for i in range(plan.count)]
     remaining = {u: len(unit.manifest.missing()) for u, unit in enumerate(units)}
     plain = [Manifest(u.manifest.key, u.manifest.metadata, u.manifest.num_rows, u.manifest.dim, u.manifest.dtype,

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from orchestrator.finetune.images import build_phase
 from orchestrator.finetune.optim import build_optimizer, build_schedule, training_loss
 from orchestrator.finetune.recipe import Recipe, mix_seed
+from sea.methods import import_plugins
 
 STATE_FILE = "state.pt"
 
@@ -88,10 +89,10 @@ class Run:
         torch.set_num_threads(max(1, int(job.get("threads", 1))))
         if job.get("workdir") and os.path.isdir(job["workdir"]):
             os.chdir(job["workdir"])   # relative data roots and image folders mean what they meant to the driver
+        import_plugins(job.get("plugins", ()))   # a plugin's task or backbone is known on this worker too
         self.job, self.rank, self.world, self.device = job, rank, world, device
         self.recipe = Recipe(**job["recipe"])
-        self.net, self.backbone = build_net(job["backbone"], job["num_classes"], self.recipe.seed,
-                                            self.recipe.drop_path)
+        self.net, self.backbone = build_net(job["backbone"], job["num_classes"], self.recipe.seed, self.recipe.drop_path)
         self.train_set = build_phase(job["task"], job["root"], job["train_phase"], self.backbone,
                                      self.recipe.image_size, self.recipe.seed)
         self.total = self.recipe.total_steps(len(self.train_set), world)

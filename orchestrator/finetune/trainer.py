@@ -212,7 +212,7 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
     run = recipe.run(grid[0]["lr"], grid[0]["weight_decay"], seed)
     job = {"backbone": backbone, "task": task, "root": root, "num_classes": spec.num_classes,
            "recipe": run.as_dict(), "threads": max(1, math.floor(ft.cpus_per_worker)), "workdir": os.getcwd(),
-           "train_phase": "fit", "eval_phase": "val", "validate_each_epoch": True}
+           "plugins": list(getattr(cfg, "plugins", ())), "train_phase": "fit", "eval_phase": "val", "validate_each_epoch": True}
     name = run_name(cfg.name, backbone, task, seed)
     base = {"job": job, "ft": ft, "storage": storage, "checkpoints": checkpoints, "name": name}
     concurrent = _check_cluster(ft)

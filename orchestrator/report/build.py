@@ -1,8 +1,9 @@
 """`seabench report`: one or more sweeps' MLflow experiments → results.csv, leaderboard.md/.html/.tex, plots.
 
 Pipeline of pure steps: `load_experiment` per experiment (MLflow → long table) → `combine` (sources,
-conflicts) → `compute_leaderboard` (statistics), candidate tables and cost metrics → plots and renderers
-→ atomic writes → for a single sweep, the files are attached to its parent run.
+conflicts) → `compute_leaderboard` (statistics) and the evidence → every registered section
+(`report.sections`: fine-tuning, sensitivity, cost, sources, in order) → plots and renderers → atomic
+writes → for a single sweep, the files are attached to its parent run.
 """
 
 from __future__ import annotations
@@ -15,23 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.report.cost import COST_METRICS, by_method, cell_costs, cost_blocks, cost_plot
+from orchestrator.errors import OrchestratorError
+from orchestrator.names import check_safe_name
 from orchestrator.report.data import ExperimentData, load_experiment, log_report
-from orchestrator.report.evidence.claims import finetune_label
 from orchestrator.report.evidence.predictions import cell_bootstraps, load_predictions, run_details
 from orchestrator.report.evidence.stability import gather_evidence
 from orchestrator.report.plots import difference_heatmap, task_bars
 from orchestrator.report.reference import finetune_claim, load_reference
 from orchestrator.report.render import render_html, render_latex, render_markdown
-from orchestrator.report.sections import finetune_blocks
-from orchestrator.report.sensitivity import (
-    load_candidates,
-    sensitivity_blocks,
-    sensitivity_csv,
-    sensitivity_data,
-    sensitivity_plots,
-)
-from orchestrator.report.sources import cell_runs, combine, resolve_experiments, sources_blocks
+from orchestrator.report.sections import ReportInputs, sections
+from orchestrator.report.sources import cell_runs, combine, resolve_experiments
 from orchestrator.report.stats import Leaderboard, compute_leaderboard
 from orchestrator.runs import DEFAULT_TRACKING_URI
 
@@ -93,6 +87,15 @@ def leaderboard_for(data: ExperimentData, reference_csv: str | os.PathLike | Non
     return dataclasses.replace(board, superseded=data.superseded)
 
 
+def _check_tables(names: list[str]) -> None:
+    """Sections' tables are plain `<name>.csv` files beside the pages: never a path, never one another's."""
+    for name in names:
+        check_safe_name(name, "report section table", "it names a file beside the report")
+        if not name.endswith(".csv") or name == "results.csv" or names.count(name) > 1:
+            raise OrchestratorError(f"report section table {name!r}: a .csv file name of its own (not results.csv, "
+                                    "not another section's)")
+
+
 def build_report(
     experiment: str | Sequence[str],
     out_dir: str | os.PathLike,
@@ -111,31 +114,23 @@ def build_report(
     data, sources = combine([load_experiment(name, uri) for name in names], prefer,
                             {run_id: run.info.start_time or 0 for run_id, run in runs.items()})
     board = leaderboard_for(data, reference_csv)  # validates the reference before anything is written
-    candidates = load_candidates(uri, data.results)  # so is every candidate table
-    sensitivity = sensitivity_data(candidates)
-    costs = cell_costs(data.results, runs)
     # predictions are read once per run, for the SeA − linear claim's methods only
     bootstrap = cell_bootstraps(data.results, load_predictions(uri, data.results))
     evidence = gather_evidence(data.results, run_details(runs, data.results["run_id"].unique()), bootstrap)
+    inputs = ReportInputs(uri, data, runs, sources, board, evidence)
+    built = [section.make(inputs) for section in sections()]   # each in registry order, before anything is written
+    _check_tables([name for b in built for name in b.tables])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    curves = sensitivity_plots(sensitivity)
-    has_costs = bool(costs[list(COST_METRICS)].notna().any().any())
-    cost_figure = cost_plot(by_method(costs)) if has_costs else None
-    plots = [p for p in (difference_heatmap(board.differences), *task_bars(board.summary), *curves, cost_figure)
-             if p is not None]
-    sections = [finetune_blocks(board.finetune, finetune_label(evidence)), sensitivity_blocks(candidates, curves), cost_blocks(costs, cost_figure),
-                sources_blocks(data.results, sources)]
+    main_plots = [difference_heatmap(board.differences), *task_bars(board.summary)]
+    plots = [p for p in (*main_plots, *(p for b in built for p in b.plots)) if p is not None]
     plot_paths = tuple(write_atomic(out / p.filename, p.png) for p in plots)
-    tables = []
-    if len(sensitivity.profiles):
-        tables.append(write_atomic(out / "sensitivity.csv", sensitivity_csv(sensitivity)))
-    if has_costs:
-        tables.append(write_atomic(out / "cost.csv", costs.to_csv(index=False, lineterminator="\n")))
+    tables = [write_atomic(out / name, text) for b in built for name, text in b.tables.items()]
+    blocks = [b.blocks for b in built if b.blocks]
     csv_path = write_atomic(out / "results.csv", data.results.to_csv(index=False, lineterminator="\n"))
-    md_path = write_atomic(out / "leaderboard.md", render_markdown(board, plots, sections, evidence))
-    html_path = write_atomic(out / "leaderboard.html", render_html(board, plots, sections, evidence))
+    md_path = write_atomic(out / "leaderboard.md", render_markdown(board, plots, blocks, evidence))
+    html_path = write_atomic(out / "leaderboard.html", render_html(board, plots, blocks, evidence))
     tex_path = write_atomic(out / "leaderboard.tex", render_latex(board))
 
     o = board.overall

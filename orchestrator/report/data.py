@@ -7,7 +7,9 @@ its run is FINISHED with tag `status=ok`; cells whose every run failed are repor
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -246,6 +248,23 @@ def current_runs(runs: list, fingerprints: dict[str, str] | None) -> tuple[list,
         return runs, 0
     keep = [r for r in runs if fingerprints.get(r.data.tags.get("cell_id", "")) == r.data.tags.get("fingerprint")]
     return keep, sum(1 for r in runs if is_complete(r)) - sum(1 for r in keep if is_complete(r))
+
+
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextlib.contextmanager
+def quiet_downloads():
+    """No MLflow progress bar per downloaded table (a report reads one per cell)."""
+    previous = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR, None)
+        else:
+            os.environ[PROGRESS_BAR] = previous
 
 
 def log_report(tracking_uri: str | None, parent_run_id: str, files: Iterable[Path]) -> None:

@@ -12,10 +12,10 @@ import html
 from collections.abc import Iterable, Sequence
 
 from orchestrator.report.blocks import Details, Document, Figure, Heading, Para, Table, TableCell
+from orchestrator.report.document import document
 from orchestrator.report.evidence.stability import Evidence
 from orchestrator.report.leaderboard import leaderboard_tables
 from orchestrator.report.plots import Plot
-from orchestrator.report.sections import document
 from orchestrator.report.stats import Leaderboard
 
 

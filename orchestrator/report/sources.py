@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import pandas as pd
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.report.blocks import Heading, Para, Table, TableCell
 from orchestrator.report.data import ExperimentData, _client
 from orchestrator.runs import CELL_ROLE, CELL_TAGS, role_filter, search_runs
 
@@ -144,29 +143,3 @@ def combine(datas: Sequence[ExperimentData], prefer: Sequence[str] = (),
     data = ExperimentData(" + ".join(names), results, failed, datas[0].parent_run_id if single else None, mode,
                           skipped.reset_index(drop=True), sum(d.superseded for d in datas))
     return data, Sources(tuple(names), {d.experiment: d.parent_run_id for d in datas}, conflicts)
-
-
-def sources_blocks(results: pd.DataFrame, sources: Sources) -> list:
-    """The sources section: per experiment and backbone, the methods, tasks and cells it contributed."""
-    cells = results.drop_duplicates([*CELL, "source"])
-    rows = []
-    for name in sources.experiments:
-        mine = cells[cells["source"] == name]
-        parent = sources.parents.get(name) or "(none)"
-        if mine.empty:
-            rows.append((name, parent, "–", "–", "0", "0"))
-        for backbone, part in mine.groupby("backbone", sort=True):
-            methods = ", ".join(sorted(part["method"].unique()))
-            rows.append((name, parent, backbone, methods, str(part["task"].nunique()), str(len(part))))
-    blocks: list = [Heading("Sources"), Para(
-        f"Every number comes from one MLflow experiment ({len(sources.experiments)} read: "
-        f"{', '.join(sources.experiments)}); results.csv names it in its column 'source'."),
-        Table(("experiment", "parent run", "backbone", "methods", "tasks", "cells"),
-              tuple(tuple(TableCell(v) for v in row) for row in rows), css="failed")]
-    if len(sources.conflicts):
-        blocks += [Para(f"{len(sources.conflicts)} cell(s) had results in more than one experiment; the one "
-                        "below was kept, by the rule shown."),
-                   Table(("backbone", "task", "method", "seed", "kept from", "run", "instead of", "rule"),
-                         tuple(tuple(TableCell(str(v)) for v in r) for r in sources.conflicts.itertuples(index=False)),
-                         css="failed")]
-    return blocks

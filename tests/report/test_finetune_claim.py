@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from orchestrator.report.reference import compare_to_finetuning, finetune_claim, load_reference
-from orchestrator.report.sections import finetune_blocks
+from orchestrator.report.sections.finetune import finetune_blocks
 
 
 def results(values: dict[tuple[str, str, str, int], float]) -> pd.DataFrame:

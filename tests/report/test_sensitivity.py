@@ -12,9 +12,9 @@ from report_sweeps import candidate_table, log_sweep, values_for
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.report import build_report
-from orchestrator.report import sensitivity as sensitivity_module
 from orchestrator.report.data import load_experiment
-from orchestrator.report.sensitivity import load_candidates, sensitivity_data
+from orchestrator.report.sections import sensitivity as sensitivity_module
+from orchestrator.report.sections.sensitivity import load_candidates, sensitivity_data
 
 PRIMARY = {"toy-a": "top1", "toy-b": "mean_per_class"}
 BACKBONES = ("bb-a", "bb-b")

@@ -26,7 +26,7 @@ from sea.methods import (
     unregister_method,
 )
 
-TOY = Path(__file__).with_name("toy_method.py")
+TOY = Path(__file__).resolve().parents[1] / "plugins" / "toy_method.py"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -1,4 +1,4 @@
-"""A method registered by a plugin (tests/sea/toy_method.py) runs through a Ray Tune sweep, whose workers import
+"""A method registered by a plugin (tests/plugins/toy_method.py) runs through a Ray Tune sweep, whose workers import
 the plugin themselves, and appears in the report in the registry's order."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from sweepkit import make_config, runs_by_cell
 
 from orchestrator.sweep.driver import run_sweep
 
-TOY = Path(__file__).resolve().parents[1] / "sea" / "toy_method.py"
+TOY = Path(__file__).resolve().parents[1] / "plugins" / "toy_method.py"
 
 
 def test_a_plugin_method_runs_through_a_sweep_and_the_report(ray_cluster: None, store: str, tmp_path: Path) -> None:

@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.report.data import _client
+from orchestrator.report.data import _client, quiet_downloads
 from orchestrator.report.evidence.bootstrap import RESAMPLES, Interval, key_seed, paired_bootstrap
-from orchestrator.report.sensitivity import _quiet_downloads
 from orchestrator.report.stats import CELL, primary_values
 from orchestrator.runs import PREDICTIONS_ARTIFACT
 
@@ -44,7 +43,7 @@ def load_predictions(tracking_uri: str, results: pd.DataFrame,
     client = _client(tracking_uri)
     wanted = results[results["method"].isin(list(methods))]["run_id"].drop_duplicates()
     out: dict[str, pd.DataFrame] = {}
-    with tempfile.TemporaryDirectory(prefix="seabench-predictions-") as tmp, _quiet_downloads():
+    with tempfile.TemporaryDirectory(prefix="seabench-predictions-") as tmp, quiet_downloads():
         for run_id in wanted:
             if PREDICTIONS_ARTIFACT not in {Path(a.path).name for a in client.list_artifacts(run_id)}:
                 continue  # recorded before predictions were logged

@@ -20,6 +20,7 @@ import pandas as pd
 
 from orchestrator.report.blocks import MISSING, Figure, Heading, Para, Table, TableCell, seconds
 from orchestrator.report.plots import Plot, _png, _pyplot
+from orchestrator.report.sections.base import ReportInputs, SectionOutput
 from sea.methods import ordered_methods
 
 COST_METRICS = ("select_wall_s", "refit_wall_s", "test_wall_s", "cell_wall_s", "cell_cpu_s", "cell_gpu_s", "extract_s")
@@ -154,3 +155,12 @@ def cost_blocks(costs: pd.DataFrame, plot: Plot | None = None) -> list:
     if plot is not None:
         blocks.append(Figure(plot))
     return blocks
+
+
+def section(inputs: ReportInputs) -> SectionOutput:
+    costs = cell_costs(inputs.results, inputs.runs)
+    if not costs[list(COST_METRICS)].notna().any().any():
+        return SectionOutput(cost_blocks(costs))
+    figure = cost_plot(by_method(costs))
+    return SectionOutput(cost_blocks(costs, figure), (figure,) if figure is not None else (),
+                         {"cost.csv": costs.to_csv(index=False, lineterminator="\n")})   # per cell

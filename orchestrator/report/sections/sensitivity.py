@@ -9,9 +9,7 @@ then the mean and std over seeds. Cells without the artifact (older runs) are le
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +19,9 @@ import pandas as pd
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.report.blocks import Figure, Heading, Para
-from orchestrator.report.data import _client
+from orchestrator.report.data import _client, quiet_downloads
 from orchestrator.report.plots import Plot, _png, _pyplot, slug
+from orchestrator.report.sections.base import ReportInputs, SectionOutput
 from orchestrator.runs import cell_id
 
 ARTIFACT = "candidates.csv"
@@ -31,7 +30,6 @@ REQUIRED = ("candidate", "val_top1", "val_mean_per_class", "epochs_run", "select
 CELL = ["backbone", "task", "method", "seed"]
 PROFILE_COLUMNS = ["task", "backbone", "method", "axis", "x", "alpha", "mean", "std", "n"]
 MAX_LISTED = 10
-PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @dataclass(frozen=True)
@@ -65,20 +63,6 @@ def _validated(frame: pd.DataFrame, cell: dict) -> pd.DataFrame:
     return out
 
 
-@contextlib.contextmanager
-def _quiet_downloads():
-    """No MLflow progress bar per downloaded table (a report reads one per cell)."""
-    previous = os.environ.get(PROGRESS_BAR)
-    os.environ[PROGRESS_BAR] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(PROGRESS_BAR, None)
-        else:
-            os.environ[PROGRESS_BAR] = previous
-
-
 def load_candidates(tracking_uri: str, results: pd.DataFrame) -> Candidates:
     """The candidate tables of the results' cell runs; a malformed table is an error naming its cell."""
     client = _client(tracking_uri)
@@ -86,7 +70,7 @@ def load_candidates(tracking_uri: str, results: pd.DataFrame) -> Candidates:
     metric = dict(zip(primary["task"], primary["metric"]))
     keys = [*CELL, "run_id", *(["source"] if "source" in results else [])]
     tables, missing = [], []
-    with tempfile.TemporaryDirectory(prefix="seabench-candidates-") as tmp, _quiet_downloads():
+    with tempfile.TemporaryDirectory(prefix="seabench-candidates-") as tmp, quiet_downloads():
         for cell in results.drop_duplicates(CELL)[keys].to_dict("records"):
             listed = {Path(a.path).name for a in client.list_artifacts(cell["run_id"])}
             if ARTIFACT not in listed:
@@ -215,3 +199,11 @@ def sensitivity_blocks(candidates: Candidates, plots: list[Plot]) -> list:
         blocks.append(Para(f"{n_missing} of {n_all} cell runs have no {ARTIFACT} (recorded before candidate tables "
                            f"were logged) and are left out of these plots: {listed}{more}."))
     return blocks
+
+
+def section(inputs: ReportInputs) -> SectionOutput:
+    candidates = load_candidates(inputs.tracking_uri, inputs.results)   # every candidate table validated
+    data = sensitivity_data(candidates)
+    plots = sensitivity_plots(data)
+    tables = {"sensitivity.csv": sensitivity_csv(data)} if len(data.profiles) else {}   # the plotted points
+    return SectionOutput(sensitivity_blocks(candidates, plots), tuple(plots), tables)
