@@ -98,7 +98,7 @@ def register_backbones(backbones) -> None:
                                        note="bench_orchestration's synthetic backbone (features only)"))
 
 
-def _standin_finetune(cfg, cell, storage, workdir):   # FinetuneCells' task signature
+def _standin_finetune(cfg, cell, key, workdir):   # FinetuneCells' task signature
     """A fine-tuning cell's stand-in body: a linear head on the cell's stored features (see the docstring)."""
     from orchestrator.sweep import Cell, run_cell, trial_context
 

@@ -84,6 +84,9 @@ def _build_recipes(data: object, path: str) -> BackboneRecipes:
 CUSTOM_BUILDERS[BackboneRecipes] = _build_recipes
 
 
+KEEP = ("none", "best", "last")   # nothing; the selected candidate's run; the refit's (the tested model)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig(RecipeKeys):   # the recipe keys above (for every backbone), then the section's own
     recipes: BackboneRecipes = BackboneRecipes()   # per-backbone recipe keys
@@ -94,7 +97,9 @@ class FinetuneConfig(RecipeKeys):   # the recipe keys above (for every backbone)
     precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))   # bf16: autocast, CUDA only
     max_failures: int = field(default=2, metadata={"min": 0})        # lost workers resumed from a checkpoint
     asha: bool = False                # Tune's ASHA stops candidates whose validation falls behind (finetune/trainer.py)
-    storage: str | None = None        # checkpoints (URI / shared mount); None: see finetune/trainer.py
+    storage: str | None = None        # runs and checkpoints (URI / shared mount); None: <store>-checkpoints
+    keep: str = field(default="none", metadata=_choices(*KEEP))   # what a finished cell keeps: finetune/storage.py
+    save_weights: bool = False        # log the refit's fine-tuned weights (safetensors) with the cell's run
     backbones: tuple[str, ...] = ()   # fine-tune only these of the sweep's backbones (empty: all but ensembles)
     tasks: tuple[str, ...] = ()       # only these of its tasks (empty: all)
 

@@ -7,10 +7,10 @@ from orchestrator import lazy_exports
 _EXPORTS = {
     "RECIPES": "recipe", "BackboneRecipe": "recipe", "Recipe": "recipe", "backbone_recipe": "recipe",
     "build_optimizer": "optim", "training_loss": "optim",
-    "FinetuneNet": "loop", "build_net": "loop", "train_in_process": "loop", "train_loop_per_worker": "loop",
+    "FinetuneNet": "net", "build_net": "net", "train_in_process": "loop", "train_loop_per_worker": "loop",
     "build_phase": "images",
-    "checkpoint_storage": "trainer", "finetune_cell": "trainer", "run_name": "trainer",
-    "run_training": "trainer", "scaling_config": "trainer",
+    "finetune_cell": "trainer", "run_training": "trainer", "scaling_config": "trainer",
+    "checkpoint_storage": "storage", "release": "storage", "run_folders": "storage", "run_name": "storage",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

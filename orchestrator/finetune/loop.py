@@ -27,45 +27,12 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from orchestrator.finetune.images import build_phase
+from orchestrator.finetune.net import build_net
 from orchestrator.finetune.optim import build_optimizer, build_schedule, training_loss
 from orchestrator.finetune.recipe import Recipe, mix_seed
 from sea.methods import import_plugins
 
 STATE_FILE = "state.pt"
-
-
-class FinetuneNet(nn.Module):
-    """The backbone's feature (the one that was extracted: pooled pre-logits or CLS) + a linear head."""
-
-    def __init__(self, backbone: nn.Module, feature: str, head: nn.Linear) -> None:
-        super().__init__()
-        self.backbone, self.feature, self.head = backbone, feature, head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from tasks.backbones import FEATURES
-
-        return self.head(FEATURES[self.feature](self.backbone, images))
-
-
-def build_net(backbone_name: str, num_classes: int, seed: int, drop_path: float = 0.0) -> tuple[FinetuneNet, Any]:
-    """The backbone with the weights the features came from (built with timm's `drop_path_rate` when
-    `drop_path` > 0), its ImageNet classifier removed, and a linear head initialised from `seed`; returns
-    (net, tasks.Backbone)."""
-    from dataclasses import replace
-
-    from tasks import build_backbone, get_backbone
-
-    spec = get_backbone(backbone_name)
-    if drop_path > 0:   # stochastic depth has no weights: the same checkpoint loads
-        spec = replace(spec, model_kwargs=(*spec.model_kwargs, ("drop_path_rate", float(drop_path))))
-    backbone = build_backbone(spec)
-    model = backbone.model
-    if hasattr(model, "reset_classifier"):   # the pre-logits feature never reaches the old classifier
-        model.reset_classifier(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = nn.Linear(backbone.feature_dim, num_classes)
-    return FinetuneNet(model.train(), backbone.spec.feature, head), backbone
 
 
 def _autocast(recipe: Recipe, device: torch.device) -> Any:
@@ -92,12 +59,13 @@ class Run:
         import_plugins(job.get("plugins", ()))   # a plugin's task or backbone is known on this worker too
         self.job, self.rank, self.world, self.device = job, rank, world, device
         self.recipe = Recipe(**job["recipe"])
-        self.net, self.backbone = build_net(job["backbone"], job["num_classes"], self.recipe.seed, self.recipe.drop_path)
+        self.net, self.backbone = build_net(job["backbone"], job["num_classes"], self.recipe.seed,
+                                            self.recipe.drop_path)
         self.train_set = build_phase(job["task"], job["root"], job["train_phase"], self.backbone,
                                      self.recipe.image_size, self.recipe.seed)
         self.total = self.recipe.total_steps(len(self.train_set), world)
         self.epochs = self.recipe.epochs_for(len(self.train_set), world)
-        self.epoch = self.step = 0
+        self.epoch = self.step = self.resumed_step = 0   # resumed_step: where this attempt began
         self.losses: list[float] = []
         self.curve: list[dict[str, float]] = []     # one point per epoch
         self.eval_s, self.eval_set = 0.0, None      # seconds spent evaluating; the eval phase, built once
@@ -124,8 +92,8 @@ class Run:
     def load(self, state: dict[str, Any]) -> None:
         """Model weights first (before DDP wraps the model); optimiser and schedule in `load_progress`."""
         self.net.load_state_dict(state["model"])
-        self.epoch, self.step, self.losses, self.cpu_before = (state["epoch"], state["step"], list(state["losses"]),
-                                                              float(state["cpu_s"]))
+        self.epoch, self.step, self.resumed_step, self.losses, self.cpu_before = (
+            state["epoch"], state["step"], state["step"], list(state["losses"]), float(state["cpu_s"]))
         self.curve = list(state.get("curve", []))
 
     def train_epoch(self, model: nn.Module, shares: list[tuple[int, DataLoader, DistributedSampler]]) -> float:
@@ -189,13 +157,17 @@ class Run:
         return {f"{phase}_top1": top1_accuracy(pred, y),
                 f"{phase}_mean_per_class": mean_per_class_accuracy(pred, y, self.job["num_classes"])}
 
+    def attempt(self) -> dict[str, int]:
+        """Which call of the cell trains this run (`job["invocation"]`) and the step this attempt resumed from."""
+        return {"invocation": int(self.job.get("invocation", 0)), "resumed_from_step": self.resumed_step}
+
     def metrics(self, index: np.ndarray, pred: np.ndarray, eval_s: float, cpu_total: float) -> dict[str, Any]:
         order = np.argsort(index)
         return {**self.scores(index, pred), "curve": list(self.curve),
                 "epochs_run": self.epoch, "steps": self.step, "train_loss": self.losses[-1] if self.losses else math.nan,
                 "train_wall_s": self.train_s, "eval_wall_s": eval_s, "cpu_s": cpu_total,
                 "images_per_s": self.images / self.train_s if self.train_s > 0 else math.nan,
-                "n_train": len(self.train_set), "n_eval": len(index),
+                "n_train": len(self.train_set), "n_eval": len(index), **self.attempt(),
                 # the test phase's predictions travel to the cell's record (a report pairs them with the heads')
                 **({"predictions": {"index": index[order].tolist(), "label": self.eval_targets[index[order]].tolist(),
                                     "pred": pred[order].tolist()}} if self.job["eval_phase"] == "test" else {})}
@@ -283,7 +255,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         run.curve.append(point)
         cpu_total = run.cpu_before + _all_sum(time.process_time() - run.cpu0, world)
         # enough for a candidate that ASHA stops here to be scored and costed like one that finishes
-        progress = {**point, "epochs_run": run.epoch, "steps": run.step, "cpu_s": cpu_total, "curve_point": 1,
+        progress = {**point, **run.attempt(), "epochs_run": run.epoch, "steps": run.step, "cpu_s": cpu_total, "curve_point": 1,
                     "train_wall_s": time.perf_counter() - run.began - run.eval_s, "eval_wall_s": run.eval_s}
         with tempfile.TemporaryDirectory(prefix="seabench-ft-") as folder:
             if rank == 0:

@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.finetune.loop import train_loop_per_worker
+from orchestrator.finetune.loop import STATE_FILE, train_loop_per_worker
 from orchestrator.finetune.recipe import backbone_recipe
+from orchestrator.finetune.storage import checkpoint_storage, export_weights, release, run_folders, run_name
 from orchestrator.names import ray_run_name
 
 WALL_METRICS = ("train_wall_s", "eval_wall_s")
@@ -55,33 +56,11 @@ def own_signals() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-def run_name(sweep: str, backbone: str, task: str, seed: int) -> str:
-    """A cell's Ray Train / Tune run names begin with this; they are told apart by their tail (-c<i>-<trial>,
-    -select, -refit), so only the descriptive head is cut short (Ray would resume a run of the same name)."""
-    return f"{ray_run_name(f'{sweep}-ft-{backbone}-{task}-s{seed}')[:60]}-{uuid.uuid4().hex[:8]}"
-
-
 def scaling_config(ft: Any) -> Any:
     from ray.train import ScalingConfig
 
     resources = {"CPU": ft.cpus_per_worker, **({"GPU": ft.gpus_per_worker} if ft.gpus_per_worker > 0 else {})}
     return ScalingConfig(num_workers=ft.num_workers, use_gpu=ft.gpus_per_worker > 0, resources_per_worker=resources)
-
-
-def checkpoint_storage(ft: Any, store: str, tune_storage: str, nodes: int) -> str:
-    """Where Ray Train keeps a cell's checkpoints: `finetune.storage` when set; else, on one node, the sweep's
-    Tune folder (tune_dir or a temporary one); on a cluster of `nodes` > 1, `<store>-checkpoints` beside the
-    feature store, which every node reaches. A relative path is refused on a cluster."""
-    from orchestrator.raycluster import shared_storage
-
-    if ft.storage:
-        where, key = ft.storage, "finetune.storage"
-    elif nodes > 1:
-        where, key = f"{store.rstrip('/')}-checkpoints", "store"
-    else:
-        where, key = tune_storage, "tune_dir"
-    return shared_storage(where, key, nodes, "Set finetune.storage to a URI every node reaches "
-                          "(s3://BUCKET/seabench/checkpoints) or a shared mount")
 
 
 def run_training(job: dict[str, Any], ft: Any, storage: str, name: str,
@@ -120,8 +99,7 @@ def candidate_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     candidate = config["candidate"]
     job = {**base["job"], "recipe": {**base["job"]["recipe"], "lr": candidate["lr"],
                                      "weight_decay": candidate["weight_decay"]}}
-    metrics, _ = run_training(job, base["ft"], base["checkpoints"],
-                              f"{base['name']}-c{candidate['index']}-{tune.get_context().get_trial_id()}",
+    metrics, _ = run_training(job, base["ft"], base["checkpoints"], f"{base['name']}-c{candidate['index']}",
                               callbacks=(TuneReportCallback(),))
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
@@ -157,16 +135,25 @@ def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str,
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from orchestrator.raycluster import storage_args
+
     # the trial only drives its TorchTrainer: it holds no CPU (a byte of logical memory: Tune refuses an empty bundle)
     trainable = tune.with_resources(tune.with_parameters(candidate_trial, base=base), {"cpu": 0, "memory": 1})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"candidate": tune.grid_search([{"index": i, **c} for i, c in enumerate(grid)])},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id,
-            scheduler=ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", grace_period=1,
-                                    reduction_factor=ASHA_REDUCTION, max_t=ASHA_MAX_EPOCHS) if base["ft"].asha else None),
-        run_config=tune.RunConfig(name=ray_run_name(f"{base['name']}-select"), storage_path=base["storage"], verbose=0))
+    path, filesystem = storage_args(base["checkpoints"])
+    experiment = f"{path.rstrip('/')}/{run_folders(base['name'], 0)['select']}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):   # a rerun: its finished candidates stay
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=filesystem)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"candidate": tune.grid_search([{"index": i, **c} for i, c in enumerate(grid)])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id,
+                scheduler=ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", grace_period=1,
+                                        reduction_factor=ASHA_REDUCTION, max_t=ASHA_MAX_EPOCHS) if base["ft"].asha else None),
+            run_config=tune.RunConfig(name=run_folders(base["name"], 0)["select"], storage_path=path,
+                                      storage_filesystem=filesystem, verbose=0))
     with own_signals():
         results = tuner.fit()
     if base["ft"].asha:   # a stopped candidate's worker group is left holding its resources: free them
@@ -191,10 +178,10 @@ def _select(base: dict[str, Any], grid: list[dict[str, Any]], metric: str,
     return [scores[i] for i in range(len(grid))], [curves[i] for i in range(len(grid))]
 
 
-def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -> dict[str, Any]:
+def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, key: str = "") -> dict[str, Any]:
     """The cell (backbone, task, finetune, seed) under `cfg` (a SweepConfig): select on validation, refit on
-    train + validation, test once; `storage` is the sweep's Tune folder. Returns the fields of the sweep's
-    CellOutcome, less the cell id."""
+    train + validation, test once. `key` (the cell's fingerprint) names its runs, so that a rerun resumes them
+    (finetune/storage.py). Returns the fields of the sweep's CellOutcome, less the cell id."""
     from orchestrator.extract import backbone_parts
     from orchestrator.raycluster import alive_nodes
     from tasks import absolute, get_task
@@ -204,24 +191,26 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
                                 "backbone can be fine-tuned (drop finetune for ensembles)")
     started, began, cpu0 = time.time(), time.perf_counter(), time.process_time()
     ft, spec = cfg.finetune, get_task(task)
-    storage = absolute(storage)   # Ray needs it absolute
-    checkpoints = checkpoint_storage(ft, cfg.store, storage, len(alive_nodes()))
+    checkpoints = checkpoint_storage(ft, cfg.store, len(alive_nodes()))
     root = absolute(cfg.data_root)
     recipe = backbone_recipe(ft, backbone)
     grid = recipe.candidates()
     run = recipe.run(grid[0]["lr"], grid[0]["weight_decay"], seed)
     job = {"backbone": backbone, "task": task, "root": root, "num_classes": spec.num_classes,
            "recipe": run.as_dict(), "threads": max(1, math.floor(ft.cpus_per_worker)), "workdir": os.getcwd(),
-           "plugins": list(getattr(cfg, "plugins", ())), "train_phase": "fit", "eval_phase": "val", "validate_each_epoch": True}
-    name = run_name(cfg.name, backbone, task, seed)
-    base = {"job": job, "ft": ft, "storage": storage, "checkpoints": checkpoints, "name": name}
+           "plugins": list(getattr(cfg, "plugins", ())), "train_phase": "fit", "eval_phase": "val", "validate_each_epoch": True,
+           "invocation": uuid.uuid4().int % 2 ** 31}   # which runs this call trains (a rerun resumes the others)
+    name = run_name(cfg.name, backbone, task, seed, key)
+    base = {"job": job, "ft": ft, "checkpoints": checkpoints, "name": name}
     concurrent = _check_cluster(ft)
     scores, curves = _select(base, grid, spec.metric, min(concurrent, len(grid)))
     selected = time.perf_counter()
     best = max(range(len(grid)), key=lambda i: (scores[i][f"val_{spec.metric}"], -i))
     refit_job = {**job, "train_phase": "trainval", "eval_phase": "test", "validate_each_epoch": False,
                  "recipe": {**job["recipe"], **grid[best]}}
-    final, _ = run_training(refit_job, ft, checkpoints, f"{name}-refit")
+    final, result = run_training(refit_job, ft, checkpoints, f"{name}-refit")
+    artifacts = {"finetuned.safetensors": export_weights(result, STATE_FILE)} if ft.save_weights else {}
+    release(checkpoints, name, len(grid), best, ft.keep)   # the results are in hand: the rest goes
     ended = time.perf_counter()
     gpus = ft.num_workers * ft.gpus_per_worker
     runs = [*scores, final]
@@ -234,6 +223,9 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
         "cell_gpu_s": sum(r[m] for r in runs for m in WALL_METRICS) * gpus,
         "images_per_s": final["images_per_s"],
         "steps_run": int(final["steps"]), "steps_budget": run.budget_steps,   # the refit's against the recipe's
+        # optimiser steps this call trained: a resumed cell trains fewer (its finished runs none)
+        "steps_trained": sum(int(r["steps"]) - int(r.get("resumed_from_step", 0)) for r in runs
+                             if r.get("invocation") == job["invocation"]),
     }
     chosen = recipe.run(grid[best]["lr"], grid[best]["weight_decay"], seed)
     params = {**grid[best], "recipe": recipe.name, "epochs": int(final["epochs_run"]), "steps": int(final["steps"]),
@@ -258,4 +250,4 @@ def finetune_cell(cfg: Any, backbone: str, task: str, seed: int, storage: str) -
     return {"params": params, "metrics": metrics, "tags": tags, "candidate_val_top1": [s["val_top1"] for s in scores],
             "curves": curve,
             "seconds": ended - began, "candidates": candidates, "started": started, "ended": time.time(),
-            "predictions": final.get("predictions", {})}
+            "predictions": final.get("predictions", {}), "artifacts": artifacts}

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.config import SweepConfig
-from orchestrator.sweep.cells import Cell, candidate_configs
+from orchestrator.sweep.cells import Cell, candidate_configs, halving_settings
 
 PHASES = ("fit", "val", "trainval", "test")
 
@@ -75,12 +75,6 @@ class HeadPlan:
     how: str
 
 
-def halving_settings(cfg: SweepConfig) -> tuple[int, int | None] | None:
-    """(factor, min_epochs) of the config's `search.halving` section, None where the sweep does not halve."""
-    halving = cfg.search.halving
-    return None if halving is None else (halving.factor, halving.min_epochs)
-
-
 def halved_head_epochs(heads: int, epochs: int, factor: int, min_epochs: int | None) -> int:
     """The one place a halved grid is sized: successive halving's own count (sea.halving)."""
     from sea.halving import head_epochs
@@ -103,14 +97,15 @@ def head_plan(cfg: SweepConfig, method: str) -> HeadPlan:
                         f"{cfg.search.algorithm}: {cfg.search.num_samples} trials + 1 re-selection + "
                         f"{refits} refit × {epochs} epochs{early}")
     k = len(candidate_configs(cfg, method))
-    halving = halving_settings(cfg)
-    selection = k * epochs if halving is None else halved_head_epochs(k, epochs, *halving)
+    halving = halving_settings(cfg.search)
+    selection = k * epochs if halving is None else halved_head_epochs(k, epochs, halving["factor"], halving["min_epochs"])
     how = f"grid {k} × {epochs} epochs + {refits} refit × {epochs}"
     if halving is not None:
         from sea.halving import default_min_epochs, rungs
 
-        first = halving[1] or default_min_epochs(k, epochs, halving[0])
-        how = (f"grid {k} halved by {halving[0]} at epochs {', '.join(map(str, rungs(epochs, halving[0], first)))}: "
+        first = halving["min_epochs"] or default_min_epochs(k, epochs, halving["factor"])
+        how = (f"grid {k} halved by {halving['factor']} at epochs "
+               f"{', '.join(map(str, rungs(epochs, halving['factor'], first)))}: "
                f"{selection} head-epochs + {refits} refit × {epochs}")
     return HeadPlan(method, k + refits, selection + refits * epochs, k, selection, refits, epochs, how)
 

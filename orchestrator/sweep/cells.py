@@ -60,6 +60,12 @@ def axis_values(cfg: SweepConfig, method: str, axis: str) -> tuple[float, ...]:
     return shared if shared is not None else grid_values(method, axis)
 
 
+def halving_settings(search: Any) -> dict[str, Any] | None:
+    """A config's `search.halving` as {"factor", "min_epochs"} (TrialContext.halving, the budget), None when off."""
+    halving = getattr(search, "halving", None)
+    return None if halving is None else {"factor": halving.factor, "min_epochs": halving.min_epochs}
+
+
 def candidate_configs(cfg: SweepConfig, method: str) -> list[dict[str, Any]]:
     """The grid of one method as plain dicts (HeadConfig fields, or {"c": …} for logreg), in a fixed order."""
     axes = get_method(method).axes
@@ -158,3 +164,16 @@ def expand_backbones(names: Iterable[str]) -> tuple[str, ...]:
         else:
             out.append(name)
     return tuple(dict.fromkeys(out))
+
+
+def candidates_csv(rows: list[dict[str, Any]]) -> str:
+    """The candidate table as CSV: the union of the rows' columns, in first-seen order."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

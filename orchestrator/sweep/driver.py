@@ -28,12 +28,12 @@ from typing import Any
 
 from orchestrator.config import SweepConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.sweep.cells import Cell, candidate_configs, expand_backbones, plan_cells
+from orchestrator.sweep.cells import Cell, candidate_configs, expand_backbones, halving_settings, plan_cells
 from orchestrator.sweep.finetuning import FinetuneCells
 from orchestrator.sweep.fingerprint import cell_fingerprints, current_keys, parts_tag
 from orchestrator.sweep.search import checkpointed_cell, search_cells, tune_run_config
 from orchestrator.sweep.tracking import SweepTracker
-from orchestrator.sweep.trial import CellOutcome, TrialContext, halving_settings
+from orchestrator.sweep.trial import CellOutcome, TrialContext
 from orchestrator.sweep.units import UnitCost, cell_extract_metrics, csv_table, unit_costs, unit_metrics
 from tasks import absolute
 
@@ -235,7 +235,7 @@ def run_sweep(cfg: SweepConfig, tasks: Sequence[str], tracker: SweepTracker | No
             runner = _run_search if search else _run_grid
             heads = [c for c in pending if c.method != "finetune"]
             # fine-tuning cells train beside the heads' Tuner, on the same cluster (orchestrator.sweep.finetuning)
-            finetuning = FinetuneCells(cfg, [c for c in pending if c.method == "finetune"], storage).start()
+            finetuning = FinetuneCells(cfg, [c for c in pending if c.method == "finetune"], fingerprints).start()
             try:
                 if heads:
                     runner(cfg, heads, trial_context(cfg, keys), logger, storage, extra_callbacks)

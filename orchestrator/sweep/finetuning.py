@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.config import SweepConfig
@@ -24,11 +24,11 @@ from orchestrator.sweep.trial import CellOutcome
 _DONE = object()
 
 
-def _finetune_task(cfg: SweepConfig, cell: Cell, storage: str, workdir: str) -> CellOutcome:
+def _finetune_task(cfg: SweepConfig, cell: Cell, key: str, workdir: str) -> CellOutcome:
     from orchestrator.finetune import finetune_cell
 
-    os.chdir(workdir)   # the driver's: relative data_root, store, tune_dir, finetune.storage mean what they meant there
-    return CellOutcome(cell.cell_id, **finetune_cell(cfg, cell.backbone, cell.task, cell.seed, storage))
+    os.chdir(workdir)   # the driver's: relative data_root, store, finetune.storage mean what they meant there
+    return CellOutcome(cell.cell_id, **finetune_cell(cfg, cell.backbone, cell.task, cell.seed, key))
 
 
 class FinetuneCells:
@@ -38,8 +38,9 @@ class FinetuneCells:
 
     task = staticmethod(_finetune_task)
 
-    def __init__(self, cfg: SweepConfig, cells: Sequence[Cell], storage: str) -> None:
-        self.cfg, self.cells, self.storage, self.workdir = cfg, list(cells), storage, os.getcwd()
+    def __init__(self, cfg: SweepConfig, cells: Sequence[Cell], fingerprints: Mapping[str, str]) -> None:
+        # a cell's fingerprint names its runs: a rerun of an interrupted cell resumes them (finetune/storage.py)
+        self.cfg, self.cells, self.keys, self.workdir = cfg, list(cells), dict(fingerprints), os.getcwd()
         self.results: queue.Queue[Any] = queue.Queue()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -53,7 +54,7 @@ class FinetuneCells:
     def _run(self) -> None:
         from orchestrator.raycluster import on_driver_node, task_error
 
-        calls = [(cell, (self.cfg, cell, self.storage, self.workdir)) for cell in self.cells]
+        calls = [(cell, (self.cfg, cell, self.keys.get(cell.cell_id, ""), self.workdir)) for cell in self.cells]
         try:
             for cell, outcome, error in on_driver_node(self.task, calls, self.cfg.search.max_concurrent_cells,
                                                        self.stopping):

@@ -45,7 +45,7 @@ SEARCH_SCHEDULING = ("max_concurrent", "max_concurrent_cells")
 # how often a head trial checkpoints: a resumed cell ends bitwise equal to an uninterrupted one
 TRAINER_SCHEDULING = ("checkpoint_every",)
 # where checkpoints go, retries, CPU threads and which cells fine-tune: none of them changes a cell's numbers
-FINETUNE_OPERATIONAL = ("storage", "max_failures", "cpus_per_worker", "backbones", "tasks")
+FINETUNE_OPERATIONAL = ("storage", "max_failures", "cpus_per_worker", "backbones", "tasks", "keep", "save_weights")
 # the recipe keys as configured (for every backbone, per backbone): a cell is keyed by its backbone's resolved recipe
 RECIPE_SECTION = ("recipe", "recipes", *RECIPE_KEYS)
 # how stored features were written: a fine-tuning cell trains on the images, never on the features

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,7 +38,7 @@ from orchestrator.runs import (
     role_filter,
     search_runs,
 )
-from orchestrator.sweep.cells import Cell
+from orchestrator.sweep.cells import Cell, candidates_csv
 from orchestrator.sweep.fingerprint import config_hash
 from orchestrator.sweep.lease import TOKEN_TAG, Lease, Timing, check_experiment, open_sweep, read_state
 from orchestrator.sweep.trial import CellOutcome
@@ -63,19 +64,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return base
     return f"{base}+g{sha}" if sha else base
-
-
-def candidates_csv(rows: list[dict[str, Any]]) -> str:
-    """The candidate table as CSV: the union of the rows' columns, in first-seen order."""
-    import csv
-    import io
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def _metric_list(outcome: CellOutcome, now: int) -> list:
@@ -222,6 +210,12 @@ class SweepTracker:
         self.client.log_text(run_id, text, name)
 
     @retried
+    def _log_file(self, run_id: str, path: str) -> None:
+        """A file the cell left on this node (in a folder of its own), logged, then its folder deleted."""
+        self.client.log_artifact(run_id, path)
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+    @retried
     def _log_predictions(self, run_id: str, predictions: Mapping[str, list[int]]) -> None:
         """The cell's test predictions as a small Parquet artifact (index int64, the rest int32), so that a
         report can pair two cells example by example (its bootstrap over test images)."""
@@ -257,6 +251,8 @@ class SweepTracker:
             self._log_text(run_id, candidates_csv(outcome.candidates), CANDIDATES_ARTIFACT)
         if outcome.predictions:
             self._log_predictions(run_id, outcome.predictions)
+        for path in outcome.artifacts.values():   # finetune.save_weights' finetuned.safetensors
+            self._log_file(run_id, path)
         self._terminate(run_id, "FINISHED", end_ms)
         return run_id
 

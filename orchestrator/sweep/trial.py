@@ -51,6 +51,7 @@ class CellOutcome:
     # the test split's row index, label and each head's prediction (pred, pred_selected, pred_refit_<i>)
     predictions: dict[str, list[int]] = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)   # per-epoch values (finetune: curve/<run>/<metric>)
+    artifacts: dict[str, str] = field(default_factory=dict)   # name -> a file on the driver's node, logged and deleted
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -114,12 +115,6 @@ def store_loader(store_uri: str, keys: Mapping[str, str] | None = None) -> Split
         return LoadedSplit(unit.features, unit.labels, unit.key, unit.skipped_rows)
 
     return load
-
-
-def halving_settings(search: Any) -> dict[str, Any] | None:
-    """TrialContext.halving from a SweepConfig's `search` section: {"factor", "min_epochs"}, or None (off)."""
-    halving = getattr(search, "halving", None)
-    return None if halving is None else {"factor": halving.factor, "min_epochs": halving.min_epochs}
 
 
 def settings_for(ctx: TrialContext, seed: int) -> Any:

@@ -57,7 +57,7 @@ def test_ctrl_c_during_fine_tuning_stops_the_driver_and_a_rerun_finishes_every_c
     tail = lambda: (tmp_path / "driver.log").read_text()[-3000:]   # noqa: E731
     try:
         deadline = time.monotonic() + 300
-        while not any((tmp_path / "tune").rglob("state.pt")):   # a fine-tuning epoch's checkpoint is written
+        while not any((tmp_path / "store-checkpoints").rglob("state.pt")):   # a fine-tuning epoch's checkpoint
             assert child.poll() is None, f"the driver exited early with {child.returncode}"
             assert time.monotonic() < deadline, "fine-tuning never checkpointed"
             time.sleep(0.2)

@@ -41,7 +41,7 @@ def two_cells(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):
 
     previous = signal.signal(signal.SIGINT, ours)
     try:
-        outcomes = [finetune_cell(cfg, VIT, task.name, seed, str(root / "tune")) for seed in (0, 1)]
+        outcomes = [finetune_cell(cfg, VIT, task.name, seed) for seed in (0, 1)]
         handler = signal.getsignal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, previous)

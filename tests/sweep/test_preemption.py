@@ -12,11 +12,11 @@ import mlflow
 import pytest
 from sweepkit import make_config, runs_by_cell
 
-from orchestrator.sweep.cells import Cell
+from orchestrator.sweep.cells import Cell, candidates_csv
 from orchestrator.sweep.driver import run_sweep, store_uri, trial_context
 from orchestrator.sweep.fingerprint import current_keys
 from orchestrator.sweep.search import resumed_epochs
-from orchestrator.sweep.tracking import CANDIDATES_ARTIFACT, candidates_csv
+from orchestrator.sweep.tracking import CANDIDATES_ARTIFACT
 from orchestrator.sweep.trial import run_cell
 
 CELL = Cell("bb", "digits", "sea", 0)

@@ -129,7 +129,8 @@ HALVING_GRID = {**TINY_GRID, "lr": [0.001, 0.01, 0.1, 0.4, 0.8, 1.6]}
 
 
 def test_a_halved_grid_cell_records_where_each_candidate_stopped_and_logs(store: str, tmp_path: Path) -> None:
-    from orchestrator.sweep.tracking import SweepTracker, candidates_csv
+    from orchestrator.sweep.cells import candidates_csv
+    from orchestrator.sweep.tracking import SweepTracker
     from sea import head_epochs
 
     cfg = make_config(tmp_path, store, methods=["linear"], grid=HALVING_GRID, trainer={"epochs": 4, "batch_size": 32},
