@@ -15,6 +15,33 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CIFAR_SMALL = SHARED_DATA / "cifar10-jpeg-small"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _registries_as_they_were() -> Iterator[None]:
+    """What a test module registers — plugins' methods, tasks, backbones and report sections — is gone after it,
+    and its plugin modules are forgotten (a later import registers them again): no test sees another's toys."""
+    import sys
+
+    import tasks
+    from sea.methods import method_names, unregister_method
+
+    methods, task_names, backbones = set(method_names()), set(tasks.TASKS), dict(tasks.BACKBONES)
+    sections_module = sys.modules.get("orchestrator.report.sections")
+    sections = {s.name for s in sections_module.sections()} if sections_module else None
+    plugins = {m for m in sys.modules if m.startswith("sea_plugin_")}
+    yield
+    for name in set(method_names()) - methods:
+        unregister_method(name)
+    for name in set(tasks.TASKS) - task_names:
+        del tasks.TASKS[name]
+    tasks.BACKBONES.clear()
+    tasks.BACKBONES.update(backbones)
+    if (module := sys.modules.get("orchestrator.report.sections")) is not None:
+        for name in {s.name for s in module.sections()} - (sections or set(module.BUILT_IN)):
+            module.unregister_section(name)
+    for name in {m for m in sys.modules if m.startswith("sea_plugin_")} - plugins:
+        del sys.modules[name]
+
+
 @dataclass(frozen=True)
 class DemoFeatures:
     """In-process features of the real CIFAR-10 thumbnails by the real `demo` backbone (unnormalised)."""
