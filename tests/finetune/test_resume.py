@@ -1,7 +1,7 @@
 """A fine-tuning cell whose driver is killed half-way resumes: its runs are named after the cell and kept beside
 the store, so the rerun restores the candidates' Tune experiment and each Ray Train run from its last
 checkpoint. It ends with the result of a run never interrupted, trains fewer steps, and a finished cell leaves
-no checkpoint behind (finetune.keep: none) — or the refit's, with keep: last."""
+no checkpoint behind (finetune.keep: none; keep: last and save_weights in test_sweep_finetune.py)."""
 
 from __future__ import annotations
 
@@ -91,18 +91,3 @@ def test_a_killed_driver_mid_cell_resumes_to_the_uninterrupted_result_with_fewer
     assert full > fresh.data.metrics["steps_run"]                   # more than the refit's own steps
     assert 0 < resumed.data.metrics["steps_trained"] < full          # the rerun trained only what was left
     assert not _checkpoints(tmp_path) and not list((tmp_path / "store-checkpoints").iterdir())   # keep: none
-
-
-def test_keep_last_leaves_the_refit_and_save_weights_logs_them(ray_cluster: None, tmp_path: Path) -> None:
-    from fakedata import fake_task
-    from mlflow import MlflowClient
-    from safetensors.torch import load_file
-
-    task = fake_task(tmp_path / "task", classes=3, n_train=8, n_test=3, size=16)
-    cfg = _config(tmp_path, task, "ft-keep", keep="last", save_weights=True, epochs=1, weight_decay=[0.0])
-    run = _run(cfg, tmp_path)
-    (left,) = (tmp_path / "store-checkpoints").iterdir()
-    assert left.name.endswith("-refit") and list(left.glob("checkpoint_*/state.pt"))
-    path = MlflowClient(cfg.tracking_uri).download_artifacts(run.info.run_id, "finetuned.safetensors", str(tmp_path))
-    weights = load_file(path)
-    assert "head.weight" in weights and weights["head.weight"].shape[0] == task.num_classes

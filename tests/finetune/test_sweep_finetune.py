@@ -52,7 +52,7 @@ def finished_sweep(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ft-sweep")
     # the image folder by a path relative to the driver's working directory, which Ray's workers do not share
     task = replace(_fake_task(root / "task", classes=3, n_train=8, n_test=3, size=16), name="imagefolder:task")
-    cfg = sweep_config(root, task)
+    cfg = sweep_config(root, task, keep="last", save_weights=True)
     with contextlib.chdir(root):   # for this module's tests, which read the task by its relative name
         summary = run_sweep(cfg, cfg.all_tasks, progress=False)
         yield cfg, task, summary, root
@@ -101,6 +101,21 @@ def test_the_finetune_cell_is_one_mlflow_run_with_fingerprint_candidates_and_cos
     chosen = next(r for r in rows if r["selected"] == "1")
     assert float(chosen["weight_decay"]) == float(params["weight_decay"])
     assert float(chosen["val_top1"]) == pytest.approx(metrics["val_top1"])
+
+
+def test_keep_last_leaves_the_refit_alone_and_save_weights_logs_its_weights(finished_sweep) -> None:
+    from mlflow import MlflowClient
+    from safetensors.torch import load_file
+
+    cfg, task, _, root = finished_sweep
+    (left,) = (root / "store-checkpoints").iterdir()   # the candidates' runs and Tune experiment are gone
+    assert left.name.endswith("-refit") and list(left.glob("checkpoint_*/state.pt"))
+    (run,) = cell_runs(cfg)[Cell(BACKBONE, task.name, "finetune", 0).cell_id]
+    weights = load_file(MlflowClient(cfg.tracking_uri).download_artifacts(run.info.run_id, "finetuned.safetensors",
+                                                                           str(root)))
+    assert weights["head.weight"].shape == (task.num_classes, 512)   # resnet10t's 512 pooled features
+    # both candidates (fit: 2 epochs of the 16 images validation leaves, 4 per batch) and the refit, from scratch
+    assert run.data.metrics["steps_trained"] == 2 * 8 + run.data.metrics["steps_run"] == 28
 
 
 def test_each_epoch_of_each_run_is_a_point_of_its_curves_in_mlflow(finished_sweep) -> None:
