@@ -30,11 +30,10 @@ from orchestrator.schema import (
     unknown_key,
     where_of,
 )
-from sea.methods import PROTOCOL_GRID, get_method, method_names
+from sea.methods import PROTOCOL_GRID, SCHEDULES, get_method, method_names
 
 MODES = ("select", "reference")
 ALGORITHMS = ("grid", "random", "optuna")
-SCHEDULES = ("constant", "cosine")
 
 
 def _choices(*values: str, help: str = "") -> dict:

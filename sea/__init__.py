@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "SCHEDULES": "config", "HeadConfig": "config", "TrainResult": "config", "TrainSettings": "config",
+    "SCHEDULES": "methods", "HeadConfig": "config", "TrainResult": "config", "TrainSettings": "config",
     "Method": "methods", "get_method": "methods", "method_names": "methods", "ordered_methods": "methods",
     "register_method": "methods", "unregister_method": "methods",
     "input_gradient": "direction", "semantic_direction": "direction",

@@ -25,9 +25,8 @@ import torch
 
 from sea.augment import HeadRandom
 from sea.errors import SeaError
-from sea.methods import HEAD_KNOBS, get_method, method_names
+from sea.methods import HEAD_KNOBS, SCHEDULES, get_method, method_names
 
-SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 

@@ -40,6 +40,7 @@ KINDS = ("head", "probe", "finetune")
 HEAD_KNOBS = ("lr", "weight_decay", "eta", "alpha", "lamda", "delta")
 # the knobs every head's loss reads; a head's own knobs are its other axes
 _LOSS_KNOBS = ("lr", "weight_decay", "lamda", "delta")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")   # a head pass's lr schedule (sea.TrainSettings.schedule)
 OPTIMISATION_AXES = ("lr", "weight_decay", "lamda")   # the baseline searches exactly these; SeA adds η, α
 PROTOCOL_GRID: Mapping[str, tuple[float, ...]] = MappingProxyType({
     "lr": (0.4, 0.8, 1.6, 3.2),
