@@ -18,7 +18,7 @@ from pathlib import Path
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.names import check_safe_name
-from orchestrator.report.data import ExperimentData, load_experiment, log_report
+from orchestrator.report.data import ExperimentData, load_experiment, log_report, tracking_client
 from orchestrator.report.evidence.predictions import cell_bootstraps, load_predictions, run_details
 from orchestrator.report.evidence.stability import gather_evidence
 from orchestrator.report.plots import difference_heatmap, task_bars
@@ -109,15 +109,16 @@ def build_report(
     into `out_dir`. A cell with results in two experiments is refused unless `prefer` (experiment names
     and/or "newest", tried in order) decides it. One sweep's report is logged to its parent run."""
     uri = tracking_uri or DEFAULT_TRACKING_URI
-    names = resolve_experiments(uri, [experiment] if isinstance(experiment, str) else list(experiment), patterns)
-    runs = cell_runs(uri, names)
-    data, sources = combine([load_experiment(name, uri) for name in names], prefer,
+    client = tracking_client(uri)   # one client for every read and the final write; the cell runs fetched once
+    names = resolve_experiments(client, [experiment] if isinstance(experiment, str) else list(experiment), patterns)
+    runs = cell_runs(client, names)
+    data, sources = combine([load_experiment(name, uri, client=client, runs=runs.values()) for name in names], prefer,
                             {run_id: run.info.start_time or 0 for run_id, run in runs.items()})
     board = leaderboard_for(data, reference_csv)  # validates the reference before anything is written
     # predictions are read once per run, for the SeA − linear claim's methods only
-    bootstrap = cell_bootstraps(data.results, load_predictions(uri, data.results))
+    bootstrap = cell_bootstraps(data.results, load_predictions(client, data.results))
     evidence = gather_evidence(data.results, run_details(runs, data.results["run_id"].unique()), bootstrap)
-    inputs = ReportInputs(uri, data, runs, sources, board, evidence)
+    inputs = ReportInputs(client, data, runs, sources, board, evidence)
     built = [section.make(inputs) for section in sections()]   # each in registry order, before anything is written
     _check_tables([name for b in built for name in b.tables])
     out = Path(out_dir)
@@ -161,5 +162,5 @@ def build_report(
     elif data.parent_run_id is None:
         logger.warning("experiment %r has no parent sweep run: report not logged to MLflow", names[0])
     else:
-        log_report(uri, data.parent_run_id, paths.files)
+        log_report(client, data.parent_run_id, paths.files)
     return paths

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -86,11 +87,15 @@ def _check_store_exists(tracking_uri: str) -> None:
             )
 
 
-def _client(tracking_uri: str):
+def tracking_client(tracking: Any):
+    """The MLflow client of `tracking`, a tracking URI (checked to exist) or already a client (a report opens
+    one and hands it to every reader)."""
+    if not isinstance(tracking, str):
+        return tracking
     from mlflow import MlflowClient
 
-    _check_store_exists(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
+    _check_store_exists(tracking)
+    return MlflowClient(tracking_uri=tracking)
 
 
 def _experiment_id(client, experiment: str) -> str:
@@ -203,12 +208,15 @@ def skipped_images(runs: Iterable) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SKIPPED_COLUMNS)
 
 
-def load_experiment(experiment: str, tracking_uri: str | None = None) -> ExperimentData:
-    """Read an experiment's cell runs; raise OrchestratorError when it is unknown or has no finished cells."""
+def load_experiment(experiment: str, tracking_uri: str | None = None, *, client: Any = None,
+                    runs: Iterable | None = None) -> ExperimentData:
+    """Read an experiment's cell runs (`runs`: already fetched, those of every experiment of a report, or fetched
+    here); raise OrchestratorError when it is unknown or has no finished cells."""
     uri = tracking_uri or DEFAULT_TRACKING_URI
-    client = _client(uri)
+    client = tracking_client(client or uri)
     experiment_id = _experiment_id(client, experiment)
-    runs = search_runs(client, experiment_id, role_filter(CELL_ROLE))
+    runs = ([r for r in runs if r.info.experiment_id == experiment_id] if runs is not None
+            else search_runs(client, experiment_id, role_filter(CELL_ROLE)))
     parents = search_runs(client, experiment_id, role_filter(SWEEP_ROLE))
     # the most recent parent is the sweep that wrote (or last resumed) these cells
     parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
@@ -267,8 +275,9 @@ def quiet_downloads():
             os.environ[PROGRESS_BAR] = previous
 
 
-def log_report(tracking_uri: str | None, parent_run_id: str, files: Iterable[Path]) -> None:
-    """Attach the report files to the sweep's parent run under the artifact path `report`."""
-    client = _client(tracking_uri or DEFAULT_TRACKING_URI)
+def log_report(tracking: Any, parent_run_id: str, files: Iterable[Path]) -> None:
+    """Attach the report files to the sweep's parent run under the artifact path `report` (`tracking`: a URI,
+    None for the default, or the report's client)."""
+    client = tracking_client(tracking or DEFAULT_TRACKING_URI)
     for path in files:
         client.log_artifact(parent_run_id, str(path), artifact_path="report")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.report.data import ExperimentData, _client
+from orchestrator.report.data import ExperimentData, tracking_client
 from orchestrator.runs import CELL_ROLE, CELL_TAGS, role_filter, search_runs
 
 NEWEST = "newest"  # the rule "the most recently started run wins"
@@ -24,12 +25,12 @@ CONFLICT_COLUMNS = ["backbone", "task", "method", "seed", "source", "run_id", "r
 MAX_LISTED = 10
 
 
-def resolve_experiments(tracking_uri: str, names: Sequence[str] = (), patterns: Sequence[str] = ()) -> list[str]:
+def resolve_experiments(tracking_uri: Any, names: Sequence[str] = (), patterns: Sequence[str] = ()) -> list[str]:
     """The experiments to report: `names` in their order, then every active experiment matching a
     shell-style pattern (sorted); a pattern that matches nothing is an error listing what exists."""
     chosen = list(dict.fromkeys(names))
     if patterns:
-        existing = sorted(e.name for e in _client(tracking_uri).search_experiments())
+        existing = sorted(e.name for e in tracking_client(tracking_uri).search_experiments())
         for pattern in patterns:
             matched = [n for n in existing if fnmatch.fnmatchcase(n, pattern)]
             if not matched:
@@ -42,9 +43,9 @@ def resolve_experiments(tracking_uri: str, names: Sequence[str] = (), patterns: 
     return chosen
 
 
-def cell_runs(tracking_uri: str, experiments: Sequence[str]) -> dict[str, object]:
+def cell_runs(tracking_uri: Any, experiments: Sequence[str]) -> dict[str, object]:
     """run_id -> MLflow run of every cell run of these experiments (their metrics, tags, start times)."""
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     runs: dict[str, object] = {}
     for name in experiments:
         found = client.get_experiment_by_name(name)

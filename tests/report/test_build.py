@@ -305,3 +305,34 @@ def test_cli_report_verb_writes_the_report_and_prints_the_verdict(sweep, tmp_pat
     out = capsys.readouterr().out
     assert "leaderboard.html" in out and "Supports the claim" in out and "1 failed cell" in out
     assert (tmp_path / "leaderboard.html").exists()
+
+
+def test_a_report_opens_one_mlflow_client_and_fetches_the_cell_runs_once(sweep, tmp_path, monkeypatch):
+    """Every reader (experiments, runs, candidate tables, predictions, the final upload) shares the report's
+    client, and the cell runs are fetched once, not again per reader."""
+    import os
+    import sys
+
+    import orchestrator.report.data as data_module
+    import orchestrator.report.sources as sources_module
+    from orchestrator.runs import CELL_ROLE, role_filter, search_runs
+
+    opened, fetched = [], []
+    init = MlflowClient.__init__
+
+    def counting_init(self, *args, **kwargs):   # ours only: MLflow's artifact download builds one of its own
+        caller = sys._getframe(1).f_code.co_filename
+        if f"{os.sep}orchestrator{os.sep}" in caller:
+            opened.append(caller)
+        init(self, *args, **kwargs)
+
+    def counting_search(client, experiment_id, filter_string):
+        fetched.append(filter_string)
+        return search_runs(client, experiment_id, filter_string)
+
+    monkeypatch.setattr(MlflowClient, "__init__", counting_init)
+    for module in (data_module, sources_module):
+        monkeypatch.setattr(module, "search_runs", counting_search)
+    build_report(sweep.experiment, tmp_path, tracking_uri=sweep.tracking_uri)
+    assert len(opened) == 1, opened
+    assert fetched.count(role_filter(CELL_ROLE)) == 1

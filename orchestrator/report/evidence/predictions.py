@@ -11,12 +11,13 @@ import math
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.report.data import _client, quiet_downloads
+from orchestrator.report.data import quiet_downloads, tracking_client
 from orchestrator.report.evidence.bootstrap import RESAMPLES, Interval, key_seed, paired_bootstrap
 from orchestrator.report.stats import CELL, primary_values
 from orchestrator.runs import PREDICTIONS_ARTIFACT
@@ -37,10 +38,10 @@ def _validated(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return frame.sort_values("index", ignore_index=True)
 
 
-def load_predictions(tracking_uri: str, results: pd.DataFrame,
+def load_predictions(tracking_uri: Any, results: pd.DataFrame,
                      methods: Iterable[str] = CLAIM_METHODS) -> dict[str, pd.DataFrame]:
     """run_id -> its predictions (sorted by index), for the runs of `methods` that have the artifact."""
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     wanted = results[results["method"].isin(list(methods))]["run_id"].drop_duplicates()
     out: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory(prefix="seabench-predictions-") as tmp, quiet_downloads():

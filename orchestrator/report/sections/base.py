@@ -19,7 +19,7 @@ from orchestrator.report.stats import Leaderboard
 class ReportInputs:
     """Everything read and computed before any section is built: a section reads, never writes."""
 
-    tracking_uri: str
+    tracking: Any                 # the report's MLflow client (a section's reads go through it)
     data: ExperimentData          # the results (long table), failed cells, skipped images
     runs: Mapping[str, Any]       # run id -> the MLflow run of every cell
     sources: Sources              # the experiments the numbers come from

@@ -13,13 +13,14 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.report.blocks import Figure, Heading, Para
-from orchestrator.report.data import _client, quiet_downloads
+from orchestrator.report.data import quiet_downloads, tracking_client
 from orchestrator.report.plots import Plot, _png, _pyplot, slug
 from orchestrator.report.sections.base import ReportInputs, SectionOutput
 from orchestrator.runs import cell_id
@@ -63,9 +64,9 @@ def _validated(frame: pd.DataFrame, cell: dict) -> pd.DataFrame:
     return out
 
 
-def load_candidates(tracking_uri: str, results: pd.DataFrame) -> Candidates:
+def load_candidates(tracking_uri: Any, results: pd.DataFrame) -> Candidates:
     """The candidate tables of the results' cell runs; a malformed table is an error naming its cell."""
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     primary = results[results["primary"].astype(bool)]
     metric = dict(zip(primary["task"], primary["metric"]))
     keys = [*CELL, "run_id", *(["source"] if "source" in results else [])]
@@ -202,7 +203,7 @@ def sensitivity_blocks(candidates: Candidates, plots: list[Plot]) -> list:
 
 
 def section(inputs: ReportInputs) -> SectionOutput:
-    candidates = load_candidates(inputs.tracking_uri, inputs.results)   # every candidate table validated
+    candidates = load_candidates(inputs.tracking, inputs.results)   # every candidate table validated
     data = sensitivity_data(candidates)
     plots = sensitivity_plots(data)
     tables = {"sensitivity.csv": sensitivity_csv(data)} if len(data.profiles) else {}   # the plotted points
