@@ -9,7 +9,7 @@ CPUs, python, date, git commit), `ok`, `failed`, `seconds`, and `parts`, each {"
 
 - cuda_tests: pytest (a subprocess) over every test that skips without CUDA: passed / failed / skipped;
 - trainer: `sea.train_heads` float32 vs bf16 head-epochs/s, and per method bf16's max relative weight
-  difference and accuracy gap on tests/test_sea_trainer.py's problem, against its tolerances;
+  difference and accuracy gap on tests/sea/test_trainer.py's problem, against its tolerances;
 - protocol_cell: one SeA cell at the paper's shape (configs/paper.yaml's 432-head grid and trainer, 100 epochs,
   on 5 784 × 1 280 seeded synthetic fit features, 101 classes) by `sea.select_and_refit`, the full grid and
   `Halving(3)`: seconds, head-epochs, same selection or not, test top-1;
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]   # fakedata, the bf16 test, bench_finetune
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "sea"), str(ROOT / "benchmarks")]   # fakedata, the bf16 test, bench_finetune
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def sea_grid(ctx: Context) -> tuple[Any, list, Any]:
 
 
 def trainer(ctx: Context) -> dict[str, Any]:
-    from test_sea_trainer import BF16_ACCURACY_POINTS, BF16_HEADS, BF16_WEIGHT_TOLERANCE, _bf16_problem, _rel
+    from test_trainer import BF16_ACCURACY_POINTS, BF16_HEADS, BF16_WEIGHT_TOLERANCE, _bf16_problem, _rel
 
     from sea import TrainSettings, predict, train_heads
 
@@ -192,7 +192,7 @@ def trainer(ctx: Context) -> dict[str, Any]:
     within = all(rel[m] < BF16_WEIGHT_TOLERANCE[m] and gap[m] <= BF16_ACCURACY_POINTS for m in rel)
     out.update(bf16_speedup=out["bf16_head_epochs_per_s"] / out["float32_head_epochs_per_s"], bf16_max_rel_diff=rel,
                bf16_tolerance=BF16_WEIGHT_TOLERANCE, bf16_accuracy_gap_points=gap, bf16_within_tolerance=within)
-    return out if within else {**out, "status": "failed", "error": "bf16 outside tests/test_sea_trainer.py's tolerances"}
+    return out if within else {**out, "status": "failed", "error": "bf16 outside tests/sea/test_trainer.py's tolerances"}
 
 
 def protocol_cell(ctx: Context) -> dict[str, Any]:

@@ -4,7 +4,7 @@ on the machine (`seabench plan`); the count of the data on disk wins wherever it
 The numbers are the stored splits as `tasks.datasets` defines them (e.g. Pets' stored `train` is the
 official trainval, Caltech-101's is 30 images per class of its 8 677 outside BACKGROUND_Google), from the
 datasets' own papers and files; digits and the Fashion-MNIST subset are this package's seeded splits.
-`tests/test_tasks_sizes.py` checks them against the data where it is present.
+`tests/tasks/test_sizes.py` checks them against the data where it is present.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Backbone registry: names, presets, random and registered specs, features, preprocessing, errors.
 
-How weights are located and loaded (files, URIs, packages, timm) is tested in test_tasks_weights.py."""
+How weights are located and loaded (files, URIs, packages, timm) is tested in tests/tasks/test_weights.py."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 
 from tasks import BACKBONES, Missing, TaskError, get_backbone, preflight, register_backbone
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

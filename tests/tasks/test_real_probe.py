@@ -25,7 +25,7 @@ pytestmark = pytest.mark.real
 
 DEMO_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 LITE1_SHA256 = "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"
-CIFAR_SMALL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg-small"
+CIFAR_SMALL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpeg-small"
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from tasks import (
 from tasks.imagedata import FileImages
 
 PAPER_TASKS = tuple(fakedata.FAKE_WRITERS)
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 CIFAR_SMALL = SHARED / "cifar10-jpeg-small"
 
 # The protocol table: primary metric and validation rule of each paper task.
