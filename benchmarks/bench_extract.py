@@ -41,7 +41,7 @@ def image_folder(n: int, out: Path) -> str:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(f, dest)
     else:
-        sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
+        sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests" / "kits")]
         from fakedata import make_fake_imagefolder
 
         make_fake_imagefolder(out, classes=10, n_train=math.ceil(n / 10), n_test=1, size=32)

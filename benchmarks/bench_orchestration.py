@@ -40,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "cluster")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "kits")]
 # the repo first (its sea/, not tests/sea/), then the synthetic-feature writer and the cluster tests' kit
 
 from clusterkit import mlflow_server  # noqa: E402 - the tests' real `mlflow server` on 127.0.0.1

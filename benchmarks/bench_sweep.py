@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the repo first (its sea/, not tests/sea/), then the synthetic-feature writer
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "kits")]  # the repo, then the synthetic-feature writer
 
 PAPER_TASKS = ("aircraft", "caltech101", "cars", "cifar10", "cifar100", "cub200", "dtd", "flowers102",
                "food101", "pets", "sun397")

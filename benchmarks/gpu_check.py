@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "sea"), str(ROOT / "benchmarks")]   # fakedata, the bf16 test, bench_finetune
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "kits"), str(ROOT / "tests" / "sea"), str(ROOT / "benchmarks")]   # fakedata, the bf16 test, bench_finetune
 
 
 @dataclass(frozen=True)

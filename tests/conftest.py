@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# the helper kits (fake datasets, synthetic stores and sweeps, clusters, fault injection) live in tests/kits/
+sys.path.insert(0, str(Path(__file__).resolve().parent / "kits"))
+
 from fakedata import FakeTask
 from fakedata import fake_task as _fake_task
 
@@ -154,6 +159,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def store(tmp_path: Path) -> str:
     """The sweep tests' synthetic features: backbones bb (16-d) and cc (8-d) on digits (carved val) and
     dtd (official val). Modules with a `store` of their own override it."""
-    from sweepkit import make_store  # tests/sweep, on the path of the modules that use this fixture
+    from sweepkit import make_store
 
     return make_store(tmp_path)

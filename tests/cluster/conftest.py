@@ -9,14 +9,10 @@ restart, …), so that no test sees another's runs or objects.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))   # clusterkit
 
 pytest.importorskip("moto.server", reason="pip install -e '.[test]' (moto[server]) for the cluster tests")
 pytest.importorskip("s3fs", reason="pip install -e '.[test]' (s3fs) for the cluster tests")

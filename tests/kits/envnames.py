@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # read by the driver only (on the head): the experiment lease, MLflow's retry, how long to wait for nodes
 # and where the autoscaler's node types are
 DRIVER_ONLY = ("SEABENCH_LEASE_", "SEABENCH_TRACKING_", "SEABENCH_WAIT_FOR_NODES", "SEABENCH_NODE_TYPES")
