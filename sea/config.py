@@ -95,7 +95,7 @@ class TrainSettings:
     # the batch order's own seed (None: `seed`); a refit repeated with another batch order changes only this
     shuffle_seed: int | None = None
     device: str = "cpu"
-    bf16: bool = False          # CUDA only (ignored on CPU): bfloat16 GEMMs, float32 residuals (see trainer)
+    bf16: bool = False          # bfloat16 GEMMs, float32 residuals (see trainer): pays on CUDA, runs on CPU too
     # float64 exists for fidelity checks: SeA's dynamics amplify float32 rounding (see trainer)
     dtype: str = "float32"
 

@@ -9,10 +9,10 @@ W x̃ = A z costs B·B·C and ∂L/∂W = (Aᵀ(p − t))ᵀ x / B joins the pla
 over all those heads; only fgsm and noise form x̃ (k×B×d) explicitly. The update follows
 torch.optim.SGD (dampening 0, no Nesterov, momentum μ): g += wd·W; buf = μ·buf + g; W -= lr·buf.
 
-bf16 (CUDA only): the B×d GEMMs that feed the update (weight gradients, P·X or X·Xᵀ) run in
-bfloat16; the logits, every residual and the projection P stay float32 (at α = 0.01 a bf16 score
-would move the projection's softmax logits by ≈ 0.4). Autocast contexts of the caller are switched
-off inside `train_heads`.
+bf16: the B×d GEMMs that feed the update (weight gradients, P·X or X·Xᵀ) run in bfloat16; the logits,
+every residual and the projection P stay float32 (at α = 0.01 a bf16 score would move the projection's
+softmax logits by ≈ 0.4). It pays on CUDA; on CPU the same path runs (slower on most CPUs: a check of the
+path, which is how CI runs it). Autocast contexts of the caller are switched off inside `train_heads`.
 
 Determinism: W0 is nn.Linear(d, C, bias=False)'s default init drawn from a generator seeded by
 `settings.seed` (the same for every head); each epoch shuffles with torch.randperm from a second
@@ -224,7 +224,7 @@ def train_heads(x_train: Any, y_train: Any, configs: Sequence[HeadConfig],
         raise SeaError("prune ranks heads on validation: pass val=(x_val, y_val) with it")
     device = torch.device(settings.device)
     dtype = DTYPES[settings.dtype]
-    heads = _Heads.build(configs, settings.seed, device, dtype, bf16=settings.bf16 and device.type == "cuda")
+    heads = _Heads.build(configs, settings.seed, device, dtype, bf16=settings.bf16)
     k, (n, d) = len(configs), x.shape
     weight = initial_weight(num_classes, d, settings.seed).to(device, dtype).repeat(k, 1, 1)
     buf = torch.zeros_like(weight)

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=SCHEDULES, default=None, help=f"(default {training['schedule']})")
     parser.add_argument("--seed", type=int, default=training["seed"])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--bf16", action="store_true", default=None, help="bfloat16 GEMMs (CUDA only)")
+    parser.add_argument("--bf16", action="store_true", default=None, help="bfloat16 GEMMs (pays on CUDA)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

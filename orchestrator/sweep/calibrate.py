@@ -130,7 +130,7 @@ def head_rate(cfg: SweepConfig, method: str, dim: int, classes: int, device: str
     x, y, xv, yv = _features(dim, classes, rows, device)
     t = cfg.trainer
     settings = TrainSettings(epochs=CAL_EPOCHS, batch_size=t.batch_size, momentum=t.momentum, schedule=t.schedule,
-                             device=device, bf16=t.bf16 and device == "cuda")
+                             device=device, bf16=t.bf16)
     seconds = _timed(lambda: train_heads(x, y, configs, settings, classes, val=(xv, yv)), device)
     return seconds / (len(configs) * CAL_EPOCHS * rows * classes), len(configs)
 

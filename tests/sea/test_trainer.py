@@ -199,12 +199,16 @@ def test_cuda_float32_equals_cpu():
             assert _rel(gpu[k], cpu[k]) < 1e-4, config
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_bf16_stays_within_the_stated_tolerance_of_float32_for_every_method():
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                              reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_stays_within_the_stated_tolerance_of_float32_for_every_method(device):
     (x, y), (xt, yt) = _bf16_problem()
-    settings = TrainSettings(epochs=2, batch_size=64, device="cuda")
+    settings = TrainSettings(epochs=2, batch_size=64, device=device)
     f32 = train_heads(x, y, BF16_HEADS, settings).weights
-    bf16 = train_heads(x, y, BF16_HEADS, TrainSettings(epochs=2, batch_size=64, device="cuda", bf16=True)).weights
+    bf16 = train_heads(x, y, BF16_HEADS, TrainSettings(epochs=2, batch_size=64, device=device, bf16=True)).weights
     assert not torch.equal(f32, bf16)                  # bf16 really ran
     for k, config in enumerate(BF16_HEADS):
         assert _rel(bf16[k], f32[k]) < BF16_WEIGHT_TOLERANCE[config.method], config
@@ -213,11 +217,11 @@ def test_bf16_stays_within_the_stated_tolerance_of_float32_for_every_method():
         assert abs(acc16 - acc32) <= BF16_ACCURACY_POINTS, config
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_bf16_keeps_the_residuals_and_projection_in_float32_under_a_callers_autocast():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_keeps_the_residuals_and_projection_in_float32_under_a_callers_autocast(device):
     (x, y), _ = _bf16_problem()
-    settings = TrainSettings(epochs=1, batch_size=64, device="cuda", bf16=True)
+    settings = TrainSettings(epochs=1, batch_size=64, device=device, bf16=True)
     plain = train_heads(x, y, BF16_HEADS, settings).weights
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         inside = train_heads(x, y, BF16_HEADS, settings).weights
     assert torch.equal(plain, inside)
