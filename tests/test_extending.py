@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "extending.md"

@@ -110,7 +110,7 @@ def test_a_cpu_head_for_the_driver_and_a_gpu_group_autoscaled_from_zero(docs):
 
 
 def test_the_entry_point_is_a_valid_autoscaling_seabench_run_against_the_mlflow_service(docs):
-    from orchestrator.cli import build_parser
+    from orchestrator.commands.cli import build_parser
 
     job = _one(docs, "RayJob")
     argv = shlex.split(job["spec"]["entrypoint"])

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from fakedata import make_fake_imagefolder
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 
 START_TIMEOUT_S = 180
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from fakedata import make_fake_imagefolder, write_corrupt_image
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 from orchestrator.sweep.tracking import SweepTracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_sigkilled_run_resumes_without_recomputing_or_duplicating(
 
     address = ray.get_runtime_context().gcs_address
     argv = ["run", "--config", str(e2e_config), "--set", "name=e2e-kill", "--address", address, "--no-progress"]
-    child = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], cwd=e2e_config.parent,
+    child = subprocess.Popen([sys.executable, "-m", "orchestrator.commands.cli", *argv], cwd=e2e_config.parent,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 420

@@ -25,7 +25,7 @@ from clusterkit import (
 )
 from fakedata import make_fake_imagefolder
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def test_weights_whose_sha256_differs_on_a_worker_stop_the_extraction(site, tmp_
         torch.manual_seed(seed)
         torch.save(timm.create_model("resnet10t").state_dict(), folder / "wtest.pt")
     register = ("import sys, tasks; tasks.register_backbone(tasks.BackboneSpec('wtest', 'resnet10t', 'file:wtest.pt', "
-                "input_size=16)); from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))")
+                "input_size=16)); from orchestrator.commands.cli import main; sys.exit(main(sys.argv[1:]))")
     store = f"s3://{BUCKET}/weights/features"
     env = {**site["driver"], "SEABENCH_WEIGHTS": str(tmp_path / "weights-driver")}
     done = subprocess.run([sys.executable, "-c", register, "extract", "--backbone", "wtest",

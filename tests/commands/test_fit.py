@@ -15,7 +15,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -187,14 +187,14 @@ def test_fit_imports_neither_tasks_timm_ray_nor_mlflow(digits_files):
 
 
 def test_the_seabench_entry_point_imports_only_the_fit_verb(digits_files):
-    """`seabench fit` through orchestrator.cli: the other verbs (Ray, MLflow, timm) are not imported."""
-    code = ("import sys\nfrom orchestrator.cli import main\n"
+    """`seabench fit` through orchestrator.commands.cli: the other verbs (Ray, MLflow, timm) are not imported."""
+    code = ("import sys\nfrom orchestrator.commands.cli import main\n"
             f"assert main(['fit', *{_files(digits_files)!r}, '--epochs', '1', '--json']) == 0\n"
             "print(sorted(m for m in ('tasks', 'timm', 'ray', 'mlflow', 'pyarrow', 'pandas', 'torchvision', "
             "'orchestrator.commands.run') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
-    bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "fit", "--train", str(digits_files / "nope.npz"),
+    bad = subprocess.run([sys.executable, "-m", "orchestrator.commands.cli", "fit", "--train", str(digits_files / "nope.npz"),
                           "--test", str(digits_files / "nope.npz")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "seabench fit: error:" in bad.stderr and "nope.npz" in bad.stderr
 

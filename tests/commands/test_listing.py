@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 from tasks import BACKBONES, TASKS
 
 

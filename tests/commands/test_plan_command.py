@@ -13,7 +13,7 @@ import pytest
 import yaml
 from fakedata import make_fake_imagefolder
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 A, B = "random:resnet10t@16", "random:mobilenetv3_small_100@16"
@@ -115,7 +115,7 @@ def test_a_halved_grid_is_sized_by_successive_halving(tmp_path, fake_folder, cap
 
 
 def test_the_paper_config_is_sized_without_its_data_and_without_ray_or_mlflow(tmp_path):
-    code = ("import json, sys; from orchestrator.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import json, sys; from orchestrator.commands.cli import main; rc = main(sys.argv[1:]); "
             "print(json.dumps({'rc': rc, 'ray': 'ray' in sys.modules, 'mlflow': 'mlflow' in sys.modules}), "
             "file=sys.stderr)")
     args = ["plan", "--config", str(REPO / "configs" / "paper.yaml"), "--json", "--set", f"data_root={tmp_path / 'none'}",

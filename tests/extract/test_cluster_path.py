@@ -20,7 +20,7 @@ from test_store import data, fill, make_key  # noqa: F401  (the `data` fixture)
 
 import tasks
 from orchestrator.capacity import NODE_TYPES_ENV, WAIT_ENV
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 from orchestrator.config import load_config
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract import ActorSettings, extract_features

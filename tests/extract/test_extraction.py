@@ -15,7 +15,7 @@ import ray
 import torch
 
 import tasks
-from orchestrator.cli import main as cli_main
+from orchestrator.commands.cli import main as cli_main
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract.extraction import ActorSettings, extract_features
 from orchestrator.extract.pool import run_jobs

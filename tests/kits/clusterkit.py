@@ -359,14 +359,14 @@ def driver_env(env: dict[str, str], home: Path, local: bool = False) -> dict[str
 def seabench(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600,
              prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`seabench ARGS` as a separate driver process; output captured."""
-    return subprocess.run([*prefix, sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([*prefix, sys.executable, "-m", "orchestrator.commands.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def start_seabench(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
     """`seabench ARGS` in the background, its output (merged) going to `log`."""
     handle = log.open("w")
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, stdout=handle,
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.commands.cli", *args], cwd=cwd, env=env, stdout=handle,
                             stderr=subprocess.STDOUT, text=True)
 
 

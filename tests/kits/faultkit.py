@@ -50,14 +50,14 @@ def store_digests(store: str | Path) -> dict[str, str]:
 def seabench(*argv: str, cwd: str | Path | None = None, timeout: float = 600, env: dict | None = None,
              **popen: object) -> subprocess.CompletedProcess:
     """`seabench ARGV` in a fresh Python process (this checkout's code), output captured."""
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "orchestrator.commands.cli", *argv], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=_env(env), **popen)
 
 
 def seabench_background(*argv: str, cwd: str | Path | None = None, log: Path | None = None) -> subprocess.Popen:
     """`seabench ARGV` started in its own session (so that killpg reaches all of it)."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], cwd=cwd, stdout=out,
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.commands.cli", *argv], cwd=cwd, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True, env=_env(None))
 
 

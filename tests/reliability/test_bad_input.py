@@ -23,7 +23,7 @@ from faultkit import BACKBONE, SHARD, extract, shard_digests, unit_folder
 from fsspec.implementations.memory import MemoryFileSystem
 from synthstore import write_arrays
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract.manifest import MANIFEST
 from orchestrator.extract.shards import shard_table
@@ -265,7 +265,7 @@ def test_a_driver_that_may_not_grow_files_fails_cleanly_and_a_rerun_completes(ra
             str(SHARD), "--num-actors", "1", "--address", address, "--no-progress"]
     limited = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                "resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000)); "
-               "from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))")
+               "from orchestrator.commands.cli import main; sys.exit(main(sys.argv[1:]))")
     done = subprocess.run([sys.executable, "-c", limited, *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "cannot write" in done.stderr and "File too large" in done.stderr and str(store) in done.stderr

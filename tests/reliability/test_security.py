@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 from orchestrator.errors import OrchestratorError
 from orchestrator.extract.manifest import FeatureKey
 from orchestrator.extract.store import FeatureStore

@@ -91,7 +91,7 @@ def test_ten_random_sigkills_of_seabench_run_end_with_the_uninterrupted_results(
 
     config, store, db, log = _config(tmp_path, tasks, "killed"), tmp_path / "killed-store", tmp_path / "killed.db", \
         tmp_path / "killed.log"
-    argv = [sys.executable, "-m", "orchestrator.cli", "run", "--config", str(config), "--address", address,
+    argv = [sys.executable, "-m", "orchestrator.commands.cli", "run", "--config", str(config), "--address", address,
             "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     rng = np.random.default_rng(20261201)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from report_fixture import TASK_XSS, make_sweep
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 from orchestrator.errors import OrchestratorError
 from orchestrator.report import build_report
 from orchestrator.report.blocks import Heading

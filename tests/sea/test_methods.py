@@ -58,7 +58,7 @@ def test_the_toy_is_one_entry_and_trains_in_the_k_batched_pass(digits):
 
 
 def test_fit_trains_a_plugin_method_and_refuses_what_is_not_a_head(tmp_path, digits, capsys):
-    from orchestrator.cli import main
+    from orchestrator.commands.cli import main
 
     for name, (x, y) in zip(("train", "val", "test"), digits):
         np.savez(tmp_path / f"{name}.npz", features=x, labels=y)

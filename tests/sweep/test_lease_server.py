@@ -17,7 +17,7 @@ import test_mlflow_server
 import yaml
 from fakedata import make_fake_imagefolder
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_ENV = {"SEABENCH_LEASE_HEARTBEAT_S": "0.5", "SEABENCH_LEASE_STALE_S": "4"}
@@ -51,7 +51,7 @@ def driver_env(lease_env: dict[str, str] = LEASE_ENV) -> dict[str, str]:
 
 def start_driver(args: list[str], cwd: Path, log: Path, lease_env: dict[str, str] = LEASE_ENV) -> subprocess.Popen:
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=driver_env(lease_env),
+        return subprocess.Popen([sys.executable, "-m", "orchestrator.commands.cli", *args], cwd=cwd, env=driver_env(lease_env),
                                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -99,7 +99,7 @@ def test_a_second_run_of_a_live_sweep_is_refused_within_seconds_and_deletes_noth
         os.killpg(holder.pid, signal.SIGSTOP)
         try:
             started = time.monotonic()
-            seconds = {extra: subprocess.Popen([sys.executable, "-m", "orchestrator.cli",
+            seconds = {extra: subprocess.Popen([sys.executable, "-m", "orchestrator.commands.cli",
                                                 *argv(config, mlflow_server, *extra)], cwd=tmp_path,
                                                env=driver_env({}), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                text=True) for extra in ((), ("--takeover",))}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from fakedata import make_fake_imagefolder, write_image
 
-from orchestrator.cli import main
+from orchestrator.commands.cli import main
 from orchestrator.config import load_config
 from orchestrator.sweep import run_sweep
 
@@ -126,7 +126,7 @@ def test_status_names_new_cells_and_a_missing_store_and_starts_no_ray(swept: Pat
                for row in changed.values())
     # a fresh interpreter: nothing imports Ray, and an absent MLflow store is not created
     absent = swept / "absent.db"
-    code = ("import sys; from orchestrator.cli import main; "
+    code = ("import sys; from orchestrator.commands.cli import main; "
             f"rc = main(['status', '--config', 'status.yaml', '--tracking-uri', 'sqlite:///{absent}']); "
             "assert rc == 0 and 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=swept, capture_output=True, text=True, timeout=300,
