@@ -83,11 +83,12 @@ def test_run_uses_both_workers_and_equals_a_single_node_run(site):
 
 def test_finetune_runs_ddp_across_both_workers_with_checkpoints_on_s3(site):
     """A finetune cell on the cluster: its 2 Ray Train workers (gloo) sit on the two worker nodes, and their
-    epoch checkpoints go beside the S3 feature store (a local folder would not be shared between nodes)."""
+    epoch checkpoints go beside the S3 feature store (a local folder would not be shared between nodes); once
+    the cell has its results, its runs there are deleted but the refit's (finetune.keep: last)."""
     root, store = site["root"], f"s3://{BUCKET}/ft/features"
     sweep = Sweep(f"imagefolder:{root / 'task'}", seeds=(0,), methods=("finetune",))
     finetune = {"epochs": 2, "batch_size": 4, "image_size": 16, "lr": [0.05], "weight_decay": [0.0],
-                "num_workers": 2, "cpus_per_worker": 1, "max_failures": 0}
+                "num_workers": 2, "cpus_per_worker": 1, "max_failures": 0, "keep": "last"}
     config = write_config(root / "ft.yaml", sweep.config("ft-cluster", store, finetune=finetune))
     done = seabench(["run", "--config", str(config), "--address", site["address"], "--tracking-uri", site["tracking"],
                      "--out", str(root / "ft-report"), "--no-progress"], site["driver"], root)
@@ -95,9 +96,12 @@ def test_finetune_runs_ddp_across_both_workers_with_checkpoints_on_s3(site):
     (run,) = cell_runs(site["tracking"], "ft-cluster")
     assert run.info.status == "FINISHED" and run.data.tags["method"] == "finetune"
     assert set(run.data.tags["ray_nodes"].split(",")) == worker_ids(site["cluster"])
-    checkpoints = [k for k in s3_objects(site["env"], "ft/features-checkpoints/") if k.endswith("/state.pt")]
-    # the last epoch's checkpoint of the one candidate and of the refit (num_to_keep=1)
-    assert any("-c0-" in k for k in checkpoints) and any("-refit/" in k for k in checkpoints), checkpoints
+    left = s3_objects(site["env"], "ft/features-checkpoints/")
+    checkpoints = [k for k in left if k.endswith("/state.pt")]
+    # the refit's last epoch's checkpoint (num_to_keep=1) is all that is left: the candidate's run and the Tune
+    # experiment that selected it are deleted from S3
+    assert len(checkpoints) == 1 and "-refit/" in checkpoints[0], left
+    assert not [k for k in left if "-c0/" in k or "-select/" in k], left
 
 
 def test_relative_store_on_a_multi_node_cluster_is_refused(site):
