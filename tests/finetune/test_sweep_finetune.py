@@ -11,12 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sweepkit import runs_by_cell as cell_runs
 from synthstore import write_task
 
 from orchestrator.config import load_config
 from orchestrator.report import build_report
 from orchestrator.runs import CANDIDATES_ARTIFACT
-from orchestrator.sweep import Cell, SweepTracker, run_sweep
+from orchestrator.sweep import Cell, run_sweep
 from orchestrator.sweep.fingerprint import cell_fingerprint, current_keys
 
 BACKBONE = "random:resnet10t@32"
@@ -34,15 +35,6 @@ def sweep_config(tmp_path: Path, task, **finetune: object):
         "grid": {"lr": [0.8], "weight_decay": [1e-6], "lamda": [0.1], "eta": [0.2], "alpha": [0.05]},
         "finetune": {"epochs": 2, "batch_size": 4, "image_size": 32, "lr": [0.05], "weight_decay": [0.0, 1e-4],
                      "num_workers": 1, "max_failures": 0, **finetune}})
-
-
-def cell_runs(cfg) -> dict[str, list]:
-    tracker = SweepTracker(cfg.tracking_uri, cfg.name)
-    tracker.start()
-    out: dict[str, list] = {}
-    for run in tracker.cell_runs():
-        out.setdefault(run.data.tags["cell_id"], []).append(run)
-    return out
 
 
 @pytest.fixture(scope="module")
