@@ -24,6 +24,7 @@ The registration order is the report's order. Pure Python: importing it imports 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -155,12 +156,15 @@ def import_plugins(plugins: Iterable[str]) -> None:
     for plugin in plugins:
         if not isinstance(plugin, str) or not plugin:
             raise SeaError(f"plugin {plugin!r}: give a module name or a .py file")
-        name = f"sea_plugin_{Path(plugin).stem}" if plugin.endswith(".py") else plugin
+        # a file's module is named after its resolved path too: two extras.py in two folders are two plugins
+        where = str(Path(plugin).resolve())
+        name = (f"sea_plugin_{Path(plugin).stem}_{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+                if plugin.endswith(".py") else plugin)
         if name in sys.modules:
             continue
         try:
             if plugin.endswith(".py"):
-                spec = importlib.util.spec_from_file_location(name, Path(plugin).resolve())
+                spec = importlib.util.spec_from_file_location(name, where)
                 if spec is None or not Path(plugin).is_file():
                     raise ImportError(f"no file {Path(plugin).resolve()}")
                 module = importlib.util.module_from_spec(spec)

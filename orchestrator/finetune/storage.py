@@ -46,20 +46,19 @@ def run_folders(name: str, n_candidates: int) -> dict[str, str]:
 
 def release(checkpoints: str, name: str, n_candidates: int, selected: int, keep: str) -> list[str]:
     """Delete the cell's run folders except the one `keep` names; returns the folders kept (relative)."""
+    import pyarrow.fs
+
     from orchestrator.raycluster import storage_args
 
     path, filesystem = storage_args(checkpoints)
-    if filesystem is None:
-        import pyarrow.fs
-
-        filesystem = pyarrow.fs.LocalFileSystem()
+    filesystem = filesystem or pyarrow.fs.LocalFileSystem()
     folders = run_folders(name, n_candidates)
     kept = {"none": set(), "best": {f"c{selected}"}, "last": {"refit"}}[keep]
     for who, folder in folders.items():
         if who in kept:
             continue
         target = f"{path.rstrip('/')}/{folder}"
-        if filesystem.get_file_info(target).type != 0:   # 0: NotFound
+        if filesystem.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
             filesystem.delete_dir(target)
     return [folders[k] for k in sorted(kept)]
 

@@ -37,7 +37,8 @@ def registered():
     """The toy section, loaded as `seabench report --plugin` loads it; gone again after the test."""
     yield
     unregister_section("cells_per_task")
-    sys.modules.pop("sea_plugin_toy_section", None)
+    for name in [m for m in sys.modules if m.startswith("sea_plugin_toy_section_")]:
+        sys.modules.pop(name)
 
 
 def test_a_plugin_section_appears_in_its_place_with_its_table(sweep, tmp_path, registered, capsys):

@@ -117,6 +117,21 @@ def test_a_changed_plugin_changes_the_cells_fingerprint(tmp_path):
         import_plugins([str(edited)])
         assert method_code("dropout") != first
     finally:
-        sys.modules.pop("sea_plugin_toy_method", None)
+        for name in [m for m in sys.modules if m.startswith("sea_plugin_toy_method_")]:
+            sys.modules.pop(name)
         import_plugins([str(TOY)])
     assert method_code("dropout") == first
+
+
+def test_two_plugin_files_of_one_name_in_two_folders_are_two_plugins(tmp_path):
+    for folder, (method, stream) in {"a": ("alpha_head", 201), "b": ("beta_head", 202)}.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "extras.py").write_text(
+            "from sea.methods import OPTIMISATION_AXES, Method, register_method\n"
+            f"register_method(Method({method!r}, {stream}, OPTIMISATION_AXES), replace=True)\n")
+    try:
+        import_plugins([str(tmp_path / "a" / "extras.py"), str(tmp_path / "b" / "extras.py")])
+        assert {"alpha_head", "beta_head"} <= set(method_names())
+    finally:
+        for name in ("alpha_head", "beta_head"):
+            unregister_method(name)
